@@ -1,0 +1,63 @@
+// Package migrate implements ferry's pre-copy live migration: the wire
+// protocol, the per-page digest table that filters false-dirty pages, the
+// sender's iteration loop and the receiver's state machine.
+//
+// The engine sees a VM only through the narrow interfaces below, so it can be
+// tested against fake guest memory without KVM. vmm.Machine implements them.
+package migrate
+
+// PageSize is the guest page size tracked by KVM's dirty log.
+const PageSize = 4096
+
+// Region is one contiguous range of guest-physical memory (one KVM slot).
+type Region struct {
+	GPA  uint64 // guest-physical start, page aligned
+	Size uint64 // bytes, a multiple of PageSize
+}
+
+// VMInfo is what the handshake compares between source and destination.
+type VMInfo struct {
+	Regions []Region
+	VCPUs   int
+	Devices []string // device names in registration order
+}
+
+// Source is a running VM as the sender sees it.
+type Source interface {
+	Info() VMInfo
+	// Memory returns the host mapping of region i (len == Regions[i].Size).
+	// The guest may write it concurrently while it runs.
+	Memory(i int) []byte
+	// StartDirtyLog enables dirty logging on every region. manual reports
+	// whether KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is in effect: then DirtyLog
+	// does not re-protect pages and the caller must ClearDirtyLog.
+	StartDirtyLog() (manual bool, err error)
+	StopDirtyLog() error
+	// DirtyLog fills bitmap (bit p of word p/64, one bit per page of region
+	// i) with the pages written since the previous fetch or clear, including
+	// pages the VMM itself wrote (device emulation).
+	DirtyLog(i int, bitmap []uint64) error
+	// ClearDirtyLog re-arms logging for the pages of region i whose bits are
+	// set in bits, starting at page first (a multiple of 64). Manual mode only.
+	ClearDirtyLog(i int, first uint64, bits []uint64) error
+	// Pause stops every vCPU outside KVM_RUN; Resume restarts them.
+	Pause() error
+	Resume() error
+	// State serialises the whole VM (vCPUs, VM, devices). Only while paused.
+	State() ([]byte, error)
+}
+
+// Destination is the VM being built on the receiving host.
+type Destination interface {
+	// Prepare allocates guest memory and vCPUs for the announced VM. It
+	// returns an error (sent to the source) if the VM cannot be hosted.
+	Prepare(info VMInfo) error
+	// Memory returns the host mapping of region i, after Prepare.
+	Memory(i int) []byte
+	// Restore loads the state produced by Source.State; the guest does not run yet.
+	Restore(state []byte) error
+	// Start runs the restored guest.
+	Start() error
+	// Discard frees everything Prepare allocated; the guest never runs.
+	Discard()
+}
