@@ -1,0 +1,81 @@
+package kvm
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotLogging is returned by GetDirtyLog for a slot without dirty logging.
+// (gokvm's GetDirtyLog hides this ENOENT and returns an all-zero bitmap,
+// which would make a migration silently skip every page.)
+var ErrNotLogging = errors.New("memory slot has no dirty logging")
+
+// BitmapWords is the number of uint64 words a dirty bitmap for size bytes of
+// guest memory needs (one bit per 4 KiB page, KVM rounds up to 64 bits).
+func BitmapWords(size uint64) int {
+	pages := (size + 4095) / 4096
+	return int((pages + 63) / 64)
+}
+
+// GetDirtyLog copies the slot's dirty bitmap into bitmap (bit p of word p/64
+// is page p of the slot). Without manual protection KVM also clears the log
+// and write-protects the pages again; with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
+// enabled it does neither, and the caller must ClearDirtyLog.
+func (vm *VM) GetDirtyLog(slot uint32, bitmap []uint64) error {
+	if len(bitmap) == 0 {
+		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: empty bitmap", slot)
+	}
+	d := dirtyLog{Slot: slot, Bitmap: uint64(uintptr(bitmapPtr(bitmap)))}
+	_, err := ioctl(vm.fd, reqGetDirtyLog, unsafe.Pointer(&d))
+	keepAlive(bitmap)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w: %w", slot, ErrNotLogging, err)
+		}
+		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w", slot, err)
+	}
+	return nil
+}
+
+// ClearDirtyLog re-arms dirty logging (write-protects again) the pages of
+// slot set in bits, which describe pages first .. first+64*len(bits)-1.
+// first must be a multiple of 64; the range may end past the slot only at
+// its last, partial word, and numPages says where it really ends.
+func (vm *VM) ClearDirtyLog(slot uint32, first uint64, numPages uint32, bits []uint64) error {
+	if first%64 != 0 {
+		return fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d: first page %d is not a multiple of 64", slot, first)
+	}
+	if len(bits) == 0 || uint64(numPages) > uint64(len(bits))*64 {
+		return fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d: %d pages do not fit a %d-word bitmap", slot, numPages, len(bits))
+	}
+	c := clearDirtyLog{Slot: slot, NumPages: numPages, FirstPage: first, Bitmap: uint64(uintptr(bitmapPtr(bits)))}
+	_, err := ioctl(vm.fd, reqClearDirtyLog, unsafe.Pointer(&c))
+	keepAlive(bits)
+	if err != nil {
+		return fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d pages %d+%d: %w", slot, first, numPages, err)
+	}
+	return nil
+}
+
+// EnableManualDirtyLogProtect turns on KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 if
+// KVM offers it and reports whether it is now in effect. It must be called
+// before any slot enables dirty logging. initSet asks KVM to start each
+// logging slot with every page dirty and unprotected (INITIALLY_SET), which
+// saves write-protecting all memory up front.
+func (vm *VM) EnableManualDirtyLogProtect(initSet bool) (bool, error) {
+	offered, err := vm.CheckExtension(CapManualDirtyLogProtect2)
+	if err != nil || offered == 0 {
+		return false, err
+	}
+	flags := uint64(ManualProtectEnable)
+	if initSet && offered&ManualProtectInitSet != 0 {
+		flags |= ManualProtectInitSet
+	}
+	if err := vm.EnableCap(CapManualDirtyLogProtect2, flags); err != nil {
+		return false, err
+	}
+	return true, nil
+}

@@ -1,0 +1,50 @@
+package kvm
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ioctl issues one ioctl whose argument is a pointer. The pointer stays an
+// unsafe.Pointer until this call, so the object it points to stays alive
+// and unmoved for the duration of the system call.
+func ioctl(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+	if errno != 0 {
+		return r, errno
+	}
+	return r, nil
+}
+
+// ioctlVal issues one ioctl whose argument is a plain integer.
+func ioctlVal(fd int, req uintptr, arg uintptr) (uintptr, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+	if errno != 0 {
+		return r, errno
+	}
+	return r, nil
+}
+
+// mmapRun maps a vCPU's kvm_run area.
+func mmapRun(fd, size int) ([]byte, error) {
+	return unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+}
+
+// runHeader views the start of a kvm_run area as its fixed header.
+func runHeader(run []byte) *runData {
+	return (*runData)(unsafe.Pointer(&run[0]))
+}
+
+// bitmapPtr returns the address of a dirty bitmap as the u64 KVM expects in
+// struct kvm_dirty_log and kvm_clear_dirty_log.
+func bitmapPtr(b []uint64) unsafe.Pointer {
+	return unsafe.Pointer(&b[0])
+}
+
+// setImmediateExit writes kvm_run.immediate_exit. The store may come from
+// any thread; KVM reads the byte when KVM_RUN starts. x86 byte stores are
+// atomic, and the store goes to shared memory the compiler cannot elide.
+func setImmediateExit(run []byte, v uint8) {
+	(*runData)(unsafe.Pointer(&run[0])).ImmediateExit = v
+}

@@ -1,0 +1,192 @@
+package kvm
+
+import (
+	"fmt"
+	"unsafe"
+
+	gokvm "github.com/bobuhiro11/gokvm/kvm"
+	"golang.org/x/sys/unix"
+)
+
+// VM is one KVM virtual machine.
+type VM struct {
+	fd  int
+	sys *System
+}
+
+// MemoryRegion describes one KVM memory slot.
+type MemoryRegion struct {
+	Slot     uint32
+	GPA      uint64
+	Size     uint64
+	HostAddr uintptr // start of the host mapping (an mmap, never Go heap)
+	LogDirty bool
+}
+
+// Memory slot flags (struct kvm_userspace_memory_region.flags).
+const (
+	memLogDirtyPages = 1 << 0
+)
+
+// Close destroys the VM's file descriptor.
+func (vm *VM) Close() error { return unix.Close(vm.fd) }
+
+// System is the /dev/kvm this VM came from.
+func (vm *VM) System() *System { return vm.sys }
+
+// SetMemoryRegion creates, changes (flags only) or deletes (Size 0) a slot.
+func (vm *VM) SetMemoryRegion(r MemoryRegion) error {
+	region := gokvm.UserspaceMemoryRegion{
+		Slot:          r.Slot,
+		GuestPhysAddr: r.GPA,
+		MemorySize:    r.Size,
+		UserspaceAddr: uint64(r.HostAddr),
+	}
+	if r.LogDirty {
+		region.Flags |= memLogDirtyPages
+	}
+	if _, err := ioctl(vm.fd, reqSetUserMemoryRegion, unsafe.Pointer(&region)); err != nil {
+		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d (gpa %#x size %#x): %w", r.Slot, r.GPA, r.Size, err)
+	}
+	return nil
+}
+
+// CheckExtension asks the VM (KVM_CHECK_EXTENSION on the VM fd, which can
+// differ from the system answer).
+func (vm *VM) CheckExtension(c Capability) (int, error) {
+	r, err := ioctlVal(vm.fd, reqCheckExtension, uintptr(c))
+	if err != nil {
+		return 0, fmt.Errorf("KVM_CHECK_EXTENSION(%v) on VM: %w", c, err)
+	}
+	return int(r), nil
+}
+
+// EnableCap calls KVM_ENABLE_CAP on the VM.
+func (vm *VM) EnableCap(c Capability, args ...uint64) error {
+	e := enableCap{Cap: uint32(c)}
+	copy(e.Args[:], args)
+	if _, err := ioctl(vm.fd, reqEnableCap, unsafe.Pointer(&e)); err != nil {
+		return fmt.Errorf("KVM_ENABLE_CAP(%v): %w", c, err)
+	}
+	return nil
+}
+
+// SetTSSAddr places the three-page TSS region KVM needs on Intel.
+func (vm *VM) SetTSSAddr(addr uint32) error {
+	if _, err := ioctlVal(vm.fd, reqSetTSSAddr, uintptr(addr)); err != nil {
+		return fmt.Errorf("KVM_SET_TSS_ADDR %#x: %w", addr, err)
+	}
+	return nil
+}
+
+// SetIdentityMapAddr places the one-page identity map KVM needs on Intel.
+func (vm *VM) SetIdentityMapAddr(addr uint64) error {
+	if _, err := ioctl(vm.fd, reqSetIdentityMapAddr, unsafe.Pointer(&addr)); err != nil {
+		return fmt.Errorf("KVM_SET_IDENTITY_MAP_ADDR %#x: %w", addr, err)
+	}
+	return nil
+}
+
+// CreateIRQChip creates the in-kernel PIC, IOAPIC and local APICs.
+func (vm *VM) CreateIRQChip() error {
+	if _, err := ioctlVal(vm.fd, reqCreateIRQChip, 0); err != nil {
+		return fmt.Errorf("KVM_CREATE_IRQCHIP: %w", err)
+	}
+	return nil
+}
+
+// CreatePIT2 creates the in-kernel i8254 timer.
+func (vm *VM) CreatePIT2() error {
+	var cfg [64]byte // struct kvm_pit_config: flags 0
+	if _, err := ioctl(vm.fd, reqCreatePIT2, unsafe.Pointer(&cfg)); err != nil {
+		return fmt.Errorf("KVM_CREATE_PIT2: %w", err)
+	}
+	return nil
+}
+
+// IRQLine sets the level of a GSI of the in-kernel irqchip.
+func (vm *VM) IRQLine(gsi uint32, high bool) error {
+	l := irqLevel{IRQ: gsi}
+	if high {
+		l.Level = 1
+	}
+	if _, err := ioctl(vm.fd, reqIRQLine, unsafe.Pointer(&l)); err != nil {
+		return fmt.Errorf("KVM_IRQ_LINE gsi %d: %w", gsi, err)
+	}
+	return nil
+}
+
+// IRQFD makes a write to the eventfd efd raise gsi.
+func (vm *VM) IRQFD(efd int, gsi uint32) error {
+	r := irqfd{FD: uint32(efd), GSI: gsi}
+	if _, err := ioctl(vm.fd, reqIRQFD, unsafe.Pointer(&r)); err != nil {
+		return fmt.Errorf("KVM_IRQFD gsi %d: %w", gsi, err)
+	}
+	return nil
+}
+
+// IOEventFD makes a guest write of size bytes at addr (port I/O when pio)
+// signal efd instead of exiting to user space.
+func (vm *VM) IOEventFD(efd int, addr uint64, size uint32, pio bool) error {
+	r := ioeventfd{Addr: addr, Len: size, FD: int32(efd)}
+	if pio {
+		r.Flags |= 1 << 1 // KVM_IOEVENTFD_FLAG_PIO
+	}
+	if _, err := ioctl(vm.fd, reqIOEventFD, unsafe.Pointer(&r)); err != nil {
+		return fmt.Errorf("KVM_IOEVENTFD %#x: %w", addr, err)
+	}
+	return nil
+}
+
+// IRQChip reads one in-kernel interrupt controller (IRQChipPIC*, IRQChipIOAPIC).
+func (vm *VM) IRQChip(id uint32) (IRQChip, error) {
+	c := IRQChip{ChipID: id}
+	if _, err := ioctl(vm.fd, reqGetIRQChip, unsafe.Pointer(&c)); err != nil {
+		return c, fmt.Errorf("KVM_GET_IRQCHIP %d: %w", id, err)
+	}
+	return c, nil
+}
+
+// SetIRQChip writes one in-kernel interrupt controller.
+func (vm *VM) SetIRQChip(c IRQChip) error {
+	if _, err := ioctl(vm.fd, reqSetIRQChip, unsafe.Pointer(&c)); err != nil {
+		return fmt.Errorf("KVM_SET_IRQCHIP %d: %w", c.ChipID, err)
+	}
+	return nil
+}
+
+// PIT2 reads the in-kernel PIT.
+func (vm *VM) PIT2() (PITState2, error) {
+	var p PITState2
+	if _, err := ioctl(vm.fd, reqGetPIT2, unsafe.Pointer(&p)); err != nil {
+		return p, fmt.Errorf("KVM_GET_PIT2: %w", err)
+	}
+	return p, nil
+}
+
+// SetPIT2 writes the in-kernel PIT.
+func (vm *VM) SetPIT2(p PITState2) error {
+	if _, err := ioctl(vm.fd, reqSetPIT2, unsafe.Pointer(&p)); err != nil {
+		return fmt.Errorf("KVM_SET_PIT2: %w", err)
+	}
+	return nil
+}
+
+// Clock reads the VM's kvmclock.
+func (vm *VM) Clock() (ClockData, error) {
+	var c ClockData
+	if _, err := ioctl(vm.fd, reqGetClock, unsafe.Pointer(&c)); err != nil {
+		return c, fmt.Errorf("KVM_GET_CLOCK: %w", err)
+	}
+	return c, nil
+}
+
+// SetClock sets the VM's kvmclock. Only Clock (and, with the realtime flag,
+// Realtime) are inputs; the other fields must be zero.
+func (vm *VM) SetClock(c ClockData) error {
+	in := ClockData{Clock: c.Clock}
+	if _, err := ioctl(vm.fd, reqSetClock, unsafe.Pointer(&in)); err != nil {
+		return fmt.Errorf("KVM_SET_CLOCK: %w", err)
+	}
+	return nil
+}
