@@ -1,0 +1,64 @@
+// Package devices holds ferry's emulated devices and the buses that route
+// guest port I/O and MMIO to them. Every stateful device keeps its whole
+// state in a plain State struct with explicit Save and Restore, so the VMM
+// can snapshot and migrate it.
+package devices
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+)
+
+// Device is anything attached to the machine.
+type Device interface {
+	// Name is unique within a machine and keys the device's saved state.
+	Name() string
+}
+
+// Stateful is a device whose state moves with the VM.
+type Stateful interface {
+	Device
+	// Save encodes the device's State. The VM is paused.
+	Save() ([]byte, error)
+	// Restore replaces the device's State with a saved one.
+	Restore(data []byte) error
+}
+
+// PortDevice handles guest port I/O (IN/OUT). data has the access size; a
+// read fills it.
+type PortDevice interface {
+	Device
+	PortRead(port uint16, data []byte)
+	PortWrite(port uint16, data []byte)
+}
+
+// IRQLine drives one interrupt input of the in-kernel irqchip.
+type IRQLine interface {
+	SetLevel(high bool) error
+}
+
+// encodeFixed and decodeFixed serialise a State made only of fixed-size
+// fields (no slices, maps or strings), so decoding hostile bytes can neither
+// allocate nor read past the struct: the size must match exactly.
+func encodeFixed(name string, s any) ([]byte, error) {
+	var b bytes.Buffer
+	if err := binary.Write(&b, binary.LittleEndian, s); err != nil {
+		return nil, fmt.Errorf("%s: encode state: %w", name, err)
+	}
+	return b.Bytes(), nil
+}
+
+func decodeFixed(name string, data []byte, s any) error {
+	if want := binary.Size(s); len(data) != want {
+		return fmt.Errorf("%s: state is %d bytes, want %d", name, len(data), want)
+	}
+	if err := binary.Read(bytes.NewReader(data), binary.LittleEndian, s); err != nil {
+		return fmt.Errorf("%s: decode state: %w", name, err)
+	}
+	return nil
+}
+
+func errBadField(dev, field string, v int) error {
+	return fmt.Errorf("%s: saved state has invalid %s %d", dev, field, v)
+}
