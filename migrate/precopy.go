@@ -1,0 +1,243 @@
+package migrate
+
+import (
+	"fmt"
+	"math/bits"
+	"time"
+)
+
+// The pre-copy loop: iterations, the dirty log, and the per-page filter.
+
+// beginIteration announces iteration s.iter (the first call announces 0).
+func (s *sender) beginIteration(final bool) error {
+	if len(s.stats.Iterations) > 0 {
+		s.iter++
+	}
+	s.cur = IterationStats{Iteration: int(s.iter), StopAndCopy: final}
+	s.curAt = time.Now()
+	s.curOut = s.w.written + int64(s.w.buffered())
+	if err := s.w.record(RecIterationStart, encodeIterationStart(s.iter, final)); err != nil {
+		return s.ioError("send ITERATION-START", err)
+	}
+	return nil
+}
+
+// endIteration closes the open PAGES record, flushes, and records the
+// iteration's statistics.
+func (s *sender) endIteration() error {
+	s.w.endPages()
+	if err := s.w.flush(); err != nil {
+		return s.ioError("send pages", err)
+	}
+	s.cur.Bytes = s.w.written - s.curOut
+	s.cur.Seconds = time.Since(s.curAt).Seconds()
+	s.stats.Iterations = append(s.stats.Iterations, s.cur)
+	return nil
+}
+
+// reportLast completes the last iteration's dirty rate with the number of
+// pages the following fetch found, and calls Progress.
+func (s *sender) reportLast(dirty uint64) {
+	it := &s.stats.Iterations[len(s.stats.Iterations)-1]
+	if it.Seconds > 0 && !it.StopAndCopy {
+		it.DirtyRate = float64(dirty*PageSize) / it.Seconds
+	}
+	if s.opts.Progress != nil {
+		s.opts.Progress(*it)
+	}
+}
+
+// bandwidth estimates the link rate in bytes per second from the last
+// iteration, or from all iterations when the last one wrote too little to
+// measure anything (e.g. when most dirty pages were false dirty).
+func (s *sender) bandwidth() float64 {
+	const minSample = 1 << 20
+	its := s.stats.Iterations
+	last := its[len(its)-1]
+	bw := 0.0
+	if last.Bytes >= minSample && last.Seconds > 0 {
+		bw = float64(last.Bytes) / last.Seconds
+	} else {
+		var b int64
+		var t float64
+		for _, it := range its {
+			b += it.Bytes
+			t += it.Seconds
+		}
+		if t > 0 {
+			bw = float64(b) / t
+		}
+	}
+	if s.opts.MaxBandwidth > 0 && bw > float64(s.opts.MaxBandwidth) {
+		bw = float64(s.opts.MaxBandwidth)
+	}
+	return bw
+}
+
+// decide chooses, after a fetch that found dirty pages, between another
+// iteration, stop-and-copy (converged or forced), and giving up.
+func (s *sender) decide(dirty uint64) (stop, converged bool, err error) {
+	if dirty == 0 {
+		return true, true, nil
+	}
+	bw := s.bandwidth()
+	est := time.Duration(1<<62 - 1)
+	if bw > 0 {
+		est = time.Duration(float64(dirty*PageSize) / bw * float64(time.Second))
+	}
+	if est <= s.opts.Downtime {
+		return true, true, nil
+	}
+	done := len(s.stats.Iterations)
+	limit := ""
+	switch {
+	case done >= s.opts.MaxIterations:
+		limit = fmt.Sprintf("%d iterations", done)
+	case s.opts.Timeout > 0 && time.Since(s.start) >= s.opts.Timeout:
+		limit = fmt.Sprintf("the %v timeout (%d iterations)", s.opts.Timeout, done)
+	}
+	if limit == "" {
+		return false, false, nil
+	}
+	if s.opts.OnTimeout == ForceOnTimeout {
+		return true, false, nil
+	}
+	return false, false, fmt.Errorf("%w after %s: %d pages still dirty, estimated downtime %v exceeds the %v budget (bandwidth %.1f MiB/s); the source guest keeps running",
+		ErrNotConverged, limit, dirty, est.Round(time.Millisecond), s.opts.Downtime, bw/mib)
+}
+
+// fetch ORs the dirty log of every region into the pending bitmaps and
+// returns the number of pending pages.
+func (s *sender) fetch() (uint64, error) {
+	var n uint64
+	for i := range s.mems {
+		tmp := s.scratch[i]
+		clear(tmp)
+		if err := s.src.DirtyLog(i, tmp); err != nil {
+			return 0, fmt.Errorf("migrate: dirty log of region %d: %w", i, err)
+		}
+		if r := s.pages[i] % 64; r != 0 {
+			tmp[len(tmp)-1] &= 1<<r - 1 // ignore bits past the region's end
+		}
+		pend := s.pending[i]
+		for w, x := range tmp {
+			pend[w] |= x
+			n += uint64(bits.OnesCount64(pend[w]))
+		}
+	}
+	return n, nil
+}
+
+// clearAll re-arms the whole pending bitmap at once (classic pre-copy).
+func (s *sender) clearAll() error {
+	for i, bm := range s.pending {
+		if err := s.src.ClearDirtyLog(i, 0, bm); err != nil {
+			return fmt.Errorf("migrate: clear dirty log of region %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// sendAll is iteration 0: every page of every region.
+func (s *sender) sendAll() error {
+	const checkEvery = 1024
+	for i, mem := range s.mems {
+		base := s.base[i]
+		for p := range s.pages[i] {
+			if err := s.sendPage(base+p, mem[p*PageSize:(p+1)*PageSize]); err != nil {
+				return err
+			}
+			if p%checkEvery == checkEvery-1 {
+				if err := s.check(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return s.check()
+}
+
+// sendPending sends the pending pages chunk by chunk. With clear, each
+// chunk's dirty bits are cleared in the kernel right before its pages are
+// read: a write after that point is logged again and sent next iteration,
+// while a write between the fetch and the clear is simply included now.
+func (s *sender) sendPending(clearFirst bool) error {
+	cw := s.opts.ChunkPages / 64
+	for i, bm := range s.pending {
+		mem, base := s.mems[i], s.base[i]
+		for c := 0; c < len(bm); c += cw {
+			words := bm[c:min(c+cw, len(bm))]
+			if allZero(words) {
+				continue
+			}
+			if clearFirst {
+				if err := s.src.ClearDirtyLog(i, uint64(c)*64, words); err != nil {
+					return fmt.Errorf("migrate: clear dirty log of region %d: %w", i, err)
+				}
+			}
+			for w := range words {
+				x := words[w]
+				words[w] = 0
+				for x != 0 {
+					p := uint64(c+w)*64 + uint64(bits.TrailingZeros64(x))
+					x &= x - 1
+					if err := s.sendPage(base+p, mem[p*PageSize:(p+1)*PageSize]); err != nil {
+						return err
+					}
+				}
+			}
+			if err := s.check(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func allZero(ws []uint64) bool {
+	for _, w := range ws {
+		if w != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// sendPage is the filter every page goes through: zero pages become ZERO
+// entries, pages whose digest matches what was last sent are skipped, the
+// rest are sent in full and their digest recorded.
+func (s *sender) sendPage(g uint64, page []byte) error {
+	if open, _ := s.w.pagesOpen(); !open {
+		if err := s.w.beginPages(); err != nil {
+			return s.ioError("send pages", err)
+		}
+	}
+	if isZeroPage(page) {
+		if s.table != nil {
+			if s.table.Match(g, ZeroDigest) {
+				s.cur.PagesFalseDirty++
+				return nil
+			}
+			s.table.Update(g, ZeroDigest, s.iter)
+		}
+		s.w.addZero(g)
+		s.cur.PagesZero++
+	} else {
+		d := s.w.stageFull(g, page)
+		if s.table != nil {
+			if s.table.Match(g, d) {
+				s.w.dropStaged()
+				s.cur.PagesFalseDirty++
+				return nil
+			}
+			s.table.Update(g, d, s.iter)
+		}
+		s.w.keepStaged()
+		s.cur.PagesSent++
+	}
+	s.entries++
+	if _, n := s.w.pagesOpen(); n >= s.opts.BatchPages {
+		s.w.endPages()
+	}
+	return nil
+}

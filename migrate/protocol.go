@@ -1,0 +1,261 @@
+package migrate
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+// Wire constants. PROTOCOL.md is the normative description; keep both in step.
+const (
+	// ProtocolVersion is the only version this package speaks.
+	ProtocolVersion = 1
+
+	// Magic is the sync word that starts every record ("FRRY").
+	Magic uint32 = 0x46525259
+
+	// HeaderSize is the size of the fixed record header.
+	HeaderSize = 16
+
+	// MaxPagesPerBatch caps the entries of one PAGES record.
+	MaxPagesPerBatch = 256
+	// MaxStateSize caps the VM state blob carried by the STATE record.
+	MaxStateSize = 16 << 20
+	// MaxErrorMessage caps the UTF-8 message of an ERROR record, in bytes.
+	MaxErrorMessage = 4096
+	// MaxHelloSize caps the payload of a HELLO record.
+	MaxHelloSize = 64 << 10
+	// MaxRegions, MaxDevices and MaxDeviceName cap the VMInfo of a HELLO.
+	MaxRegions    = 64
+	MaxDevices    = 256
+	MaxDeviceName = 128
+
+	// Page entry layout inside a PAGES payload.
+	entryHeaderSize = 9 // page index uint64 + kind uint8
+	digestSize      = 16
+	fullEntrySize   = entryHeaderSize + digestSize + PageSize
+	zeroEntrySize   = entryHeaderSize
+
+	// maxPagesPayload is the largest valid PAGES payload.
+	maxPagesPayload = MaxPagesPerBatch * fullEntrySize
+
+	// MaxRecordSize is the largest record of any type, header included.
+	MaxRecordSize = HeaderSize + MaxStateSize
+)
+
+// Page entry kinds in a PAGES record.
+const (
+	pageZero uint8 = 1 // no data: the page is all zero bytes
+	pageFull uint8 = 2 // 16-byte XXH3-128 digest + 4096 bytes of data
+)
+
+// RecordType identifies a record. Zero is reserved as invalid.
+type RecordType uint16
+
+// Record types, in the order they appear on the wire.
+const (
+	RecInvalid        RecordType = 0
+	RecHello          RecordType = 1 // source → destination
+	RecHelloAck       RecordType = 2 // destination → source
+	RecError          RecordType = 3 // either direction
+	RecIterationStart RecordType = 4 // source → destination
+	RecPages          RecordType = 5 // source → destination
+	RecState          RecordType = 6 // source → destination
+	RecEnd            RecordType = 7 // source → destination
+	RecDoneAck        RecordType = 8 // destination → source
+)
+
+func (t RecordType) String() string {
+	switch t {
+	case RecHello:
+		return "HELLO"
+	case RecHelloAck:
+		return "HELLO-ACK"
+	case RecError:
+		return "ERROR"
+	case RecIterationStart:
+		return "ITERATION-START"
+	case RecPages:
+		return "PAGES"
+	case RecState:
+		return "STATE"
+	case RecEnd:
+		return "END"
+	case RecDoneAck:
+		return "DONE-ACK"
+	}
+	return fmt.Sprintf("type-%d", uint16(t))
+}
+
+// payloadLimits returns the allowed payload size range of a record type;
+// ok is false for unknown types (including the reserved type 0).
+func payloadLimits(t RecordType) (minLen, maxLen int, ok bool) {
+	switch t {
+	case RecHello:
+		return helloFixedSize, MaxHelloSize, true
+	case RecHelloAck:
+		return 4, 4, true
+	case RecError:
+		return 0, MaxErrorMessage, true
+	case RecIterationStart:
+		return 8, 8, true
+	case RecPages:
+		return zeroEntrySize, maxPagesPayload, true
+	case RecState:
+		return 0, MaxStateSize, true
+	case RecEnd:
+		return 8, 8, true
+	case RecDoneAck:
+		return 0, 0, true
+	}
+	return 0, 0, false
+}
+
+// Errors returned for malformed or unexpected input. They are wrapped with
+// detail; test with errors.Is.
+var (
+	ErrBadMagic       = errors.New("migrate: bad record magic (stream out of sync)")
+	ErrUnknownType    = errors.New("migrate: unknown record type")
+	ErrBadFlags       = errors.New("migrate: unsupported record flags")
+	ErrTooLarge       = errors.New("migrate: record length out of bounds")
+	ErrChecksum       = errors.New("migrate: record checksum mismatch")
+	ErrTruncated      = errors.New("migrate: truncated record")
+	ErrClosed         = errors.New("migrate: connection closed by peer")
+	ErrMalformed      = errors.New("migrate: malformed record payload")
+	ErrUnexpected     = errors.New("migrate: unexpected record")
+	ErrDigestMismatch = errors.New("migrate: page digest mismatch")
+	ErrVersion        = errors.New("migrate: protocol version mismatch")
+	ErrRefused        = errors.New("migrate: VM refused")
+	ErrNotConverged   = errors.New("migrate: migration did not converge")
+	ErrAckTimeout     = errors.New("migrate: no DONE-ACK before the deadline")
+)
+
+// RemoteError is an ERROR record received from the peer.
+type RemoteError struct {
+	Msg string
+}
+
+func (e *RemoteError) Error() string { return "migrate: peer reported: " + e.Msg }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// header is the fixed 16-byte record header (all fields big-endian):
+//
+//	0  magic  uint32
+//	4  type   uint16
+//	6  flags  uint16 (must be zero in version 1)
+//	8  length uint32 (whole record, header included)
+//	12 crc    uint32 (CRC32C of the payload)
+type header struct {
+	Type   RecordType
+	Flags  uint16
+	Length uint32
+	CRC    uint32
+}
+
+func putHeader(b []byte, h header) {
+	binary.BigEndian.PutUint32(b[0:], Magic)
+	binary.BigEndian.PutUint16(b[4:], uint16(h.Type))
+	binary.BigEndian.PutUint16(b[6:], h.Flags)
+	binary.BigEndian.PutUint32(b[8:], h.Length)
+	binary.BigEndian.PutUint32(b[12:], h.CRC)
+}
+
+// parseHeader decodes and validates a header, enforcing the per-type payload
+// limits so that no buffer is ever sized from an unchecked length.
+func parseHeader(b []byte) (header, error) {
+	if m := binary.BigEndian.Uint32(b[0:]); m != Magic {
+		return header{}, fmt.Errorf("%w: got %#08x, want %#08x", ErrBadMagic, m, Magic)
+	}
+	h := header{
+		Type:   RecordType(binary.BigEndian.Uint16(b[4:])),
+		Flags:  binary.BigEndian.Uint16(b[6:]),
+		Length: binary.BigEndian.Uint32(b[8:]),
+		CRC:    binary.BigEndian.Uint32(b[12:]),
+	}
+	minLen, maxLen, ok := payloadLimits(h.Type)
+	if !ok {
+		return h, fmt.Errorf("%w: %d", ErrUnknownType, uint16(h.Type))
+	}
+	if h.Flags != 0 {
+		return h, fmt.Errorf("%w: %#04x on %v", ErrBadFlags, h.Flags, h.Type)
+	}
+	if h.Length < HeaderSize {
+		return h, fmt.Errorf("%w: %v length %d is shorter than the header", ErrTooLarge, h.Type, h.Length)
+	}
+	if n := int64(h.Length) - HeaderSize; n < int64(minLen) || n > int64(maxLen) {
+		return h, fmt.Errorf("%w: %v payload of %d bytes, allowed %d..%d", ErrTooLarge, h.Type, n, minLen, maxLen)
+	}
+	return h, nil
+}
+
+// appendRecord appends a complete record (header + payload) to dst.
+func appendRecord(dst []byte, t RecordType, payload []byte) []byte {
+	var h [HeaderSize]byte
+	putHeader(h[:], header{
+		Type:   t,
+		Length: uint32(HeaderSize + len(payload)),
+		CRC:    crc32.Checksum(payload, castagnoli),
+	})
+	dst = append(dst, h[:]...)
+	return append(dst, payload...)
+}
+
+// writeRecord writes one record with a single Write call.
+func writeRecord(w io.Writer, t RecordType, payload []byte) error {
+	_, err := w.Write(appendRecord(make([]byte, 0, HeaderSize+len(payload)), t, payload))
+	return err
+}
+
+// record is one decoded record. Payload aliases the reader's buffer and is
+// valid only until the next call to next.
+type record struct {
+	Type    RecordType
+	Payload []byte
+}
+
+// recordReader reads and verifies records from a stream.
+type recordReader struct {
+	r   *bufio.Reader
+	hdr [HeaderSize]byte
+	buf []byte
+}
+
+func newRecordReader(r io.Reader) *recordReader {
+	return &recordReader{r: bufio.NewReaderSize(r, 256<<10)}
+}
+
+// next reads one record: header checks, bounded allocation, CRC check.
+func (rr *recordReader) next() (record, error) {
+	if _, err := io.ReadFull(rr.r, rr.hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			return record{}, ErrClosed
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return record{}, fmt.Errorf("%w: stream ended inside a record header", ErrTruncated)
+		}
+		return record{}, err
+	}
+	h, err := parseHeader(rr.hdr[:])
+	if err != nil {
+		return record{}, err
+	}
+	n := int(h.Length) - HeaderSize
+	if cap(rr.buf) < n {
+		rr.buf = make([]byte, n)
+	}
+	p := rr.buf[:n]
+	if _, err := io.ReadFull(rr.r, p); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return record{}, fmt.Errorf("%w: %v announced %d payload bytes, stream ended early", ErrTruncated, h.Type, n)
+		}
+		return record{}, err
+	}
+	if c := crc32.Checksum(p, castagnoli); c != h.CRC {
+		return record{}, fmt.Errorf("%w: %v crc %#08x, header says %#08x", ErrChecksum, h.Type, c, h.CRC)
+	}
+	return record{Type: h.Type, Payload: p}, nil
+}

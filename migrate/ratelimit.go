@@ -1,0 +1,62 @@
+package migrate
+
+import (
+	"context"
+	"time"
+)
+
+// tokenBucket caps a byte rate. Tokens accrue at rate bytes per second up to
+// burst; a write may take more tokens than are available (the balance goes
+// negative) and the writer then sleeps until the balance is back to zero, so
+// the long-run rate never exceeds rate whatever the write sizes.
+type tokenBucket struct {
+	rate   float64 // bytes per second
+	burst  float64 // bucket capacity, bytes
+	tokens float64
+	last   time.Time
+	now    func() time.Time
+	sleep  func(ctx context.Context, d time.Duration) error
+}
+
+func newTokenBucket(rate int64) *tokenBucket {
+	r := float64(rate)
+	burst := r / 20 // 50 ms worth
+	if burst < 64<<10 {
+		burst = 64 << 10
+	}
+	b := &tokenBucket{rate: r, burst: burst, now: time.Now, sleep: sleepCtx}
+	b.last = b.now()
+	b.tokens = burst
+	return b
+}
+
+// chunk is the largest write the limiter lets through at once, so that the
+// traffic stays smooth at low rates.
+func (b *tokenBucket) chunk() int { return int(b.burst) }
+
+// take accounts n bytes and sleeps as long as the balance is negative.
+func (b *tokenBucket) take(ctx context.Context, n int) error {
+	now := b.now()
+	b.tokens += now.Sub(b.last).Seconds() * b.rate
+	if b.tokens > b.burst {
+		b.tokens = b.burst
+	}
+	b.last = now
+	b.tokens -= float64(n)
+	if b.tokens >= 0 {
+		return nil
+	}
+	d := time.Duration(-b.tokens / b.rate * float64(time.Second))
+	return b.sleep(ctx, d)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,319 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"time"
+)
+
+// ReceiveOptions limit what a destination accepts.
+type ReceiveOptions struct {
+	// MaxMemory is the largest guest (sum of region sizes) accepted, in
+	// bytes. Default 1 TiB.
+	MaxMemory uint64
+	// MaxVCPUs is the largest vCPU count accepted. Default 1024.
+	MaxVCPUs int
+}
+
+func (o ReceiveOptions) normalize() ReceiveOptions {
+	if o.MaxMemory == 0 {
+		o.MaxMemory = 1 << 40
+	}
+	if o.MaxVCPUs <= 0 {
+		o.MaxVCPUs = 1024
+	}
+	return o
+}
+
+// recvState is the receiver's protocol state.
+type recvState int
+
+const (
+	stateAwaitHello         recvState = iota // nothing received yet
+	stateAwaitPagesOrState                   // HELLO-ACK sent: iterations and pages
+	stateAwaitEnd                            // STATE restored: only END may follow
+	stateDone                                // END handled, guest started, DONE-ACK sent
+	stateFailed                              // aborted; the guest never runs
+)
+
+func (s recvState) String() string {
+	return [...]string{"AwaitHello", "AwaitPagesOrState", "AwaitEnd", "Done", "Failed"}[s]
+}
+
+// receiver is the destination's state machine. handle is called once per
+// record; it either advances the state or returns an error, after which the
+// receiver is Failed.
+type receiver struct {
+	opts  ReceiveOptions
+	dst   Destination
+	state recvState
+
+	prepared bool
+	mems     [][]byte
+	base     []uint64 // global index of each region's first page
+	total    uint64
+	seen     []uint64 // bitmap: pages received at least once
+
+	iterStarted bool
+	iter        uint32
+	final       bool
+	entries     uint64
+
+	stats ReceiveStats
+	// reply is the record to send back after handle returned nil
+	// (HELLO-ACK, DONE-ACK), or RecInvalid.
+	reply        RecordType
+	replyPayload []byte
+	// remote is set when the failure came from the source's ERROR record.
+	remote bool
+}
+
+// Receive accepts one incoming migration on conn and builds it in dst.
+//
+// It returns after sending DONE-ACK, i.e. after dst.Restore and dst.Start
+// succeeded. On any failure (protocol violation, corrupt page, limit, an
+// error from dst, an ERROR from the source, cancellation) it sends an ERROR
+// record with the reason when the connection still works, calls dst.Discard
+// if dst.Prepare had succeeded, never calls dst.Start, and returns the error.
+// The caller closes conn.
+func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts ReceiveOptions) (*ReceiveStats, error) {
+	start := time.Now()
+	r := &receiver{opts: opts.normalize(), dst: dst}
+	stop := context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
+	defer stop()
+	cr := &countingReader{r: conn}
+	rr := newRecordReader(cr)
+
+	var err error
+	for r.state != stateDone {
+		var rec record
+		rec, err = rr.next()
+		if err != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				err = ctxErr
+			}
+			err = fmt.Errorf("migrate: receive in state %v: %w", r.state, err)
+			break
+		}
+		if err = r.handle(rec); err != nil {
+			break
+		}
+		if r.reply != RecInvalid {
+			if err = writeRecord(conn, r.reply, r.replyPayload); err != nil {
+				err = fmt.Errorf("migrate: send %v: %w", r.reply, err)
+				if r.reply == RecDoneAck {
+					// The guest runs here already; the source will resume
+					// its copy after its ack timeout. Report loudly.
+					err = fmt.Errorf("%w (the guest was started but the source was not told)", err)
+				}
+				r.reply = RecInvalid
+				break
+			}
+			r.reply = RecInvalid
+		}
+	}
+	r.stats.BytesTotal = cr.n
+	r.stats.Seconds = time.Since(start).Seconds()
+	if err != nil && r.state != stateDone {
+		r.abort(conn, err)
+	}
+	return &r.stats, err
+}
+
+// abort moves to Failed, tells the source, and frees the destination VM.
+func (r *receiver) abort(conn io.Writer, err error) {
+	r.state = stateFailed
+	var re *RemoteError
+	if !r.remote && !errors.As(err, &re) {
+		sendErrorRecord(conn, "destination aborted the migration: "+err.Error())
+	}
+	if r.prepared {
+		r.dst.Discard()
+		r.prepared = false
+	}
+}
+
+// handle applies one record to the state machine.
+func (r *receiver) handle(rec record) error {
+	if rec.Type == RecError {
+		r.remote = true
+		return fmt.Errorf("migrate: source aborted in state %v: %w", r.state, decodeError(rec.Payload))
+	}
+	switch r.state {
+	case stateAwaitHello:
+		if rec.Type == RecHello {
+			return r.onHello(rec.Payload)
+		}
+	case stateAwaitPagesOrState:
+		switch rec.Type {
+		case RecIterationStart:
+			return r.onIterationStart(rec.Payload)
+		case RecPages:
+			return r.onPages(rec.Payload)
+		case RecState:
+			return r.onState(rec.Payload)
+		}
+	case stateAwaitEnd:
+		switch rec.Type {
+		case RecEnd:
+			return r.onEnd(rec.Payload)
+		case RecState:
+			return fmt.Errorf("%w: duplicate STATE", ErrUnexpected)
+		}
+	case stateDone, stateFailed:
+		return fmt.Errorf("%w: %v after the migration ended", ErrUnexpected, rec.Type)
+	}
+	return fmt.Errorf("%w: %v in state %v", ErrUnexpected, rec.Type, r.state)
+}
+
+func (r *receiver) onHello(p []byte) error {
+	h, err := decodeHello(p)
+	if err != nil {
+		return err
+	}
+	info := h.Info
+	var mem uint64
+	for _, reg := range info.Regions {
+		mem += reg.Size
+	}
+	if mem > r.opts.MaxMemory {
+		return fmt.Errorf("%w: guest has %d MiB of memory, this host accepts at most %d MiB", ErrRefused, mem/mib, r.opts.MaxMemory/mib)
+	}
+	if info.VCPUs > r.opts.MaxVCPUs {
+		return fmt.Errorf("%w: guest has %d vCPUs, this host accepts at most %d", ErrRefused, info.VCPUs, r.opts.MaxVCPUs)
+	}
+	if err := r.dst.Prepare(info); err != nil {
+		return fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	r.prepared = true
+	r.mems = make([][]byte, len(info.Regions))
+	r.base = make([]uint64, len(info.Regions))
+	for i, reg := range info.Regions {
+		m := r.dst.Memory(i)
+		if uint64(len(m)) != reg.Size {
+			return fmt.Errorf("migrate: destination region %d maps %d bytes, want %d", i, len(m), reg.Size)
+		}
+		r.mems[i] = m
+		r.base[i] = r.total
+		r.total += reg.Size / PageSize
+	}
+	r.seen = make([]uint64, (r.total+63)/64)
+	r.state = stateAwaitPagesOrState
+	r.reply, r.replyPayload = RecHelloAck, encodeHelloAck()
+	return nil
+}
+
+func (r *receiver) onIterationStart(p []byte) error {
+	k, final, err := decodeIterationStart(p)
+	if err != nil {
+		return err
+	}
+	want := uint32(0)
+	if r.iterStarted {
+		want = r.iter + 1
+	}
+	if k != want {
+		return fmt.Errorf("%w: ITERATION-START %d, expected %d", ErrUnexpected, k, want)
+	}
+	if r.final {
+		return fmt.Errorf("%w: ITERATION-START %d after the stop-and-copy iteration", ErrUnexpected, k)
+	}
+	r.iterStarted, r.iter, r.final = true, k, final
+	r.stats.Iterations++
+	return nil
+}
+
+// onPages verifies and stores one batch. A FULL page is checked against its
+// digest before it is copied into guest memory.
+func (r *receiver) onPages(p []byte) error {
+	if !r.iterStarted {
+		return fmt.Errorf("%w: PAGES before the first ITERATION-START", ErrUnexpected)
+	}
+	it := pagesIter{p: p}
+	var e pageEntry
+	for it.next(&e) {
+		page, err := r.page(e.Page)
+		if err != nil {
+			return err
+		}
+		if e.Kind == pageFull {
+			if d := HashPage(e.Data); d != Digest(e.Digest) {
+				return fmt.Errorf("%w: page %d (iteration %d): received data hashes to %v, record says %x",
+					ErrDigestMismatch, e.Page, r.iter, d, e.Digest)
+			}
+			copy(page, e.Data)
+			r.stats.PagesFull++
+		} else {
+			if !isZeroPage(page) {
+				clear(page)
+			}
+			r.stats.PagesZero++
+		}
+		r.seen[e.Page/64] |= 1 << (e.Page % 64)
+		r.entries++
+	}
+	return it.err
+}
+
+// page maps a global page index to destination memory.
+func (r *receiver) page(g uint64) ([]byte, error) {
+	if g >= r.total {
+		return nil, fmt.Errorf("%w: page %d is outside guest memory (%d pages)", ErrMalformed, g, r.total)
+	}
+	i := len(r.base) - 1
+	for r.base[i] > g {
+		i--
+	}
+	off := (g - r.base[i]) * PageSize
+	return r.mems[i][off : off+PageSize], nil
+}
+
+func (r *receiver) onState(p []byte) error {
+	if !r.final {
+		return fmt.Errorf("%w: STATE before the stop-and-copy iteration", ErrUnexpected)
+	}
+	if err := r.dst.Restore(p); err != nil {
+		return fmt.Errorf("migrate: restore state: %w", err)
+	}
+	r.stats.StateBytes = len(p)
+	r.state = stateAwaitEnd
+	return nil
+}
+
+func (r *receiver) onEnd(p []byte) error {
+	if n := decodeEnd(p); n != r.entries {
+		return fmt.Errorf("%w: END says %d page entries were sent, %d arrived", ErrMalformed, n, r.entries)
+	}
+	var missing uint64
+	for w, x := range r.seen {
+		want := ^uint64(0)
+		if rest := r.total - uint64(w)*64; rest < 64 {
+			want = 1<<rest - 1
+		}
+		missing += uint64(64 - bits.OnesCount64(x|^want))
+	}
+	if missing != 0 {
+		return fmt.Errorf("%w: %d guest pages were never received", ErrMalformed, missing)
+	}
+	if err := r.dst.Start(); err != nil {
+		return fmt.Errorf("migrate: start guest: %w", err)
+	}
+	r.state = stateDone
+	r.reply, r.replyPayload = RecDoneAck, nil
+	return nil
+}
+
+// countingReader counts the bytes read from the connection.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,257 @@
+package migrate
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Payload codecs. All integers are big-endian; see PROTOCOL.md.
+
+// helloFixedSize is the fixed part of a HELLO payload:
+//
+//	0  version   uint16
+//	2  reserved  uint16 (zero)
+//	4  page size uint32 (4096)
+//	8  vCPUs     uint32
+//	12 regions   uint16 (count)
+//	14 devices   uint16 (count)
+//	16 regions × {gpa uint64, size uint64}
+//	   devices × {len uint16, UTF-8 name}
+const helloFixedSize = 16
+
+// hello is the decoded HELLO payload.
+type hello struct {
+	Version  uint16
+	PageSize uint32
+	Info     VMInfo
+}
+
+// checkInfo validates a VMInfo against the protocol's structural limits
+// (alignment, sizes, overlap, name lengths). Resource limits (how much memory
+// a receiver accepts) are the receiver's business.
+func checkInfo(info VMInfo) error {
+	if len(info.Regions) == 0 || len(info.Regions) > MaxRegions {
+		return fmt.Errorf("%d memory regions (allowed 1..%d)", len(info.Regions), MaxRegions)
+	}
+	if info.VCPUs < 1 || int64(info.VCPUs) > 1<<20 {
+		return fmt.Errorf("%d vCPUs", info.VCPUs)
+	}
+	for i, r := range info.Regions {
+		if r.Size == 0 || r.GPA%PageSize != 0 || r.Size%PageSize != 0 {
+			return fmt.Errorf("region %d (gpa %#x size %#x) is empty or not page aligned", i, r.GPA, r.Size)
+		}
+		if r.GPA+r.Size < r.GPA || r.Size/PageSize > 1<<32 {
+			return fmt.Errorf("region %d (gpa %#x size %#x) is too large", i, r.GPA, r.Size)
+		}
+		for j := range i {
+			o := info.Regions[j]
+			if r.GPA < o.GPA+o.Size && o.GPA < r.GPA+r.Size {
+				return fmt.Errorf("regions %d and %d overlap", j, i)
+			}
+		}
+	}
+	if len(info.Devices) > MaxDevices {
+		return fmt.Errorf("%d devices (allowed at most %d)", len(info.Devices), MaxDevices)
+	}
+	for i, d := range info.Devices {
+		if d == "" || len(d) > MaxDeviceName || !utf8.ValidString(d) {
+			return fmt.Errorf("device %d: name must be 1..%d bytes of UTF-8", i, MaxDeviceName)
+		}
+	}
+	return nil
+}
+
+func encodeHello(info VMInfo) ([]byte, error) {
+	if err := checkInfo(info); err != nil {
+		return nil, err
+	}
+	p := make([]byte, helloFixedSize, helloFixedSize+16*len(info.Regions)+64)
+	binary.BigEndian.PutUint16(p[0:], ProtocolVersion)
+	binary.BigEndian.PutUint32(p[4:], PageSize)
+	binary.BigEndian.PutUint32(p[8:], uint32(info.VCPUs))
+	binary.BigEndian.PutUint16(p[12:], uint16(len(info.Regions)))
+	binary.BigEndian.PutUint16(p[14:], uint16(len(info.Devices)))
+	for _, r := range info.Regions {
+		p = binary.BigEndian.AppendUint64(p, r.GPA)
+		p = binary.BigEndian.AppendUint64(p, r.Size)
+	}
+	for _, d := range info.Devices {
+		p = binary.BigEndian.AppendUint16(p, uint16(len(d)))
+		p = append(p, d...)
+	}
+	if len(p) > MaxHelloSize {
+		return nil, fmt.Errorf("HELLO would be %d bytes (max %d)", len(p), MaxHelloSize)
+	}
+	return p, nil
+}
+
+// decodeHello parses a HELLO payload. The version is returned even when the
+// rest does not parse, so a receiver can answer a newer sender precisely.
+func decodeHello(p []byte) (hello, error) {
+	var h hello
+	if len(p) < helloFixedSize {
+		return h, fmt.Errorf("%w: HELLO of %d bytes", ErrMalformed, len(p))
+	}
+	h.Version = binary.BigEndian.Uint16(p[0:])
+	if h.Version != ProtocolVersion {
+		return h, fmt.Errorf("%w: peer speaks version %d, this side speaks %d", ErrVersion, h.Version, ProtocolVersion)
+	}
+	if binary.BigEndian.Uint16(p[2:]) != 0 {
+		return h, fmt.Errorf("%w: HELLO reserved field is not zero", ErrMalformed)
+	}
+	h.PageSize = binary.BigEndian.Uint32(p[4:])
+	h.Info.VCPUs = int(binary.BigEndian.Uint32(p[8:]))
+	nreg := int(binary.BigEndian.Uint16(p[12:]))
+	ndev := int(binary.BigEndian.Uint16(p[14:]))
+	if nreg > MaxRegions || ndev > MaxDevices {
+		return h, fmt.Errorf("%w: HELLO announces %d regions and %d devices (max %d and %d)", ErrMalformed, nreg, ndev, MaxRegions, MaxDevices)
+	}
+	rest := p[helloFixedSize:]
+	if len(rest) < 16*nreg {
+		return h, fmt.Errorf("%w: HELLO region list truncated", ErrMalformed)
+	}
+	h.Info.Regions = make([]Region, nreg)
+	for i := range h.Info.Regions {
+		h.Info.Regions[i] = Region{GPA: binary.BigEndian.Uint64(rest), Size: binary.BigEndian.Uint64(rest[8:])}
+		rest = rest[16:]
+	}
+	h.Info.Devices = make([]string, 0, ndev)
+	for range ndev {
+		if len(rest) < 2 {
+			return h, fmt.Errorf("%w: HELLO device list truncated", ErrMalformed)
+		}
+		n := int(binary.BigEndian.Uint16(rest))
+		if len(rest) < 2+n {
+			return h, fmt.Errorf("%w: HELLO device name truncated", ErrMalformed)
+		}
+		h.Info.Devices = append(h.Info.Devices, string(rest[2:2+n]))
+		rest = rest[2+n:]
+	}
+	if len(rest) != 0 {
+		return h, fmt.Errorf("%w: %d trailing bytes after HELLO", ErrMalformed, len(rest))
+	}
+	if h.PageSize != PageSize {
+		return h, fmt.Errorf("%w: page size %d, this side uses %d", ErrRefused, h.PageSize, PageSize)
+	}
+	if err := checkInfo(h.Info); err != nil {
+		return h, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return h, nil
+}
+
+func encodeHelloAck() []byte {
+	p := make([]byte, 4)
+	binary.BigEndian.PutUint16(p, ProtocolVersion)
+	return p
+}
+
+func decodeHelloAck(p []byte) error {
+	if v := binary.BigEndian.Uint16(p); v != ProtocolVersion {
+		return fmt.Errorf("%w: peer acknowledged version %d, this side speaks %d", ErrVersion, v, ProtocolVersion)
+	}
+	if binary.BigEndian.Uint16(p[2:]) != 0 {
+		return fmt.Errorf("%w: HELLO-ACK reserved field is not zero", ErrMalformed)
+	}
+	return nil
+}
+
+// iterFinal marks the stop-and-copy iteration (the source guest is paused).
+const iterFinal uint32 = 1
+
+func encodeIterationStart(k uint32, final bool) []byte {
+	p := make([]byte, 8)
+	binary.BigEndian.PutUint32(p, k)
+	if final {
+		binary.BigEndian.PutUint32(p[4:], iterFinal)
+	}
+	return p
+}
+
+func decodeIterationStart(p []byte) (k uint32, final bool, err error) {
+	k = binary.BigEndian.Uint32(p)
+	f := binary.BigEndian.Uint32(p[4:])
+	if f&^iterFinal != 0 {
+		return k, false, fmt.Errorf("%w: ITERATION-START flags %#x", ErrMalformed, f)
+	}
+	return k, f&iterFinal != 0, nil
+}
+
+func encodeEnd(entries uint64) []byte {
+	return binary.BigEndian.AppendUint64(nil, entries)
+}
+
+func decodeEnd(p []byte) uint64 { return binary.BigEndian.Uint64(p) }
+
+// encodeError makes an ERROR payload: valid UTF-8, at most MaxErrorMessage
+// bytes (cut at a rune boundary).
+func encodeError(msg string) []byte {
+	msg = strings.ToValidUTF8(msg, "?")
+	if len(msg) > MaxErrorMessage {
+		cut := MaxErrorMessage
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut]
+	}
+	if msg == "" {
+		msg = "unspecified error"
+	}
+	return []byte(msg)
+}
+
+func decodeError(p []byte) *RemoteError {
+	return &RemoteError{Msg: strings.ToValidUTF8(string(p), "?")}
+}
+
+// pageEntry is one entry of a PAGES payload. Digest and Data alias the
+// payload and are nil for ZERO entries.
+type pageEntry struct {
+	Page   uint64
+	Kind   uint8
+	Digest []byte
+	Data   []byte
+}
+
+// pagesIter walks the entries of a PAGES payload, validating structure:
+// known kinds, no truncated entry, at most MaxPagesPerBatch entries.
+type pagesIter struct {
+	p   []byte
+	n   int
+	err error
+}
+
+func (it *pagesIter) next(e *pageEntry) bool {
+	if it.err != nil || len(it.p) == 0 {
+		return false
+	}
+	if it.n == MaxPagesPerBatch {
+		it.err = fmt.Errorf("%w: PAGES record holds more than %d entries", ErrMalformed, MaxPagesPerBatch)
+		return false
+	}
+	if len(it.p) < entryHeaderSize {
+		it.err = fmt.Errorf("%w: PAGES entry %d truncated", ErrMalformed, it.n)
+		return false
+	}
+	e.Page = binary.BigEndian.Uint64(it.p)
+	e.Kind = it.p[8]
+	switch e.Kind {
+	case pageZero:
+		e.Digest, e.Data = nil, nil
+		it.p = it.p[zeroEntrySize:]
+	case pageFull:
+		if len(it.p) < fullEntrySize {
+			it.err = fmt.Errorf("%w: PAGES entry %d (page %d) truncated", ErrMalformed, it.n, e.Page)
+			return false
+		}
+		e.Digest = it.p[entryHeaderSize : entryHeaderSize+digestSize]
+		e.Data = it.p[entryHeaderSize+digestSize : fullEntrySize]
+		it.p = it.p[fullEntrySize:]
+	default:
+		it.err = fmt.Errorf("%w: PAGES entry %d (page %d) has unknown kind %d", ErrMalformed, it.n, e.Page, e.Kind)
+		return false
+	}
+	it.n++
+	return true
+}

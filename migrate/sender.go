@@ -1,0 +1,519 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// TimeoutAction says what the sender does when a limit (MaxIterations or
+// Timeout) is reached before the migration converged.
+type TimeoutAction int
+
+const (
+	// AbortOnTimeout gives up: the source guest keeps running, Send returns
+	// an error wrapping ErrNotConverged. This is the default.
+	AbortOnTimeout TimeoutAction = iota
+	// ForceOnTimeout goes to stop-and-copy anyway, accepting a longer
+	// downtime; Stats.Converged is false.
+	ForceOnTimeout
+)
+
+func (a TimeoutAction) String() string {
+	switch a {
+	case AbortOnTimeout:
+		return "abort"
+	case ForceOnTimeout:
+		return "force"
+	}
+	return fmt.Sprintf("TimeoutAction(%d)", int(a))
+}
+
+// Options tune Send. The zero value is usable.
+type Options struct {
+	// Downtime is the stop-and-copy budget: pre-copy ends when the bytes
+	// left, divided by the bandwidth measured in the last iteration, fit in
+	// it. Default 300 ms.
+	Downtime time.Duration
+	// MaxIterations limits pre-copy iterations, iteration 0 included.
+	// Default 30.
+	MaxIterations int
+	// Timeout limits the pre-copy phase (wall clock, checked between
+	// iterations). Zero means no limit.
+	Timeout time.Duration
+	// OnTimeout chooses between giving up and forcing stop-and-copy when
+	// MaxIterations or Timeout is reached.
+	OnTimeout TimeoutAction
+	// MaxBandwidth caps the bytes written per second; 0 means unlimited.
+	MaxBandwidth int64
+	// NoDigest disables the digest filter (plain pre-copy: every dirty page
+	// is sent). Pages still carry their digest on the wire.
+	NoDigest bool
+	// NoClearBeforeSend, in manual dirty-log mode, clears the whole bitmap
+	// right after fetching it (classic pre-copy) instead of clearing each
+	// chunk just before reading it.
+	NoClearBeforeSend bool
+	// Progress, if set, is called once per iteration with its statistics.
+	Progress func(IterationStats)
+
+	// BatchPages is the number of page entries per PAGES record (default
+	// 64, at most MaxPagesPerBatch).
+	BatchPages int
+	// ChunkPages is the dirty-log clear granularity (default 512, a
+	// multiple of 64).
+	ChunkPages int
+	// HandshakeTimeout bounds the wait for HELLO-ACK (default 30 s).
+	HandshakeTimeout time.Duration
+	// AckTimeout bounds the wait for DONE-ACK after END (default 60 s).
+	AckTimeout time.Duration
+	// BufferSize is the output buffer size (default 4 MiB).
+	BufferSize int
+}
+
+func (o Options) normalize() (Options, error) {
+	if o.Downtime <= 0 {
+		o.Downtime = 300 * time.Millisecond
+	}
+	if o.MaxIterations <= 0 {
+		o.MaxIterations = 30
+	}
+	if o.Timeout < 0 {
+		return o, fmt.Errorf("migrate: negative Timeout")
+	}
+	if o.OnTimeout != AbortOnTimeout && o.OnTimeout != ForceOnTimeout {
+		return o, fmt.Errorf("migrate: invalid OnTimeout %v", o.OnTimeout)
+	}
+	if o.MaxBandwidth < 0 {
+		return o, fmt.Errorf("migrate: negative MaxBandwidth")
+	}
+	if o.BatchPages <= 0 {
+		o.BatchPages = 64
+	}
+	if o.BatchPages > MaxPagesPerBatch {
+		return o, fmt.Errorf("migrate: BatchPages %d exceeds %d", o.BatchPages, MaxPagesPerBatch)
+	}
+	if o.ChunkPages <= 0 {
+		o.ChunkPages = 512
+	}
+	if o.ChunkPages%64 != 0 {
+		return o, fmt.Errorf("migrate: ChunkPages %d is not a multiple of 64", o.ChunkPages)
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = 30 * time.Second
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 60 * time.Second
+	}
+	if o.BufferSize <= 0 {
+		o.BufferSize = 4 << 20
+	}
+	return o, nil
+}
+
+// peerMsg is one record (or read error) from the destination.
+type peerMsg struct {
+	t       RecordType
+	payload []byte
+	err     error
+}
+
+// sender holds the state of one outgoing migration.
+type sender struct {
+	ctx  context.Context
+	src  Source
+	conn io.ReadWriter
+	opts Options
+
+	info  VMInfo
+	mems  [][]byte
+	base  []uint64 // global index of each region's first page
+	pages []uint64 // pages per region
+	total uint64
+
+	table   *DigestTable // nil with NoDigest
+	w       *recordWriter
+	pending [][]uint64 // dirty pages not sent yet, per region
+	scratch [][]uint64 // DirtyLog output, per region
+
+	manual   bool
+	logging  bool
+	paused   bool
+	helloOut bool // HELLO written: the destination expects ERROR on failure
+	remote   bool // the destination reported an error or hung up
+	peer     chan peerMsg
+	peerEnd  bool // the reader goroutine delivered its last message
+
+	iter    uint32
+	cur     IterationStats
+	curAt   time.Time
+	curOut  int64
+	entries uint64 // page entries sent, for END
+	stats   Stats
+	start   time.Time
+}
+
+// Send migrates src over conn to a Receive running on the other side.
+//
+// conn must allow one goroutine to read while another writes (a net.Conn
+// does). If conn has SetDeadline / SetWriteDeadline / SetReadDeadline
+// methods, they are used to unblock I/O when ctx is cancelled or the
+// destination reports an error; the caller closes conn after Send returns.
+//
+// Send returns only after the destination acknowledged (DONE-ACK) that it
+// restored and started the guest: then the source guest is left paused and
+// must not run again. On any error before that, Send stops dirty logging,
+// resumes the source guest if it paused it, tells the destination (ERROR)
+// when it can, and returns the error. The Stats are returned in both cases
+// (partial on error).
+func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*Stats, error) {
+	o, err := opts.normalize()
+	if err != nil {
+		return nil, err
+	}
+	s := &sender{ctx: ctx, src: src, conn: conn, opts: o, start: time.Now()}
+	if o.MaxBandwidth > 0 {
+		s.w = newRecordWriter(ctx, conn, o.BufferSize, newTokenBucket(o.MaxBandwidth))
+	} else {
+		s.w = newRecordWriter(ctx, conn, o.BufferSize, nil)
+	}
+	stop := context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
+	err = s.run()
+	stop()
+	if err != nil {
+		err = s.fail(err)
+	}
+	s.stats.TotalSeconds = time.Since(s.start).Seconds()
+	s.stats.BytesTotal = s.w.written
+	return &s.stats, err
+}
+
+func (s *sender) run() error {
+	if err := s.setup(); err != nil {
+		return err
+	}
+	if err := s.handshake(); err != nil {
+		return err
+	}
+	manual, err := s.src.StartDirtyLog()
+	if err != nil {
+		return fmt.Errorf("migrate: start dirty log: %w", err)
+	}
+	s.manual, s.logging = manual, true
+
+	// Iteration 0: every page.
+	if err := s.beginIteration(false); err != nil {
+		return err
+	}
+	s.cur.PagesDirty = s.total
+	if err := s.sendAll(); err != nil {
+		return err
+	}
+	if err := s.endIteration(); err != nil {
+		return err
+	}
+
+	for {
+		dirty, err := s.fetch()
+		if err != nil {
+			return err
+		}
+		s.reportLast(dirty)
+		stop, converged, err := s.decide(dirty)
+		if err != nil {
+			return err
+		}
+		if stop {
+			return s.stopAndCopy(converged)
+		}
+		if err := s.beginIteration(false); err != nil {
+			return err
+		}
+		s.cur.PagesDirty = dirty
+		if s.manual && s.opts.NoClearBeforeSend {
+			if err := s.clearAll(); err != nil {
+				return err
+			}
+		}
+		if err := s.sendPending(s.manual && !s.opts.NoClearBeforeSend); err != nil {
+			return err
+		}
+		if err := s.endIteration(); err != nil {
+			return err
+		}
+	}
+}
+
+// setup reads the VM layout and allocates the table and bitmaps.
+func (s *sender) setup() error {
+	s.info = s.src.Info()
+	if err := checkInfo(s.info); err != nil {
+		return fmt.Errorf("migrate: source VM: %v", err)
+	}
+	n := len(s.info.Regions)
+	s.mems = make([][]byte, n)
+	s.base = make([]uint64, n)
+	s.pages = make([]uint64, n)
+	s.pending = make([][]uint64, n)
+	s.scratch = make([][]uint64, n)
+	for i, r := range s.info.Regions {
+		m := s.src.Memory(i)
+		if uint64(len(m)) != r.Size {
+			return fmt.Errorf("migrate: source region %d maps %d bytes, Info says %d", i, len(m), r.Size)
+		}
+		s.mems[i] = m
+		s.base[i] = s.total
+		s.pages[i] = r.Size / PageSize
+		s.total += s.pages[i]
+		words := (s.pages[i] + 63) / 64
+		s.pending[i] = make([]uint64, words)
+		s.scratch[i] = make([]uint64, words)
+	}
+	if !s.opts.NoDigest {
+		s.table = NewDigestTable(s.total)
+	}
+	return nil
+}
+
+// handshake sends HELLO and waits for HELLO-ACK; it starts the goroutine
+// that reads everything the destination sends.
+func (s *sender) handshake() error {
+	p, err := encodeHello(s.info)
+	if err != nil {
+		return fmt.Errorf("migrate: %v", err)
+	}
+	if err := s.w.record(RecHello, p); err != nil {
+		return s.ioError("send HELLO", err)
+	}
+	if err := s.w.flush(); err != nil {
+		return s.ioError("send HELLO", err)
+	}
+	s.helloOut = true
+	s.peer = make(chan peerMsg, 2)
+	go s.readPeer(newRecordReader(s.conn))
+
+	t := time.NewTimer(s.opts.HandshakeTimeout)
+	defer t.Stop()
+	select {
+	case m := <-s.peer:
+		if m.t == RecHelloAck {
+			if err := decodeHelloAck(m.payload); err != nil {
+				return err
+			}
+			return nil
+		}
+		s.peerEnd = true
+		return s.peerFailure(m, "handshake")
+	case <-t.C:
+		return fmt.Errorf("migrate: no HELLO-ACK within %v", s.opts.HandshakeTimeout)
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
+// readPeer delivers the destination's records: HELLO-ACK, then exactly one
+// terminal message (DONE-ACK, ERROR, another record, or a read error).
+func (s *sender) readPeer(rr *recordReader) {
+	for {
+		rec, err := rr.next()
+		if err != nil {
+			s.peer <- peerMsg{err: err}
+			return
+		}
+		m := peerMsg{t: rec.Type, payload: append([]byte(nil), rec.Payload...)}
+		if rec.Type == RecError {
+			// The destination stopped reading: unblock a pending write.
+			setWriteDeadline(s.conn, time.Unix(1, 0))
+		}
+		s.peer <- m
+		if rec.Type != RecHelloAck {
+			return
+		}
+	}
+}
+
+// peerFailure turns an unwanted message from the destination into an error.
+func (s *sender) peerFailure(m peerMsg, phase string) error {
+	s.remote = true
+	switch {
+	case m.err != nil:
+		return fmt.Errorf("migrate: reading from destination during %s: %w", phase, m.err)
+	case m.t == RecError:
+		return decodeError(m.payload)
+	}
+	s.remote = false // the destination is confused, not failed: tell it
+	return fmt.Errorf("%w: %v from the destination during %s", ErrUnexpected, m.t, phase)
+}
+
+// check is called between chunks: cancellation, or anything from the peer.
+func (s *sender) check() error {
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case m := <-s.peer:
+		s.peerEnd = true
+		return s.peerFailure(m, "pre-copy")
+	default:
+		return nil
+	}
+}
+
+// ioError wraps a write failure, preferring the destination's own account
+// (an ERROR record usually explains why the connection broke).
+func (s *sender) ioError(what string, err error) error {
+	if s.peer != nil && !s.peerEnd {
+		t := time.NewTimer(250 * time.Millisecond)
+		defer t.Stop()
+		select {
+		case m := <-s.peer:
+			s.peerEnd = true
+			if m.t == RecError {
+				s.remote = true
+				return decodeError(m.payload)
+			}
+		case <-t.C:
+		}
+	}
+	if ctxErr := s.ctx.Err(); ctxErr != nil {
+		return ctxErr
+	}
+	return fmt.Errorf("migrate: %s: %w", what, err)
+}
+
+// stopAndCopy pauses the guest, sends what is left and the state, and waits
+// for DONE-ACK.
+func (s *sender) stopAndCopy(converged bool) error {
+	s.stats.Converged = converged
+	pausedAt := time.Now()
+	if err := s.src.Pause(); err != nil {
+		return fmt.Errorf("migrate: pause source: %w", err)
+	}
+	s.paused = true
+	if err := s.beginIteration(true); err != nil {
+		return err
+	}
+	dirty, err := s.fetch()
+	if err != nil {
+		return err
+	}
+	s.cur.PagesDirty = dirty
+	if err := s.sendPending(false); err != nil {
+		return err
+	}
+	s.w.endPages()
+	state, err := s.src.State()
+	if err != nil {
+		return fmt.Errorf("migrate: save source state: %w", err)
+	}
+	if len(state) > MaxStateSize {
+		return fmt.Errorf("migrate: VM state is %d bytes, protocol maximum is %d", len(state), MaxStateSize)
+	}
+	if err := s.w.record(RecState, state); err != nil {
+		return s.ioError("send STATE", err)
+	}
+	if err := s.w.record(RecEnd, encodeEnd(s.entries)); err != nil {
+		return s.ioError("send END", err)
+	}
+	if err := s.endIteration(); err != nil {
+		return err
+	}
+	s.reportLast(0)
+	if err := s.waitAck(); err != nil {
+		return err
+	}
+	s.stats.DowntimeMS = float64(time.Since(pausedAt).Microseconds()) / 1000
+	s.logging = false
+	s.paused = false // handed over: the source guest must stay paused for good
+	if err := s.src.StopDirtyLog(); err != nil {
+		// The guest now runs on the destination; this is not a failure.
+		_ = err
+	}
+	return nil
+}
+
+func (s *sender) waitAck() error {
+	t := time.NewTimer(s.opts.AckTimeout)
+	defer t.Stop()
+	select {
+	case m := <-s.peer:
+		s.peerEnd = true
+		if m.t == RecDoneAck {
+			return nil
+		}
+		return s.peerFailure(m, "the wait for DONE-ACK")
+	case <-t.C:
+		return fmt.Errorf("%w (%v)", ErrAckTimeout, s.opts.AckTimeout)
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
+// fail undoes what a failed migration did to the source: the guest runs
+// again and the destination is told why.
+func (s *sender) fail(cause error) error {
+	var re *RemoteError
+	if errors.As(cause, &re) {
+		s.remote = true
+	}
+	errs := []error{cause}
+	if s.paused {
+		if err := s.src.Resume(); err != nil {
+			errs = append(errs, fmt.Errorf("migrate: RESUMING THE SOURCE GUEST FAILED: %w", err))
+		} else {
+			s.paused = false
+		}
+	}
+	if s.logging {
+		if err := s.src.StopDirtyLog(); err != nil {
+			errs = append(errs, fmt.Errorf("migrate: stop dirty log: %w", err))
+		}
+		s.logging = false
+	}
+	if s.helloOut && !s.remote {
+		s.w.discard()
+		sendErrorRecord(s.conn, "source aborted the migration: "+cause.Error())
+	}
+	// Release the reader goroutine if it is still waiting.
+	setReadDeadline(s.conn, time.Unix(1, 0))
+	return errors.Join(errs...)
+}
+
+// sendErrorRecord writes an ERROR record, best effort, within 2 seconds.
+func sendErrorRecord(conn io.Writer, msg string) {
+	const limit = 2 * time.Second
+	rec := appendRecord(nil, RecError, encodeError(msg))
+	if setWriteDeadline(conn, time.Now().Add(limit)) {
+		_, _ = conn.Write(rec)
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		_, _ = conn.Write(rec)
+		close(done)
+	}()
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
+// Deadline helpers: no-ops (returning false) for streams without deadlines.
+
+func setDeadline(c any, t time.Time) bool {
+	d, ok := c.(interface{ SetDeadline(time.Time) error })
+	return ok && d.SetDeadline(t) == nil
+}
+
+func setWriteDeadline(c any, t time.Time) bool {
+	d, ok := c.(interface{ SetWriteDeadline(time.Time) error })
+	return ok && d.SetWriteDeadline(t) == nil
+}
+
+func setReadDeadline(c any, t time.Time) bool {
+	d, ok := c.(interface{ SetReadDeadline(time.Time) error })
+	return ok && d.SetReadDeadline(t) == nil
+}

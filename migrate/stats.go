@@ -1,0 +1,76 @@
+package migrate
+
+import "fmt"
+
+// IterationStats describes one pre-copy iteration (or the final
+// stop-and-copy pass). For every iteration
+//
+//	PagesDirty = PagesFalseDirty + PagesZero + PagesSent
+//
+// In iteration 0 every page counts as dirty.
+type IterationStats struct {
+	Iteration   int  `json:"iteration"`
+	StopAndCopy bool `json:"stop_and_copy"`
+	// PagesDirty is the number of pages the dirty log reported (all pages in
+	// iteration 0).
+	PagesDirty uint64 `json:"pages_dirty"`
+	// PagesFalseDirty counts dirty pages skipped because their digest matched
+	// the content already sent.
+	PagesFalseDirty uint64 `json:"pages_false_dirty"`
+	// PagesZero counts ZERO records (no data) sent.
+	PagesZero uint64 `json:"pages_zero"`
+	// PagesSent counts FULL pages (data + digest) sent.
+	PagesSent uint64 `json:"pages_sent"`
+	// Bytes is every byte written to the connection during the iteration,
+	// record headers included.
+	Bytes   int64   `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+	// DirtyRate is the rate, in bytes per second, at which the guest dirtied
+	// pages during this iteration: pages found by the dirty-log fetch that
+	// followed it × PageSize / Seconds. Zero for the stop-and-copy pass.
+	DirtyRate float64 `json:"dirty_rate"`
+}
+
+// Stats is the result of a migration, as the source saw it.
+type Stats struct {
+	Iterations   []IterationStats `json:"iterations"`
+	TotalSeconds float64          `json:"total_seconds"`
+	// DowntimeMS runs from pausing the source guest to receiving DONE-ACK.
+	DowntimeMS float64 `json:"downtime_ms"`
+	BytesTotal int64   `json:"bytes_total"`
+	// Converged is false when stop-and-copy was forced by a limit.
+	Converged bool `json:"converged"`
+}
+
+const mib = 1 << 20
+
+// FormatIteration renders one iteration as a single human-readable line.
+func FormatIteration(it IterationStats) string {
+	name := fmt.Sprintf("iter %d", it.Iteration)
+	if it.StopAndCopy {
+		name = fmt.Sprintf("stop-and-copy (iter %d)", it.Iteration)
+	}
+	return fmt.Sprintf("%s: dirty %d, false-dirty skipped %d, zero %d, sent %d, %.1f MiB in %.3f s, dirty rate %.1f MiB/s",
+		name, it.PagesDirty, it.PagesFalseDirty, it.PagesZero, it.PagesSent,
+		float64(it.Bytes)/mib, it.Seconds, it.DirtyRate/mib)
+}
+
+// Summary renders the end-of-migration line.
+func (s *Stats) Summary() string {
+	conv := "converged"
+	if !s.Converged {
+		conv = "forced (did not converge)"
+	}
+	return fmt.Sprintf("migrated in %.3f s, downtime %.1f ms, %d iterations, %.1f MiB sent, %s",
+		s.TotalSeconds, s.DowntimeMS, len(s.Iterations), float64(s.BytesTotal)/mib, conv)
+}
+
+// ReceiveStats is the result of a migration, as the destination saw it.
+type ReceiveStats struct {
+	Iterations int     `json:"iterations"`
+	PagesFull  uint64  `json:"pages_full"`
+	PagesZero  uint64  `json:"pages_zero"`
+	StateBytes int     `json:"state_bytes"`
+	BytesTotal int64   `json:"bytes_total"`
+	Seconds    float64 `json:"seconds"`
+}

@@ -1,0 +1,178 @@
+package migrate
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+// recordWriter is the sender's buffered output. It plays the part of a
+// bufio.Writer with a big buffer, but PAGES records are built in place inside
+// the buffer: a page is copied from guest memory straight to its slot in the
+// record, hashed there, and the running CRC32C is updated while the entry is
+// still hot in cache. Nothing is copied again before the write system call.
+//
+// Every byte goes through the optional token bucket.
+type recordWriter struct {
+	ctx context.Context
+	w   io.Writer
+	lim *tokenBucket
+
+	buf     []byte // complete records, then the open PAGES record if any
+	open    int    // offset of the open PAGES record's header; -1 if none
+	crc     uint32 // running CRC32C of the open record's kept entries
+	entries int    // kept entries in the open record
+	staged  int    // offset of the staged FULL entry; -1 if none
+
+	written int64 // bytes handed to w
+}
+
+func newRecordWriter(ctx context.Context, w io.Writer, size int, lim *tokenBucket) *recordWriter {
+	if size < HeaderSize+maxPagesPayload {
+		size = HeaderSize + maxPagesPayload
+	}
+	return &recordWriter{ctx: ctx, w: w, lim: lim, buf: make([]byte, 0, size), open: -1, staged: -1}
+}
+
+// output writes p to the connection, in bucket-sized chunks when limited.
+func (rw *recordWriter) output(p []byte) error {
+	for len(p) > 0 {
+		n := len(p)
+		if rw.lim != nil {
+			n = min(n, rw.lim.chunk())
+			if err := rw.lim.take(rw.ctx, n); err != nil {
+				return err
+			}
+		}
+		m, err := rw.w.Write(p[:n])
+		rw.written += int64(m)
+		if err != nil {
+			return err
+		}
+		p = p[n:]
+	}
+	return nil
+}
+
+// flush writes every complete record. No PAGES record may be open.
+func (rw *recordWriter) flush() error {
+	if rw.open >= 0 {
+		panic("migrate: flush with an open PAGES record")
+	}
+	if len(rw.buf) == 0 {
+		return nil
+	}
+	err := rw.output(rw.buf)
+	rw.buf = rw.buf[:0]
+	return err
+}
+
+// discard drops whatever is buffered (used before sending ERROR).
+func (rw *recordWriter) discard() {
+	rw.buf, rw.open, rw.staged, rw.entries = rw.buf[:0], -1, -1, 0
+}
+
+// buffered returns the number of bytes waiting in the buffer.
+func (rw *recordWriter) buffered() int { return len(rw.buf) }
+
+// record appends a whole record; large payloads bypass the buffer.
+func (rw *recordWriter) record(t RecordType, payload []byte) error {
+	if rw.open >= 0 {
+		panic("migrate: record with an open PAGES record")
+	}
+	need := HeaderSize + len(payload)
+	if cap(rw.buf)-len(rw.buf) < need {
+		if err := rw.flush(); err != nil {
+			return err
+		}
+	}
+	if need > cap(rw.buf) {
+		return rw.output(appendRecord(nil, t, payload))
+	}
+	rw.buf = appendRecord(rw.buf, t, payload)
+	return nil
+}
+
+// beginPages opens a PAGES record, flushing first if a full one might not fit.
+func (rw *recordWriter) beginPages() error {
+	if rw.open >= 0 {
+		panic("migrate: nested PAGES record")
+	}
+	if cap(rw.buf)-len(rw.buf) < HeaderSize+maxPagesPayload {
+		if err := rw.flush(); err != nil {
+			return err
+		}
+	}
+	rw.open = len(rw.buf)
+	rw.buf = rw.buf[:rw.open+HeaderSize]
+	rw.crc, rw.entries = 0, 0
+	return nil
+}
+
+// pagesOpen reports whether a PAGES record is open, and how many entries it holds.
+func (rw *recordWriter) pagesOpen() (bool, int) { return rw.open >= 0, rw.entries }
+
+func (rw *recordWriter) putEntryHeader(off int, page uint64, kind uint8) {
+	binary.BigEndian.PutUint64(rw.buf[off:], page)
+	rw.buf[off+8] = kind
+}
+
+// addZero appends a ZERO entry to the open record.
+func (rw *recordWriter) addZero(page uint64) {
+	off := len(rw.buf)
+	rw.buf = rw.buf[:off+zeroEntrySize]
+	rw.putEntryHeader(off, page, pageZero)
+	rw.crc = crc32.Update(rw.crc, castagnoli, rw.buf[off:])
+	rw.entries++
+}
+
+// stageFull appends a FULL entry for page to the open record: src is copied
+// into the record first and the copy is hashed, so the digest always
+// describes exactly the bytes that will be sent, even if the guest writes src
+// meanwhile. The entry must then be kept or dropped.
+func (rw *recordWriter) stageFull(page uint64, src []byte) Digest {
+	off := len(rw.buf)
+	rw.buf = rw.buf[:off+fullEntrySize]
+	rw.putEntryHeader(off, page, pageFull)
+	data := rw.buf[off+entryHeaderSize+digestSize : off+fullEntrySize]
+	copy(data, src)
+	d := HashPage(data)
+	copy(rw.buf[off+entryHeaderSize:], d[:])
+	rw.staged = off
+	return d
+}
+
+// keepStaged commits the staged entry.
+func (rw *recordWriter) keepStaged() {
+	rw.crc = crc32.Update(rw.crc, castagnoli, rw.buf[rw.staged:])
+	rw.staged = -1
+	rw.entries++
+}
+
+// dropStaged removes the staged entry (its content was already sent).
+func (rw *recordWriter) dropStaged() {
+	rw.buf = rw.buf[:rw.staged]
+	rw.staged = -1
+}
+
+// endPages closes the open PAGES record (an empty one is removed).
+func (rw *recordWriter) endPages() {
+	if rw.open < 0 {
+		return
+	}
+	if rw.staged >= 0 {
+		panic("migrate: endPages with a staged entry")
+	}
+	if rw.entries == 0 {
+		rw.buf = rw.buf[:rw.open]
+	} else {
+		n := len(rw.buf) - rw.open
+		if n > HeaderSize+maxPagesPayload {
+			panic(fmt.Sprintf("migrate: PAGES record of %d bytes", n))
+		}
+		putHeader(rw.buf[rw.open:], header{Type: RecPages, Length: uint32(n), CRC: rw.crc})
+	}
+	rw.open, rw.entries = -1, 0
+}
