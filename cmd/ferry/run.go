@@ -1,0 +1,139 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ferryvmm/ferry/vmm"
+)
+
+var runCommand = &cli.Command{
+	Name:      "run",
+	Usage:     "boot a Linux guest with a serial console",
+	ArgsUsage: " ",
+	Description: `Boots a kernel (an uncompressed vmlinux with a PVH entry, or a bzImage)
+with an optional initramfs. The guest's serial console is this terminal;
+Ctrl-A x quits. ferry exits 0 when the guest powers off or reboots, and
+non-zero when the guest cannot continue.
+
+Without --kernel/--initrd, ferry boots the image that 'make guest' built
+(guest-images/out, or $FERRY_GUEST_DIR). --cmdline adds to ferry's default
+kernel parameters (see --no-default-cmdline).`,
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "kernel", Usage: "kernel image: vmlinux (PVH) or bzImage (default: the built guest image)"},
+		&cli.StringFlag{Name: "initrd", Usage: "initramfs (default: the built guest image's)"},
+		&cli.StringFlag{Name: "cmdline", Usage: "kernel parameters added to ferry's defaults, e.g. \"ferry.run=shell\""},
+		&cli.BoolFlag{Name: "no-default-cmdline", Usage: "pass only --cmdline to the kernel"},
+		&cli.StringFlag{Name: "memory", Aliases: []string{"m"}, Value: "128M", Usage: "guest RAM, e.g. 128M or 1G"},
+		&cli.IntFlag{Name: "cpus", Value: 1, Usage: "number of vCPUs"},
+		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print boot details and unclaimed I/O ports"},
+	},
+	Action: runAction,
+}
+
+// machineFlags validates the flags shared by run and receive.
+func machineFlags(c *cli.Context) (vmm.Config, error) {
+	mem, err := parseSize(c.String("memory"))
+	if err != nil {
+		return vmm.Config{}, flagError("memory", "%v", err)
+	}
+	if mem < vmm.MinMemory || mem%4096 != 0 {
+		return vmm.Config{}, flagError("memory", "%s: need at least %d MiB, in whole 4 KiB pages", c.String("memory"), vmm.MinMemory>>20)
+	}
+	if n := c.Int("cpus"); n < 1 || n > 32 {
+		return vmm.Config{}, flagError("cpus", "%d: ferry runs 1 to 32 vCPUs", n)
+	}
+	return vmm.Config{Memory: mem, CPUs: c.Int("cpus"), Console: os.Stdout, KVMPath: c.String("kvm")}, nil
+}
+
+func runAction(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usageError{fmt.Errorf("run takes no arguments (got %q); kernel parameters go in --cmdline", c.Args().First())}
+	}
+	cfg, err := machineFlags(c)
+	if err != nil {
+		return err
+	}
+	kernel, initrd := c.String("kernel"), c.String("initrd")
+	if kernel == "" {
+		kernel = filepath.Join(guestImageDir(), "vmlinux")
+		if _, err := os.Stat(kernel); err != nil {
+			return flagError("kernel", "not given, and no built guest image at %s: run 'make guest' or pass --kernel", kernel)
+		}
+		if initrd == "" && !c.IsSet("initrd") {
+			initrd = filepath.Join(guestImageDir(), "initramfs.cpio")
+		}
+	}
+	if err := checkFile("kernel", kernel); err != nil {
+		return err
+	}
+	if initrd != "" {
+		if err := checkFile("initrd", initrd); err != nil {
+			return err
+		}
+	}
+
+	m, err := vmm.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	cmdline := vmm.Cmdline(m.TSCKHz(), c.String("cmdline"), c.Bool("no-default-cmdline"))
+	bi, err := m.Boot(kernel, initrd, cmdline)
+	if err != nil {
+		return err
+	}
+	if c.Bool("verbose") {
+		fmt.Fprintf(os.Stderr, "ferry: %s kernel, entry %#x, %d MiB, %d vCPUs, TSC %d kHz\nferry: cmdline: %s\n",
+			bi.Format, bi.Entry, cfg.Memory>>20, cfg.CPUs, m.TSCKHz(), cmdline)
+	}
+	return serve(c, m)
+}
+
+// serve runs a started-or-ready machine with the console attached until the
+// guest stops, the user quits, or a signal arrives.
+func serve(c *cli.Context, m *vmm.Machine) error {
+	con, err := attachConsole(os.Stdin, m.Serial().Input)
+	if err != nil {
+		return err
+	}
+	defer con.detach()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	if err := m.Start(); err != nil {
+		return err
+	}
+	var quitBy string
+	select {
+	case <-m.Done():
+	case <-con.quit:
+		quitBy = "quit from the console"
+	case s := <-sigs:
+		quitBy = "signal " + s.String()
+	}
+	if quitBy != "" {
+		m.Stop(quitBy)
+	}
+	exit := m.Wait()
+	con.detach()
+	if c.Bool("verbose") {
+		if u := m.UnclaimedPorts(); len(u) > 0 {
+			fmt.Fprintf(os.Stderr, "ferry: unclaimed I/O ports: %v\n", u)
+		}
+	}
+	if exit.Err != nil {
+		return guestExitError{err: exit.Err, code: 1}
+	}
+	fmt.Fprintf(os.Stderr, "ferry: %s\n", exit.Reason)
+	if quitBy != "" && quitBy != "quit from the console" {
+		return guestExitError{err: fmt.Errorf("stopped by %s", quitBy), code: 130}
+	}
+	return nil
+}

@@ -1,0 +1,263 @@
+// Package vmm is ferry's machine: guest RAM and its memory map, kernel
+// loading, the vCPU threads, exit dispatch to devices, pause and resume, and
+// the whole-VM state.
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/ferryvmm/ferry/devices"
+	"github.com/ferryvmm/ferry/kvm"
+)
+
+// Config describes a machine.
+type Config struct {
+	Memory  uint64    // bytes of RAM
+	CPUs    int       // vCPUs
+	Console io.Writer // guest serial output (nil: discarded)
+	KVMPath string    // "" for /dev/kvm
+}
+
+// Exit says how a machine stopped. Err is nil for a guest that powered off
+// or reset (a clean exit).
+type Exit struct {
+	Reason string
+	Err    error
+}
+
+// Machine is one VM with its vCPUs and devices.
+type Machine struct {
+	cfg      Config
+	sys      *kvm.System
+	vm       *kvm.VM
+	mem      *Memory
+	vcpus    []*kvm.VCPU
+	msrs     []uint32 // MSRs saved with each vCPU
+	hasXSave bool
+	tscKHz   uint64
+
+	ports   devices.PortBus
+	serial  *devices.Serial
+	devices []devices.Device // in registration order
+
+	ctl      sync.Mutex
+	cond     *sync.Cond
+	pauseReq bool
+	parked   int // vCPUs parked or stopped
+	stopping bool
+	started  bool
+	exit     *Exit
+	done     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New creates the VM, its memory, irqchip, timer, devices and vCPUs. The
+// guest does not run until Boot or Restore and then Start.
+func New(cfg Config) (m *Machine, err error) {
+	if cfg.CPUs < 1 || cfg.CPUs > mpMaxCPUs {
+		return nil, fmt.Errorf("--cpus %d: ferry supports 1 to %d vCPUs", cfg.CPUs, mpMaxCPUs)
+	}
+	m = &Machine{cfg: cfg, done: make(chan struct{})}
+	m.cond = sync.NewCond(&m.ctl)
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	if m.sys, err = kvm.Open(cfg.KVMPath); err != nil {
+		return nil, err
+	}
+	if err = m.checkCaps(); err != nil {
+		return nil, err
+	}
+	if m.vm, err = m.sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	if m.mem, err = NewMemory(cfg.Memory); err != nil {
+		return nil, err
+	}
+	if err = m.vm.SetTSSAddr(tssAddr); err != nil {
+		return nil, err
+	}
+	if err = m.vm.SetIdentityMapAddr(identityMap); err != nil {
+		return nil, err
+	}
+	for _, r := range m.mem.Regions {
+		if err = m.vm.SetMemoryRegion(kvm.MemoryRegion{Slot: r.Slot, GPA: r.GPA, Size: r.Size(), HostAddr: hostAddr(r.Mem)}); err != nil {
+			return nil, err
+		}
+	}
+	if err = m.vm.CreateIRQChip(); err != nil {
+		return nil, err
+	}
+	if err = m.vm.CreatePIT2(); err != nil {
+		return nil, err
+	}
+	if err = m.addDevices(); err != nil {
+		return nil, err
+	}
+	if err = m.createVCPUs(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// requiredCaps are the KVM capabilities ferry cannot run without.
+var requiredCaps = []struct {
+	cap  kvm.Capability
+	name string
+}{
+	{kvm.CapUserMemory, "KVM_CAP_USER_MEMORY"},
+	{kvm.CapIRQChip, "KVM_CAP_IRQCHIP"},
+	{kvm.CapPIT2, "KVM_CAP_PIT2"},
+	{kvm.CapSetTSSAddr, "KVM_CAP_SET_TSS_ADDR"},
+	{kvm.CapImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"},
+	{kvm.CapExtCPUID, "KVM_CAP_EXT_CPUID"},
+	{kvm.CapMPState, "KVM_CAP_MP_STATE"},
+	{kvm.CapVCPUEvents, "KVM_CAP_VCPU_EVENTS"},
+	{kvm.CapDebugRegs, "KVM_CAP_DEBUGREGS"},
+	{kvm.CapGetTSCKHz, "KVM_CAP_GET_TSC_KHZ"},
+}
+
+func (m *Machine) checkCaps() error {
+	var missing []string
+	for _, c := range requiredCaps {
+		if n, err := m.sys.CheckExtension(c.cap); err != nil || n == 0 {
+			missing = append(missing, c.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s lacks capabilities ferry needs: %v (see `ferry probe`)", m.sys.Path(), missing)
+	}
+	n, _ := m.sys.CheckExtension(kvm.CapXSave)
+	m.hasXSave = n > 0
+	return nil
+}
+
+// irqLine drives one GSI of the in-kernel irqchip.
+type irqLine struct {
+	vm  *kvm.VM
+	gsi uint32
+}
+
+func (l irqLine) SetLevel(high bool) error { return l.vm.IRQLine(l.gsi, high) }
+
+func (m *Machine) addDevices() error {
+	console := m.cfg.Console
+	if console == nil {
+		console = io.Discard
+	}
+	m.serial = devices.NewSerial("serial0", console, irqLine{m.vm, devices.COM1IRQ})
+	kbd := devices.NewI8042(func() { m.stop(Exit{Reason: "guest reset (i8042 reset line)"}) })
+	regs := []struct {
+		base  uint16
+		count int
+		dev   devices.PortDevice
+	}{
+		{devices.COM1Base, 8, m.serial},
+		{devices.I8042Data, 1, kbd},
+		{devices.I8042Command, 1, kbd},
+		{devices.CMOSIndex, 2, devices.NewCMOS(nil)},
+		{0x80, 1, devices.NewSink("post")},
+		{0xed, 1, devices.NewSink("iodelay")},
+		{0x92, 1, devices.NewSink("sysctl-a")},
+	}
+	for _, r := range regs {
+		if err := m.ports.Register(r.base, r.count, r.dev); err != nil {
+			return err
+		}
+		if n := len(m.devices); n == 0 || m.devices[n-1] != r.dev {
+			m.devices = append(m.devices, r.dev)
+		}
+	}
+	return nil
+}
+
+func (m *Machine) createVCPUs() error {
+	supported, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	candidates, err := m.sys.MSRIndexList()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < m.cfg.CPUs; i++ {
+		v, err := m.vm.CreateVCPU(i)
+		if err != nil {
+			return err
+		}
+		m.vcpus = append(m.vcpus, v)
+		if err := v.SetCPUID(guestCPUID(supported, i, m.cfg.CPUs)); err != nil {
+			return err
+		}
+	}
+	m.msrs = m.vcpus[0].SavableMSRs(candidates)
+	if m.tscKHz, err = m.vcpus[0].TSCKHz(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Boot loads a kernel, initrd and command line and sets up the boot vCPU
+// and the MP table, ready for Start.
+func (m *Machine) Boot(kernel, initrd, cmdline string) (*BootInfo, error) {
+	bi, err := LoadKernel(m.mem, kernel, initrd, cmdline)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeMPTable(m.mem, m.cfg.CPUs); err != nil {
+		return nil, err
+	}
+	if err := bootRegisters(m.mem, m.vcpus[0], bi); err != nil {
+		return nil, err
+	}
+	return bi, nil
+}
+
+// TSCKHz is the guest TSC frequency.
+func (m *Machine) TSCKHz() uint64 { return m.tscKHz }
+
+// Memory is the guest RAM.
+func (m *Machine) Memory() *Memory { return m.mem }
+
+// CPUs is the number of vCPUs.
+func (m *Machine) CPUs() int { return len(m.vcpus) }
+
+// Serial is the console UART, for input.
+func (m *Machine) Serial() *devices.Serial { return m.serial }
+
+// Devices lists the attached devices in registration order.
+func (m *Machine) Devices() []devices.Device { return m.devices }
+
+// UnclaimedPorts returns how often the guest touched ports no device claims.
+func (m *Machine) UnclaimedPorts() map[uint16]int { return m.ports.Unclaimed }
+
+// Close releases the VM. The machine must be stopped.
+func (m *Machine) Close() {
+	for _, v := range m.vcpus {
+		v.Close()
+	}
+	m.vcpus = nil
+	if m.serial != nil {
+		m.serial.Close()
+	}
+	if m.vm != nil {
+		m.vm.Close()
+		m.vm = nil
+	}
+	if m.mem != nil {
+		m.mem.Close()
+		m.mem = nil
+	}
+	if m.sys != nil {
+		m.sys.Close()
+		m.sys = nil
+	}
+}
+
+// ErrNotPaused is returned by operations that need a paused machine.
+var ErrNotPaused = errors.New("machine is not paused")

@@ -1,0 +1,234 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/ferryvmm/ferry/kvm"
+)
+
+// Start runs every vCPU on its own OS thread.
+func (m *Machine) Start() error {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
+	if m.started {
+		return errors.New("machine already started")
+	}
+	m.started = true
+	for _, v := range m.vcpus {
+		m.wg.Add(1)
+		go m.runVCPU(v)
+	}
+	go func() {
+		m.wg.Wait()
+		close(m.done)
+	}()
+	return nil
+}
+
+// Wait blocks until every vCPU has stopped and says why the machine stopped.
+func (m *Machine) Wait() Exit {
+	<-m.done
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
+	return *m.exit
+}
+
+// Done is closed when every vCPU has stopped.
+func (m *Machine) Done() <-chan struct{} { return m.done }
+
+// Stop ends the machine from outside (the user quit, or the guest moved to
+// another host): every vCPU leaves KVM_RUN and its thread ends.
+func (m *Machine) Stop(reason string) { m.stop(Exit{Reason: reason}) }
+
+// stop records the first exit and kicks every vCPU out of the guest.
+func (m *Machine) stop(e Exit) {
+	m.ctl.Lock()
+	if m.exit == nil {
+		m.exit = &e
+	}
+	m.stopping = true
+	m.cond.Broadcast()
+	m.ctl.Unlock()
+	for _, v := range m.vcpus {
+		v.Kick()
+	}
+}
+
+// runVCPU is one vCPU's thread: enter the guest, handle the exit, repeat.
+func (m *Machine) runVCPU(v *kvm.VCPU) {
+	defer m.wg.Done()
+	// The thread stays locked until the goroutine ends, so the OS thread
+	// is retired with it and Kick never signals a thread reused by others.
+	runtime.LockOSThread()
+	v.BindThread()
+	for {
+		err := v.Run()
+		if errors.Is(err, kvm.ErrInterrupted) {
+			// KVM has completed any pending I/O by now, so parking here
+			// leaves a consistent vCPU state for SaveState.
+			v.ClearImmediateExit()
+			if !m.park() {
+				return
+			}
+			continue
+		}
+		if err != nil {
+			m.stop(Exit{Reason: "KVM_RUN failed", Err: err})
+			return
+		}
+		if e := m.handleExit(v); e != nil {
+			m.stop(*e)
+			return
+		}
+	}
+}
+
+// park holds a vCPU while a pause is requested. It returns false when the
+// machine is stopping.
+func (m *Machine) park() bool {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
+	if !m.pauseReq || m.stopping {
+		return !m.stopping
+	}
+	m.parked++
+	m.cond.Broadcast()
+	for m.pauseReq && !m.stopping {
+		m.cond.Wait()
+	}
+	m.parked--
+	return !m.stopping
+}
+
+// handleExit dispatches one exit; a non-nil result stops the machine.
+func (m *Machine) handleExit(v *kvm.VCPU) *Exit {
+	reason := v.ExitReason()
+	switch reason {
+	case kvm.ExitIO:
+		io := v.IO()
+		if io.Size == 0 || len(io.Data) != io.Size*io.Count {
+			return m.fatal(v, reason, fmt.Errorf("malformed I/O exit: port %#x size %d count %d", io.Port, io.Size, io.Count))
+		}
+		for i := 0; i < io.Count; i++ {
+			d := io.Data[i*io.Size : (i+1)*io.Size]
+			if io.Out {
+				m.ports.Write(io.Port, d)
+			} else {
+				m.ports.Read(io.Port, d)
+			}
+		}
+	case kvm.ExitMMIO:
+		mm := v.MMIO()
+		if !mm.Write {
+			for i := range mm.Data {
+				mm.Data[i] = 0xff // nothing is mapped there
+			}
+		}
+	case kvm.ExitHLT:
+		// Only without an in-kernel LAPIC; ours has one, so a HLT exit
+		// means the guest halted with interrupts off for good.
+		return &Exit{Reason: "guest halted"}
+	case kvm.ExitShutdown:
+		// A triple fault: how Linux resets when other methods fail.
+		return &Exit{Reason: "guest reset (triple fault)"}
+	case kvm.ExitSystemEvent:
+		switch t := v.SystemEvent(); t {
+		case 1:
+			return &Exit{Reason: "guest powered off"}
+		case 2:
+			return &Exit{Reason: "guest reset"}
+		default:
+			return m.fatal(v, reason, fmt.Errorf("system event %d (guest crash)", t))
+		}
+	case kvm.ExitInternalError:
+		return m.fatal(v, reason, fmt.Errorf("KVM could not emulate an instruction: %v", v.InternalError()))
+	case kvm.ExitFailEntry:
+		return m.fatal(v, reason, fmt.Errorf("VM entry failed, hardware reason %#x", v.FailEntry()))
+	default:
+		return m.fatal(v, reason, errors.New("unexpected exit"))
+	}
+	return nil
+}
+
+// fatal builds the exit for an error the guest cannot continue after,
+// naming the exit reason and the guest RIP.
+func (m *Machine) fatal(v *kvm.VCPU, reason uint32, err error) *Exit {
+	rip := "unknown"
+	if regs, rerr := v.Regs(); rerr == nil {
+		rip = fmt.Sprintf("%#x", regs.RIP)
+	}
+	return &Exit{
+		Reason: "fatal exit",
+		Err:    fmt.Errorf("vCPU %d: KVM_EXIT_%s at RIP %s: %w", v.ID, kvm.ExitName(reason), rip, err),
+	}
+}
+
+// pauseKickInterval is how often Pause re-kicks vCPUs that have not parked
+// yet (a kick only misses a vCPU that is between exits, and immediate_exit
+// catches that one, so this is a safety net).
+const pauseKickInterval = 50 * time.Millisecond
+
+// Pause stops every vCPU outside KVM_RUN and returns once all are parked.
+// Devices stay attached; guest memory does not change until Resume.
+func (m *Machine) Pause() error {
+	m.ctl.Lock()
+	if !m.started || m.stopping {
+		m.ctl.Unlock()
+		return errors.New("machine is not running")
+	}
+	if m.pauseReq {
+		m.ctl.Unlock()
+		return nil
+	}
+	m.pauseReq = true
+	m.ctl.Unlock()
+	for {
+		for _, v := range m.vcpus {
+			v.Kick()
+		}
+		m.ctl.Lock()
+		all := m.parked == len(m.vcpus) || m.stopping
+		stopping := m.stopping
+		if !all {
+			// Wait for a vCPU to park, or re-kick after an interval.
+			t := time.AfterFunc(pauseKickInterval, func() {
+				m.ctl.Lock()
+				m.cond.Broadcast()
+				m.ctl.Unlock()
+			})
+			m.cond.Wait()
+			t.Stop()
+			all = m.parked == len(m.vcpus) || m.stopping
+			stopping = m.stopping
+		}
+		m.ctl.Unlock()
+		if stopping {
+			return errors.New("machine stopped while pausing")
+		}
+		if all {
+			return nil
+		}
+	}
+}
+
+// Resume restarts vCPUs parked by Pause.
+func (m *Machine) Resume() error {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
+	if m.stopping {
+		return errors.New("machine is stopped")
+	}
+	m.pauseReq = false
+	m.cond.Broadcast()
+	return nil
+}
+
+// Paused reports whether every vCPU is parked.
+func (m *Machine) Paused() bool {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
+	return m.pauseReq && m.parked == len(m.vcpus)
+}
