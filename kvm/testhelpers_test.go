@@ -354,11 +354,11 @@ func cat(parts ...[]byte) []byte {
 func writerProgram(t testing.TB) []byte {
 	a := newAsm()
 	a.label("top")
-	a.i("inc ebx               ", 0xFF, 0xC3)                  // FF /0
-	a.i("add r12, rbx          ", 0x49, 0x01, 0xDC)            // REX.W+B 01 /r (r/m=r12, reg=rbx)
-	a.i("mov eax, ebx          ", 0x89, 0xD8)                  // 89 /r (r/m=eax, reg=ebx)
+	a.i("inc ebx               ", 0xFF, 0xC3)       // FF /0
+	a.i("add r12, rbx          ", 0x49, 0x01, 0xDC) // REX.W+B 01 /r (r/m=r12, reg=rbx)
+	a.i("mov eax, ebx          ", 0x89, 0xD8)       // 89 /r (r/m=eax, reg=ebx)
 	a.i("mov esi, listAddr     ", cat([]byte{0xBE}, imm32(listAddr))...)
-	a.i("mov rcx, [rsi]        ", 0x48, 0x8B, 0x0E)            // count
+	a.i("mov rcx, [rsi]        ", 0x48, 0x8B, 0x0E) // count
 	a.i("test rcx, rcx         ", 0x48, 0x85, 0xC9)
 	a.jmp8("jz done            ", 0x74, "done")
 	a.label("store")
