@@ -21,14 +21,21 @@ func BitmapWords(size uint64) int {
 }
 
 // GetDirtyLog copies the slot's dirty bitmap into bitmap (bit p of word p/64
-// is page p of the slot). Without manual protection KVM also clears the log
-// and write-protects the pages again; with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
-// enabled it does neither, and the caller must ClearDirtyLog.
+// is page p of the slot); it must hold at least BitmapWords(slot size)
+// words, and the slot must have been set through this VM's SetMemoryRegion.
+// Without manual protection KVM also clears the log and write-protects the
+// pages again; with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled it does
+// neither, and the caller must ClearDirtyLog.
 func (vm *VM) GetDirtyLog(slot uint32, bitmap []uint64) error {
-	if len(bitmap) == 0 {
-		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: empty bitmap", slot)
+	// KVM writes the whole bitmap of the slot, however short the slice.
+	pages, ok := vm.slotPages(slot)
+	if !ok {
+		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w: no such slot in this VM", slot, ErrNotLogging)
 	}
-	d := dirtyLog{Slot: slot, Bitmap: uint64(uintptr(bitmapPtr(bitmap)))}
+	if need := BitmapWords(pages * 4096); len(bitmap) < need {
+		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: bitmap of %d words, the slot's %d pages need %d", slot, len(bitmap), pages, need)
+	}
+	d := dirtyLog{Slot: slot, Bitmap: bitmapPtr(bitmap)}
 	_, err := ioctl(vm.fd, reqGetDirtyLog, unsafe.Pointer(&d))
 	keepAlive(bitmap)
 	if err != nil {
@@ -51,7 +58,7 @@ func (vm *VM) ClearDirtyLog(slot uint32, first uint64, numPages uint32, bits []u
 	if len(bits) == 0 || uint64(numPages) > uint64(len(bits))*64 {
 		return fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d: %d pages do not fit a %d-word bitmap", slot, numPages, len(bits))
 	}
-	c := clearDirtyLog{Slot: slot, NumPages: numPages, FirstPage: first, Bitmap: uint64(uintptr(bitmapPtr(bits)))}
+	c := clearDirtyLog{Slot: slot, NumPages: numPages, FirstPage: first, Bitmap: bitmapPtr(bits)}
 	_, err := ioctl(vm.fd, reqClearDirtyLog, unsafe.Pointer(&c))
 	keepAlive(bits)
 	if err != nil {

@@ -36,8 +36,8 @@ func runHeader(run []byte) *runData {
 	return (*runData)(unsafe.Pointer(&run[0]))
 }
 
-// bitmapPtr returns the address of a dirty bitmap as the u64 KVM expects in
-// struct kvm_dirty_log and kvm_clear_dirty_log.
+// bitmapPtr returns the address of a dirty bitmap for struct kvm_dirty_log
+// and kvm_clear_dirty_log. It must stay an unsafe.Pointer (see dirtyLog).
 func bitmapPtr(b []uint64) unsafe.Pointer {
 	return unsafe.Pointer(&b[0])
 }

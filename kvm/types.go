@@ -1,6 +1,10 @@
 package kvm
 
-import gokvm "github.com/bobuhiro11/gokvm/kvm"
+import (
+	"unsafe"
+
+	gokvm "github.com/bobuhiro11/gokvm/kvm"
+)
 
 // Structures whose gokvm definitions match the kernel ABI are reused as is.
 type (
@@ -87,17 +91,22 @@ type cpuid2 struct {
 // CPUID entry flags (struct kvm_cpuid_entry2.flags).
 const CPUIDFlagSignificantIndex = 1
 
+// The bitmap address in these two structures is a real pointer, not an
+// integer: a bitmap may be on a goroutine stack, and a stack that grows (as
+// it can at the call to ioctl) is moved. The runtime adjusts pointers into
+// the stack when it moves it, never integers; the stack cannot move during
+// the system call itself. (u64 in the kernel ABI; amd64 pointers are 8 bytes.)
 type dirtyLog struct {
 	Slot   uint32
 	_      uint32
-	Bitmap uint64 // user address of the bitmap
+	Bitmap unsafe.Pointer // the bitmap
 }
 
 type clearDirtyLog struct {
 	Slot      uint32
 	NumPages  uint32
 	FirstPage uint64
-	Bitmap    uint64 // user address of the bitmap
+	Bitmap    unsafe.Pointer // the bitmap
 }
 
 type enableCap struct {

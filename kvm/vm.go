@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"fmt"
+	"sync"
 	"unsafe"
 
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
@@ -12,6 +13,9 @@ import (
 type VM struct {
 	fd  int
 	sys *System
+
+	mu    sync.Mutex
+	slots map[uint32]uint64 // slot -> size in pages, for dirty bitmap sizes
 }
 
 // MemoryRegion describes one KVM memory slot.
@@ -48,7 +52,25 @@ func (vm *VM) SetMemoryRegion(r MemoryRegion) error {
 	if _, err := ioctl(vm.fd, reqSetUserMemoryRegion, unsafe.Pointer(&region)); err != nil {
 		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d (gpa %#x size %#x): %w", r.Slot, r.GPA, r.Size, err)
 	}
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if r.Size == 0 {
+		delete(vm.slots, r.Slot)
+	} else {
+		if vm.slots == nil {
+			vm.slots = map[uint32]uint64{}
+		}
+		vm.slots[r.Slot] = (r.Size + 4095) / 4096
+	}
 	return nil
+}
+
+// slotPages is the size in pages of a slot set through SetMemoryRegion.
+func (vm *VM) slotPages(slot uint32) (uint64, bool) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	n, ok := vm.slots[slot]
+	return n, ok
 }
 
 // CheckExtension asks the VM (KVM_CHECK_EXTENSION on the VM fd, which can
