@@ -32,11 +32,11 @@ func (o ReceiveOptions) normalize() ReceiveOptions {
 type recvState int
 
 const (
-	stateAwaitHello         recvState = iota // nothing received yet
-	stateAwaitPagesOrState                   // HELLO-ACK sent: iterations and pages
-	stateAwaitEnd                            // STATE restored: only END may follow
-	stateDone                                // END handled, guest started, DONE-ACK sent
-	stateFailed                              // aborted; the guest never runs
+	stateAwaitHello        recvState = iota // nothing received yet
+	stateAwaitPagesOrState                  // HELLO-ACK sent: iterations and pages
+	stateAwaitEnd                           // STATE restored: only END may follow
+	stateDone                               // END handled, guest started, DONE-ACK sent
+	stateFailed                             // aborted; the guest never runs
 )
 
 func (s recvState) String() string {

@@ -26,7 +26,8 @@ type VMInfo struct {
 type Source interface {
 	Info() VMInfo
 	// Memory returns the host mapping of region i (len == Regions[i].Size).
-	// The guest may write it concurrently while it runs.
+	// The guest may write it concurrently while it runs; the sender copies
+	// a page before hashing it, so what it sends always matches its digest.
 	Memory(i int) []byte
 	// StartDirtyLog enables dirty logging on every region. manual reports
 	// whether KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is in effect: then DirtyLog
@@ -34,23 +35,33 @@ type Source interface {
 	StartDirtyLog() (manual bool, err error)
 	StopDirtyLog() error
 	// DirtyLog fills bitmap (bit p of word p/64, one bit per page of region
-	// i) with the pages written since the previous fetch or clear, including
-	// pages the VMM itself wrote (device emulation).
+	// i; len(bitmap) == ceil(pages/64); the caller passes it zeroed) with the
+	// pages written since logging started or since they were last re-armed,
+	// including pages the VMM itself wrote (device emulation).
+	// Without manual mode a fetch re-arms every page it reports (classic
+	// KVM_GET_DIRTY_LOG); in manual mode a page stays reported until
+	// ClearDirtyLog re-arms it.
 	DirtyLog(i int, bitmap []uint64) error
 	// ClearDirtyLog re-arms logging for the pages of region i whose bits are
-	// set in bits, starting at page first (a multiple of 64). Manual mode only.
+	// set in bits, bit b of bits[w] being page first+64*w+b; first is a
+	// multiple of 64. A write after the call is reported again. bits is only
+	// read during the call. Manual mode only.
 	ClearDirtyLog(i int, first uint64, bits []uint64) error
 	// Pause stops every vCPU outside KVM_RUN; Resume restarts them.
 	Pause() error
 	Resume() error
-	// State serialises the whole VM (vCPUs, VM, devices). Only while paused.
+	// State serialises the whole VM (vCPUs, VM, devices), at most
+	// MaxStateSize bytes. Called only while paused, after the final dirty-log
+	// fetch.
 	State() ([]byte, error)
 }
 
 // Destination is the VM being built on the receiving host.
 type Destination interface {
-	// Prepare allocates guest memory and vCPUs for the announced VM. It
-	// returns an error (sent to the source) if the VM cannot be hosted.
+	// Prepare allocates guest memory (zero-filled) and vCPUs for the
+	// announced VM. It returns an error (sent to the source) if the VM cannot
+	// be hosted, e.g. its regions or devices do not match this host's; a
+	// failed Prepare frees what it allocated itself.
 	Prepare(info VMInfo) error
 	// Memory returns the host mapping of region i, after Prepare.
 	Memory(i int) []byte
@@ -58,6 +69,7 @@ type Destination interface {
 	Restore(state []byte) error
 	// Start runs the restored guest.
 	Start() error
-	// Discard frees everything Prepare allocated; the guest never runs.
+	// Discard frees everything a successful Prepare allocated; the guest
+	// never runs. Called at most once, only after Prepare succeeded.
 	Discard()
 }
