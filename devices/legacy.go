@@ -191,8 +191,8 @@ func (c *CMOS) Restore(data []byte) error {
 }
 
 // Sink swallows writes and reads as zero: for ports that Linux pokes at boot
-// only for timing or legacy reasons (0x80 POST code, 0xed I/O delay, 0x92
-// system control A). It has no state.
+// only for timing or legacy reasons (0x80 POST code, 0xed I/O delay, 0x61
+// and 0x92 system control B and A). It has no state.
 type Sink struct{ name string }
 
 // NewSink creates a stateless port sink.

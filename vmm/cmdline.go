@@ -16,12 +16,16 @@ import (
 //     the parameters cover kernels that probe by other means).
 //   - mitigations=off rodata=off: speculative-execution mitigations add
 //     instructions on every kernel entry and nothing inside a test VM.
+//   - ferry.*: switches for the small patches of ferry's guest kernel
+//     (guest-images/README.md), each working around an instruction that
+//     nested, emulating KVMs cannot run; other kernels ignore them.
 //
 // lpj= and tsc_early_khz= are added at run time from the host's TSC
 // frequency, so the guest skips its delay-loop and TSC calibration.
 const DefaultCmdline = "console=ttyS0 earlyprintk=serial reboot=k no_timer_check tsc=reliable " +
 	"noxsave clearcpuid=308,151,158,306,534,297,580 nofsgsbase nopcid noinvpcid " +
-	"mitigations=off rodata=off"
+	"mitigations=off rodata=off " +
+	"ferry.no_int3_selftest ferry.no_fwait ferry.syscall_fixup ferry.no_initmem_poison"
 
 // GuestHZ is the timer frequency of ferry's guest kernel (CONFIG_HZ_100).
 const GuestHZ = 100

@@ -161,6 +161,7 @@ func (m *Machine) addDevices() error {
 		{devices.I8042Data, 1, kbd},
 		{devices.I8042Command, 1, kbd},
 		{devices.CMOSIndex, 2, devices.NewCMOS(nil)},
+		{0x61, 1, devices.NewSink("port-b")},
 		{0x80, 1, devices.NewSink("post")},
 		{0xed, 1, devices.NewSink("iodelay")},
 		{0x92, 1, devices.NewSink("sysctl-a")},
