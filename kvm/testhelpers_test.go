@@ -69,6 +69,7 @@ const (
 	cr0NE   = 1 << 5
 	cr0PG   = 1 << 31
 	cr4PAE  = 1 << 5
+	cr4FXSR = 1 << 9 // OSFXSR: SSE instructions allowed
 	eferLME = 1 << 8
 	eferLMA = 1 << 10
 )
@@ -235,7 +236,7 @@ func longModeSregs(s Sregs) Sregs {
 	s.IDT = Descriptor{Base: 0, Limit: 0} // any exception becomes a triple fault: a SHUTDOWN exit
 	s.CR0 = cr0PE | cr0ET | cr0NE | cr0PG
 	s.CR3 = pml4Addr
-	s.CR4 = cr4PAE
+	s.CR4 = cr4PAE | cr4FXSR
 	s.EFER = eferLME | eferLMA
 	return s
 }

@@ -14,6 +14,10 @@ import (
 // pending I/O or MMIO by then, so vCPU state may be read.
 var ErrInterrupted = errors.New("KVM_RUN interrupted")
 
+// ErrAgain is returned by Run when KVM_RUN returned EAGAIN: an application
+// processor waiting for INIT/SIPI was woken and must simply run again.
+var ErrAgain = errors.New("KVM_RUN: run again")
+
 // KickSignal is the signal sent to a vCPU thread to make KVM_RUN return. The
 // Go runtime already handles SIGURG (async preemption) and tolerates
 // spurious ones, so no handler is needed and nothing else notices.
@@ -64,6 +68,9 @@ func (v *VCPU) Run() error {
 	if err != nil {
 		if errors.Is(err, unix.EINTR) {
 			return ErrInterrupted
+		}
+		if errors.Is(err, unix.EAGAIN) {
+			return ErrAgain
 		}
 		return fmt.Errorf("KVM_RUN vCPU %d: %w", v.ID, err)
 	}
