@@ -75,6 +75,9 @@ func (m *Machine) runVCPU(v *kvm.VCPU) {
 			}
 			continue
 		}
+		if errors.Is(err, kvm.ErrAgain) {
+			continue
+		}
 		if err != nil {
 			m.stop(Exit{Reason: "KVM_RUN failed", Err: err})
 			return
