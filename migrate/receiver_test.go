@@ -1,0 +1,221 @@
+package migrate
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A small guest for scripted streams: 2 regions of 2 pages each.
+func smallInfo() VMInfo {
+	return VMInfo{
+		Regions: []Region{{GPA: 0, Size: 2 * PageSize}, {GPA: 1 << 20, Size: 2 * PageSize}},
+		VCPUs:   1,
+		Devices: []string{"serial0"},
+	}
+}
+
+func rec(t RecordType, payload []byte) []byte { return appendRecord(nil, t, payload) }
+
+func helloRec(info VMInfo) []byte {
+	p, err := encodeHello(info)
+	if err != nil {
+		panic(err)
+	}
+	return rec(RecHello, p)
+}
+
+func iterRec(k uint32, final bool) []byte { return rec(RecIterationStart, encodeIterationStart(k, final)) }
+
+func zeroEntry(page uint64) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, page), pageZero)
+}
+
+func fullEntry(page uint64, data []byte) []byte {
+	d := HashPage(data)
+	e := append(binary.BigEndian.AppendUint64(nil, page), pageFull)
+	e = append(e, d[:]...)
+	return append(e, data...)
+}
+
+func pagesRec(entries ...[]byte) []byte {
+	var p []byte
+	for _, e := range entries {
+		p = append(p, e...)
+	}
+	return rec(RecPages, p)
+}
+
+func endRec(n uint64) []byte { return rec(RecEnd, encodeEnd(n)) }
+
+// allPages sends the 4 pages of smallInfo: 0 and 3 full, 1 and 2 zero.
+func allPages() []byte {
+	return pagesRec(fullEntry(0, content(1)), zeroEntry(1), zeroEntry(2), fullEntry(3, content(4)))
+}
+
+// scripted plays a hand-written stream at Receive and collects its replies.
+// A nil element closes the connection at that point.
+func scripted(t *testing.T, ropts ReceiveOptions, dst *fakeDest, stream ...[]byte) (error, []record) {
+	t.Helper()
+	a, b := net.Pipe()
+	go func() {
+		for _, r := range stream {
+			if r == nil { // hang up
+				a.Close()
+				return
+			}
+			if _, err := a.Write(r); err != nil {
+				return
+			}
+		}
+	}()
+	replies := make(chan []record)
+	go func() {
+		var got []record
+		rr := newRecordReader(a)
+		for {
+			r, err := rr.next()
+			if err != nil {
+				replies <- got
+				return
+			}
+			got = append(got, record{r.Type, append([]byte(nil), r.Payload...)})
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Receive(ctx, b, dst, ropts)
+	b.Close()
+	got := <-replies
+	a.Close()
+	return err, got
+}
+
+func TestReceiverHappyPath(t *testing.T) {
+	dst := &fakeDest{}
+	err, replies := scripted(t, ReceiveOptions{}, dst,
+		helloRec(smallInfo()), iterRec(0, false), allPages(),
+		iterRec(1, true), pagesRec(fullEntry(2, content(9))),
+		rec(RecState, []byte("st")), endRec(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(replies) != 2 || replies[0].Type != RecHelloAck || replies[1].Type != RecDoneAck {
+		t.Fatalf("replies %v", replies)
+	}
+	if !dst.started || dst.discarded || string(dst.state) != "st" {
+		t.Fatalf("started %v discarded %v state %q", dst.started, dst.discarded, dst.state)
+	}
+	if string(dst.mem[1][:PageSize]) != string(content(9)) || string(dst.mem[1][PageSize:]) != string(content(4)) {
+		t.Fatal("region 1 content")
+	}
+}
+
+// Every protocol violation fails the receiver in a Failed state, sends the
+// source an ERROR that says why, discards the prepared VM and never starts it.
+func TestReceiverRejects(t *testing.T) {
+	hello, it0, final := helloRec(smallInfo()), iterRec(0, false), iterRec(1, true)
+	bad := fullEntry(3, content(4))
+	bad[20] ^= 1 // digest no longer matches the data
+	big := smallInfo()
+	big.Regions[0].Size = 1 << 30
+	big.Regions[1].GPA = 2 << 30
+	many := smallInfo()
+	many.VCPUs = 9
+	v2 := helloRec(smallInfo())
+	v2[HeaderSize+1] = 2
+	binary.BigEndian.PutUint32(v2[12:], crcOf(v2[HeaderSize:]))
+	cases := []struct {
+		name     string
+		ropts    ReceiveOptions
+		stream   [][]byte
+		want     error
+		text     string
+		prepared bool
+	}{
+		{"pages before hello", ReceiveOptions{}, [][]byte{allPages()}, ErrUnexpected, "PAGES in state AwaitHello", false},
+		{"version", ReceiveOptions{}, [][]byte{v2}, ErrVersion, "version 2", false},
+		{"too much memory", ReceiveOptions{MaxMemory: 64 << 20}, [][]byte{helloRec(big)}, ErrRefused, "at most 64 MiB", false},
+		{"too many vcpus", ReceiveOptions{MaxVCPUs: 8}, [][]byte{helloRec(many)}, ErrRefused, "9 vCPUs", false},
+		{"hello twice", ReceiveOptions{}, [][]byte{hello, hello}, ErrUnexpected, "HELLO in state AwaitPagesOrState", true},
+		{"pages before iteration", ReceiveOptions{}, [][]byte{hello, allPages()}, ErrUnexpected, "before the first ITERATION-START", true},
+		{"iteration skipped", ReceiveOptions{}, [][]byte{hello, it0, iterRec(2, false)}, ErrUnexpected, "ITERATION-START 2, expected 1", true},
+		{"iteration not from 0", ReceiveOptions{}, [][]byte{hello, iterRec(1, false)}, ErrUnexpected, "expected 0", true},
+		{"page outside memory", ReceiveOptions{}, [][]byte{hello, it0, pagesRec(zeroEntry(4))}, ErrMalformed, "page 4 is outside guest memory", true},
+		{"digest mismatch", ReceiveOptions{}, [][]byte{hello, it0, pagesRec(bad)}, ErrDigestMismatch, "page 3", true},
+		{"state before final", ReceiveOptions{}, [][]byte{hello, it0, allPages(), rec(RecState, nil)}, ErrUnexpected, "STATE before the stop-and-copy", true},
+		{"duplicate state", ReceiveOptions{}, [][]byte{hello, it0, allPages(), final, rec(RecState, nil), rec(RecState, nil)}, ErrUnexpected, "duplicate STATE", true},
+		{"pages after state", ReceiveOptions{}, [][]byte{hello, it0, final, rec(RecState, nil), allPages()}, ErrUnexpected, "PAGES in state AwaitEnd", true},
+		{"end before state", ReceiveOptions{}, [][]byte{hello, it0, allPages(), final, endRec(4)}, ErrUnexpected, "END in state AwaitPagesOrState", true},
+		{"iteration after final", ReceiveOptions{}, [][]byte{hello, it0, final, iterRec(2, false)}, ErrUnexpected, "after the stop-and-copy", true},
+		{"entry count", ReceiveOptions{}, [][]byte{hello, it0, allPages(), final, rec(RecState, nil), endRec(5)}, ErrMalformed, "END says 5", true},
+		{"missing pages", ReceiveOptions{}, [][]byte{hello, it0, pagesRec(zeroEntry(0)), final, rec(RecState, nil), endRec(1)}, ErrMalformed, "3 guest pages were never received", true},
+		{"done-ack from source", ReceiveOptions{}, [][]byte{hello, rec(RecDoneAck, nil)}, ErrUnexpected, "DONE-ACK", true},
+		{"unknown type", ReceiveOptions{}, [][]byte{hello, rawHeader(Magic, 42, 0, HeaderSize, 0)}, ErrUnknownType, "42", true},
+		{"oversized", ReceiveOptions{}, [][]byte{hello, rawHeader(Magic, RecState, 0, 1<<30, 0)}, ErrTooLarge, "STATE payload", true},
+		{"corrupt", ReceiveOptions{}, [][]byte{hello, corruptCRC(allPages())}, ErrChecksum, "PAGES crc", true},
+		{"truncated", ReceiveOptions{}, [][]byte{hello, it0, allPages()[:100], nil}, ErrTruncated, "stream ended early", true},
+		{"hang-up", ReceiveOptions{}, [][]byte{hello, it0, nil}, ErrClosed, "AwaitPagesOrState", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dst := &fakeDest{}
+			err, replies := scripted(t, c.ropts, dst, c.stream...)
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.text) {
+				t.Fatalf("error %v, want %v mentioning %q", err, c.want, c.text)
+			}
+			if dst.started || dst.discarded != c.prepared || dst.prepared != c.prepared {
+				t.Fatalf("prepared %v started %v discarded %v", dst.prepared, dst.started, dst.discarded)
+			}
+			last := replies[len(replies)-1]
+			if c.name != "hang-up" && c.name != "truncated" && (last.Type != RecError || !strings.Contains(string(last.Payload), c.text)) {
+				t.Fatalf("last reply %v %q, want ERROR mentioning %q", last.Type, last.Payload, c.text)
+			}
+		})
+	}
+}
+
+func crcOf(p []byte) uint32 {
+	h := appendRecord(nil, RecError, p)
+	return binary.BigEndian.Uint32(h[12:])
+}
+
+func corruptCRC(r []byte) []byte {
+	r = append([]byte(nil), r...)
+	r[len(r)-1] ^= 0x10
+	return r
+}
+
+// An ERROR from the source aborts without answering it.
+func TestReceiverSourceError(t *testing.T) {
+	dst := &fakeDest{}
+	err, replies := scripted(t, ReceiveOptions{}, dst,
+		helloRec(smallInfo()), iterRec(0, false), rec(RecError, encodeError("source paused too long")))
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Msg != "source paused too long" {
+		t.Fatalf("error %v", err)
+	}
+	if len(replies) != 1 || replies[0].Type != RecHelloAck || !dst.discarded || dst.started {
+		t.Fatalf("replies %v, discarded %v", replies, dst.discarded)
+	}
+}
+
+// A ZERO entry zeroes a page that holds data (pages are resent over
+// iterations), and a FULL entry overwrites.
+func TestReceiverZeroOverwrites(t *testing.T) {
+	dst := &fakeDest{}
+	err, _ := scripted(t, ReceiveOptions{}, dst,
+		helloRec(smallInfo()), iterRec(0, false), allPages(),
+		iterRec(1, false), pagesRec(zeroEntry(0), fullEntry(1, content(7))),
+		iterRec(2, true), rec(RecState, nil), endRec(6))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !isZeroPage(dst.mem[0][:PageSize]) || string(dst.mem[0][PageSize:]) != string(content(7)) {
+		t.Fatal("pages 0/1 not updated")
+	}
+}
