@@ -23,6 +23,9 @@ func newApp() *cli.App {
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
 			runCommand,
+			statusCommand,
+			pauseCommand,
+			resumeCommand,
 			probeCommand,
 			versionCommand,
 		},

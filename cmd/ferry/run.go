@@ -32,6 +32,7 @@ kernel parameters (see --no-default-cmdline).`,
 		&cli.StringFlag{Name: "memory", Aliases: []string{"m"}, Value: "128M", Usage: "guest RAM, e.g. 128M or 1G"},
 		&cli.IntFlag{Name: "cpus", Value: 1, Usage: "number of vCPUs"},
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
+		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate) on this unix socket `PATH`"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print boot details and unclaimed I/O ports"},
 	},
 	Action: runAction,
@@ -96,9 +97,27 @@ func runAction(c *cli.Context) error {
 	return serve(c, m)
 }
 
+// startAPI serves --api-socket if given; the returned stop is never nil.
+func startAPI(c *cli.Context, m *vmm.Machine) (*vmm.APIServer, func(), error) {
+	path := c.String("api-socket")
+	if path == "" {
+		return nil, func() {}, nil
+	}
+	a, err := vmm.ServeAPI(m, path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return a, a.Close, nil
+}
+
 // serve runs a started-or-ready machine with the console attached until the
 // guest stops, the user quits, or a signal arrives.
 func serve(c *cli.Context, m *vmm.Machine) error {
+	_, stopAPI, err := startAPI(c, m)
+	if err != nil {
+		return err
+	}
+	defer stopAPI()
 	con, err := attachConsole(os.Stdin, m.Serial().Input)
 	if err != nil {
 		return err

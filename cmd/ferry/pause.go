@@ -1,0 +1,3 @@
+package main
+
+var pauseCommand = simpleCommand("pause", "pause a running guest's vCPUs", "POST", "/v1/pause")

@@ -1,0 +1,3 @@
+package main
+
+var resumeCommand = simpleCommand("resume", "resume a paused guest", "POST", "/v1/resume")
