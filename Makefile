@@ -1,0 +1,74 @@
+# ferry: a small KVM hypervisor with live migration.
+#
+#   make demo     build everything and show the main job (needs /dev/kvm)
+#   make test     build everything and run every test (unit + real guests)
+#   make build    bin/ferry
+#   make guest    the guest kernel and initramfs (guest-images/out)
+#   make deps     install the Debian packages the build and tests need (root)
+#   make unit     unit tests only (no guest image needed)
+#   make clean    remove bin/ and guest-images/out
+#   make help     this text
+
+GO       ?= go
+BIN      := bin/ferry
+GUESTOUT := guest-images/out
+VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+# Debian packages: the guest image build (see guest-images/README.md), the
+# benchmark peer, and the tools the integration tests use.
+DEB_PACKAGES := make gcc libc6-dev bc flex bison libelf-dev patch diffutils \
+	xz-utils lz4 binutils linux-source-6.1 musl-tools busybox-static cpio \
+	qemu-system-x86 iproute2
+
+# Go test timeouts: integration tests boot real guests on an emulating KVM.
+TEST_TIMEOUT ?= 40m
+
+.PHONY: all build guest deps test unit integration demo clean help FORCE
+
+all: build guest
+
+help:
+	@sed -n '3,11s/^# \{0,1\}//p' Makefile
+
+build: $(BIN)
+
+$(BIN): FORCE
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/ferry
+
+guest: deps
+	$(MAKE) -C guest-images
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "  APT    $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+		else \
+			echo "missing Debian packages:$$missing"; echo "  sudo apt-get install$$missing"; exit 1; \
+		fi; \
+	fi
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -count=1 ./kvm/... ./vmm/... ./devices/... ./migrate/... ./cmd/...
+
+integration: build guest
+	FERRY_BIN=$(CURDIR)/$(BIN) FERRY_GUEST_DIR=$(CURDIR)/$(GUESTOUT) \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./tests/...
+
+test: build guest
+	$(GO) vet ./...
+	FERRY_BIN=$(CURDIR)/$(BIN) FERRY_GUEST_DIR=$(CURDIR)/$(GUESTOUT) \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+demo: build guest
+	@echo "== booting the guest: kernel + initramfs, serial console, power-off"
+	$(BIN) run --memory 128M --cmdline "ferry.run=poweroff"
+
+clean:
+	rm -rf bin $(GUESTOUT)
+
+FORCE:
