@@ -130,6 +130,16 @@ func TestDirtyLogNotLogging(t *testing.T) {
 	if got := bitmapPages(bm); len(got) != 0 {
 		t.Errorf("fresh log reports %v, want nothing", got)
 	}
+
+	// A deleted slot (size 0) has no log either.
+	r := tv.region()
+	r.Size = 0
+	if err := tv.vm.SetMemoryRegion(r); err != nil {
+		t.Fatalf("delete slot 0: %v", err)
+	}
+	if err := tv.vm.GetDirtyLog(0, bm); !errors.Is(err, ErrNotLogging) {
+		t.Errorf("GetDirtyLog of a deleted slot: %v, want ErrNotLogging", err)
+	}
 }
 
 // TestDirtyLogManualProtect: with MANUAL_DIRTY_LOG_PROTECT2 (without

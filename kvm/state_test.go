@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -351,4 +352,90 @@ func compareBytes(t *testing.T, what string, a, b []byte) {
 
 func structBytes[T any](p *T) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(p)), unsafe.Sizeof(*p))
+}
+
+// TestVCPUStateHalted: a vCPU halted in the kernel (in-kernel irqchip, HLT
+// with interrupts off: it never exits on its own) is saved with MP state
+// HALTED, and the restored vCPU is halted too: it does not run on into the
+// OUT after the HLT until the test makes it runnable, and then it continues
+// right after the HLT.
+func TestVCPUStateHalted(t *testing.T) {
+	sys := requireKVM(t)
+	src := newTestVM(t, sys, vmOptions{irqchip: true})
+	a := newAsm()
+	a.i("hlt                ", 0xF4)
+	a.i("mov eax, 0x42      ", 0xB8, 0x42, 0x00, 0x00, 0x00)
+	a.i("mov edx, portDone  ", 0xBA, portDone, 0x00, 0x00, 0x00)
+	a.i("out dx, al         ", 0xEE)
+	a.label("end")
+	a.jmp8("jmp $           ", 0xEB, "end")
+	src.load(a.bytes(t))
+
+	haltedFor := func(vm *testVM, d time.Duration) {
+		t.Helper()
+		res := vm.r.start()
+		select {
+		case err := <-res:
+			t.Fatalf("halted vCPU returned from Run: %v, %s", err, describeExit(vm.cpu, vm.cpu.ExitReason()))
+		case <-time.After(d):
+		}
+		vm.r.stopping.Store(true)
+		vm.cpu.Kick()
+		select {
+		case err := <-res:
+			if !errors.Is(err, ErrInterrupted) {
+				t.Fatalf("Run after Kick: %v", err)
+			}
+		case <-time.After(kickBound):
+			t.Fatalf("halted vCPU did not return within %v of Kick", kickBound)
+		}
+		vm.r.stopping.Store(false)
+		vm.cpu.ClearImmediateExit()
+	}
+	haltedFor(src, 300*time.Millisecond)
+	mp, err := src.cpu.MPState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs, err := src.cpu.Regs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after HLT: MP state %d, RIP %#x", mp.State, regs.RIP)
+	if mp.State != MPStateHalted {
+		t.Fatalf("MP state %d after HLT, want HALTED (%d)", mp.State, MPStateHalted)
+	}
+
+	all, err := sys.MSRIndexList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := sys.CheckExtension(CapXSave)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msrs := src.cpu.SavableMSRs(all)
+	saved, err := src.cpu.SaveState(msrs, n > 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := newTestVM(t, sys, vmOptions{irqchip: true, noVCPU: true})
+	copy(dst.mem, src.mem)
+	dst.cpu, dst.r = newVCPU(t, dst.vm, 0)
+	if err := dst.cpu.RestoreState(saved); err != nil {
+		t.Fatalf("RestoreState: %v", err)
+	}
+	if mp, err := dst.cpu.MPState(); err != nil || mp.State != MPStateHalted {
+		t.Fatalf("restored MP state %d (%v), want HALTED", mp.State, err)
+	}
+	haltedFor(dst, 300*time.Millisecond)
+
+	// Wake it: runnable again, it executes the instructions after the HLT.
+	if err := dst.cpu.SetMPState(MPState{State: MPStateRunnable}); err != nil {
+		t.Fatal(err)
+	}
+	io := dst.runIO(dst.cpu, dst.r)
+	if io.Port != portDone || io.Data[0] != 0x42 {
+		t.Errorf("woken restored vCPU: OUT port %#x data %x, want %#x [42]", io.Port, io.Data, portDone)
+	}
 }
