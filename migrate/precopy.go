@@ -15,7 +15,7 @@ func (s *sender) beginIteration(final bool) error {
 	}
 	s.cur = IterationStats{Iteration: int(s.iter), StopAndCopy: final}
 	s.curAt = time.Now()
-	s.curOut = s.w.written + int64(s.w.buffered())
+	s.curOut = s.w.queued + int64(len(s.w.buf))
 	if err := s.w.record(RecIterationStart, encodeIterationStart(s.iter, final)); err != nil {
 		return s.ioError("send ITERATION-START", err)
 	}
@@ -26,10 +26,10 @@ func (s *sender) beginIteration(final bool) error {
 // iteration's statistics.
 func (s *sender) endIteration() error {
 	s.w.endPages()
-	if err := s.w.flush(); err != nil {
+	if err := s.w.sync(); err != nil {
 		return s.ioError("send pages", err)
 	}
-	s.cur.Bytes = s.w.written - s.curOut
+	s.cur.Bytes = s.w.queued - s.curOut
 	s.cur.Seconds = time.Since(s.curAt).Seconds()
 	s.stats.Iterations = append(s.stats.Iterations, s.cur)
 	return nil

@@ -178,14 +178,17 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 	} else {
 		s.w = newRecordWriter(ctx, conn, o.BufferSize, nil)
 	}
+	s.w.startAsync()
 	stop := context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
 	err = s.run()
 	stop()
 	if err != nil {
 		err = s.fail(err)
+	} else {
+		s.w.stop(time.Second) // idle: everything was synced
 	}
 	s.stats.TotalSeconds = time.Since(s.start).Seconds()
-	s.stats.BytesTotal = s.w.written
+	s.stats.BytesTotal = s.w.written.Load()
 	return &s.stats, err
 }
 
@@ -286,7 +289,7 @@ func (s *sender) handshake() error {
 	if err := s.w.record(RecHello, p); err != nil {
 		return s.ioError("send HELLO", err)
 	}
-	if err := s.w.flush(); err != nil {
+	if err := s.w.sync(); err != nil {
 		return s.ioError("send HELLO", err)
 	}
 	s.helloOut = true
@@ -471,7 +474,13 @@ func (s *sender) fail(cause error) error {
 		}
 		s.logging = false
 	}
-	if s.helloOut && !s.remote {
+	// The writer goroutine must be out of the way before ERROR is written.
+	writerDone := s.w.stop(2 * time.Second)
+	if !writerDone {
+		setWriteDeadline(s.conn, time.Unix(1, 0))
+		writerDone = s.w.stop(time.Second)
+	}
+	if s.helloOut && !s.remote && writerDone {
 		s.w.discard()
 		sendErrorRecord(s.conn, "source aborted the migration: "+cause.Error())
 	}

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // recordWriter is the sender's buffered output. It plays the part of a
@@ -14,7 +17,9 @@ import (
 // record, hashed there, and the running CRC32C is updated while the entry is
 // still hot in cache. Nothing is copied again before the write system call.
 //
-// Every byte goes through the optional token bucket.
+// In async mode a goroutine performs the writes, so that filling one buffer
+// overlaps with writing the other (double buffering). Every byte goes through
+// the optional token bucket.
 type recordWriter struct {
 	ctx context.Context
 	w   io.Writer
@@ -26,7 +31,20 @@ type recordWriter struct {
 	entries int    // kept entries in the open record
 	staged  int    // offset of the staged FULL entry; -1 if none
 
-	written int64 // bytes handed to w
+	queued  int64        // bytes handed to flush (owned by the filling goroutine)
+	written atomic.Int64 // bytes the connection accepted
+
+	// async mode
+	jobs   chan writeJob
+	free   chan []byte // the spare buffer comes back here
+	exited chan struct{}
+	errMu  sync.Mutex
+	err    error // first write error
+}
+
+type writeJob struct {
+	b      []byte
+	pooled bool // return b to free once written
 }
 
 func newRecordWriter(ctx context.Context, w io.Writer, size int, lim *tokenBucket) *recordWriter {
@@ -34,6 +52,41 @@ func newRecordWriter(ctx context.Context, w io.Writer, size int, lim *tokenBucke
 		size = HeaderSize + maxPagesPayload
 	}
 	return &recordWriter{ctx: ctx, w: w, lim: lim, buf: make([]byte, 0, size), open: -1, staged: -1}
+}
+
+// startAsync moves the writes to a goroutine; stop must be called later.
+func (rw *recordWriter) startAsync() {
+	rw.jobs = make(chan writeJob, 1)
+	rw.free = make(chan []byte, 1)
+	rw.exited = make(chan struct{})
+	rw.free <- make([]byte, 0, cap(rw.buf))
+	go func() {
+		defer close(rw.exited)
+		for j := range rw.jobs {
+			if rw.firstErr() == nil {
+				if err := rw.output(j.b); err != nil {
+					rw.setErr(err)
+				}
+			}
+			if j.pooled {
+				rw.free <- j.b[:0]
+			}
+		}
+	}()
+}
+
+func (rw *recordWriter) firstErr() error {
+	rw.errMu.Lock()
+	defer rw.errMu.Unlock()
+	return rw.err
+}
+
+func (rw *recordWriter) setErr(err error) {
+	rw.errMu.Lock()
+	if rw.err == nil {
+		rw.err = err
+	}
+	rw.errMu.Unlock()
 }
 
 // output writes p to the connection, in bucket-sized chunks when limited.
@@ -47,7 +100,7 @@ func (rw *recordWriter) output(p []byte) error {
 			}
 		}
 		m, err := rw.w.Write(p[:n])
-		rw.written += int64(m)
+		rw.written.Add(int64(m))
 		if err != nil {
 			return err
 		}
@@ -56,26 +109,65 @@ func (rw *recordWriter) output(p []byte) error {
 	return nil
 }
 
-// flush writes every complete record. No PAGES record may be open.
+// flush hands every complete record to the connection (in async mode, to
+// the writer goroutine, waiting for the spare buffer). No PAGES record may
+// be open. In async mode the error may be that of an earlier write.
 func (rw *recordWriter) flush() error {
 	if rw.open >= 0 {
 		panic("migrate: flush with an open PAGES record")
 	}
 	if len(rw.buf) == 0 {
-		return nil
+		return rw.firstErr()
 	}
-	err := rw.output(rw.buf)
-	rw.buf = rw.buf[:0]
-	return err
+	rw.queued += int64(len(rw.buf))
+	if rw.jobs == nil {
+		err := rw.output(rw.buf)
+		rw.buf = rw.buf[:0]
+		if err != nil {
+			rw.setErr(err)
+		}
+		return rw.firstErr()
+	}
+	rw.jobs <- writeJob{b: rw.buf, pooled: true}
+	rw.buf = <-rw.free
+	return rw.firstErr()
 }
 
-// discard drops whatever is buffered (used before sending ERROR).
+// sync flushes and waits until the connection accepted every byte.
+func (rw *recordWriter) sync() error {
+	if err := rw.flush(); err != nil || rw.jobs == nil {
+		return err
+	}
+	spare := <-rw.free // the in-flight buffer is back: nothing is pending
+	rw.free <- spare
+	return rw.firstErr()
+}
+
+// stop ends the writer goroutine, waiting at most limit for a write in
+// progress; it reports whether the goroutine exited (so the connection can
+// be written by someone else).
+func (rw *recordWriter) stop(limit time.Duration) bool {
+	if rw.exited == nil {
+		return true
+	}
+	if rw.jobs != nil {
+		close(rw.jobs) // later flushes write synchronously
+		rw.jobs = nil
+	}
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-rw.exited:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// discard drops whatever is buffered and not yet handed over.
 func (rw *recordWriter) discard() {
 	rw.buf, rw.open, rw.staged, rw.entries = rw.buf[:0], -1, -1, 0
 }
-
-// buffered returns the number of bytes waiting in the buffer.
-func (rw *recordWriter) buffered() int { return len(rw.buf) }
 
 // record appends a whole record; large payloads bypass the buffer.
 func (rw *recordWriter) record(t RecordType, payload []byte) error {
@@ -88,11 +180,20 @@ func (rw *recordWriter) record(t RecordType, payload []byte) error {
 			return err
 		}
 	}
-	if need > cap(rw.buf) {
-		return rw.output(appendRecord(nil, t, payload))
+	if need <= cap(rw.buf) {
+		rw.buf = appendRecord(rw.buf, t, payload)
+		return nil
 	}
-	rw.buf = appendRecord(rw.buf, t, payload)
-	return nil
+	big := appendRecord(nil, t, payload)
+	rw.queued += int64(len(big))
+	if rw.jobs == nil {
+		if err := rw.output(big); err != nil {
+			rw.setErr(err)
+		}
+	} else {
+		rw.jobs <- writeJob{b: big}
+	}
+	return rw.firstErr()
 }
 
 // beginPages opens a PAGES record, flushing first if a full one might not fit.

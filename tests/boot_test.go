@@ -69,7 +69,7 @@ func TestCounterPauseResume(t *testing.T) {
 	if out, code := runFerry(t, "resume", "--api-socket", sock); code != 0 {
 		t.Fatalf("ferry resume: exit %d: %s", code, out)
 	}
-	_, j := p.waitFor(reCounter, len(p.lines), time.Minute)
+	_, j := p.waitFor(reCounter, p.count(), time.Minute)
 	line, _ := p.waitFor(reCounter, j+3, time.Minute)
 	n := counterValue(t, line)
 	if n <= last {

@@ -128,6 +128,13 @@ func (p *proc) kill() {
 	}
 }
 
+// count is the number of lines read so far.
+func (p *proc) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.lines)
+}
+
 func (p *proc) output() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()

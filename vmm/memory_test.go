@@ -113,13 +113,13 @@ func TestMemorySliceAndWrite(t *testing.T) {
 	for _, c := range []struct{ gpa, n uint64 }{
 		{3<<30 - pageSize, 2 * pageSize}, // runs off the low region into the hole
 		{3<<30 - 1, 2},
-		{3 << 30, 1},       // the PCI hole
-		{ioapicAddr, 4},    // IOAPIC
-		{4<<30 - 1, 2},     // from the hole into high RAM
-		{5<<30 - 1, 2},     // past the end
-		{5 << 30, 1},       // past the end
-		{^uint64(0), 2},    // wraps around
-		{0, ^uint64(0)},    // wraps around
+		{3 << 30, 1},        // the PCI hole
+		{ioapicAddr, 4},     // IOAPIC
+		{4<<30 - 1, 2},      // from the hole into high RAM
+		{5<<30 - 1, 2},      // past the end
+		{5 << 30, 1},        // past the end
+		{^uint64(0), 2},     // wraps around
+		{0, ^uint64(0)},     // wraps around
 		{pageSize, 1 << 63}, // absurd length
 	} {
 		if _, err := m.Slice(c.gpa, c.n); err == nil {
