@@ -1,7 +1,6 @@
 package migrate
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -217,45 +216,120 @@ type record struct {
 	Payload []byte
 }
 
-// recordReader reads and verifies records from a stream.
+// recordReader reads and verifies records from a stream. It does no
+// buffering of its own: the header and the payload are each read with
+// io.ReadFull, so a large payload goes from the kernel straight into its
+// final buffer (two system calls per record, no extra copy).
 type recordReader struct {
-	r   *bufio.Reader
+	r   io.Reader
 	hdr [HeaderSize]byte
 	buf []byte
 }
 
 func newRecordReader(r io.Reader) *recordReader {
-	return &recordReader{r: bufio.NewReaderSize(r, 256<<10)}
+	return &recordReader{r: r}
 }
 
-// next reads one record: header checks, bounded allocation, CRC check.
+// next reads one record into the reader's own buffer.
 func (rr *recordReader) next() (record, error) {
-	if _, err := io.ReadFull(rr.r, rr.hdr[:]); err != nil {
+	rec, buf, err := readRecord(rr.r, &rr.hdr, rr.buf)
+	rr.buf = buf
+	return rec, err
+}
+
+// readRecord reads one record: header checks, bounded allocation (buf is
+// reused when it is large enough, and returned), CRC check.
+func readRecord(r io.Reader, hdr *[HeaderSize]byte, buf []byte) (record, []byte, error) {
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) {
-			return record{}, ErrClosed
+			return record{}, buf, ErrClosed
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return record{}, fmt.Errorf("%w: stream ended inside a record header", ErrTruncated)
+			return record{}, buf, fmt.Errorf("%w: stream ended inside a record header", ErrTruncated)
 		}
-		return record{}, err
+		return record{}, buf, err
 	}
-	h, err := parseHeader(rr.hdr[:])
+	h, err := parseHeader(hdr[:])
 	if err != nil {
-		return record{}, err
+		return record{}, buf, err
 	}
 	n := int(h.Length) - HeaderSize
-	if cap(rr.buf) < n {
-		rr.buf = make([]byte, n)
+	if cap(buf) < n {
+		buf = make([]byte, n)
 	}
-	p := rr.buf[:n]
-	if _, err := io.ReadFull(rr.r, p); err != nil {
+	p := buf[:n]
+	if _, err := io.ReadFull(r, p); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return record{}, fmt.Errorf("%w: %v announced %d payload bytes, stream ended early", ErrTruncated, h.Type, n)
+			return record{}, buf, fmt.Errorf("%w: %v announced %d payload bytes, stream ended early", ErrTruncated, h.Type, n)
 		}
-		return record{}, err
+		return record{}, buf, err
 	}
 	if c := crc32.Checksum(p, castagnoli); c != h.CRC {
-		return record{}, fmt.Errorf("%w: %v crc %#08x, header says %#08x", ErrChecksum, h.Type, c, h.CRC)
+		return record{}, buf, fmt.Errorf("%w: %v crc %#08x, header says %#08x", ErrChecksum, h.Type, c, h.CRC)
 	}
-	return record{Type: h.Type, Payload: p}, nil
+	return record{Type: h.Type, Payload: p}, buf, nil
 }
+
+// readAhead reads and verifies records in a goroutine, up to depth records
+// ahead of the consumer, so that receiving overlaps with processing.
+// Payloads live in recycled buffers: a record is valid until the next call
+// to next.
+type readAhead struct {
+	out  chan readResult
+	free chan []byte
+	stop chan struct{}
+	cur  []byte
+}
+
+type readResult struct {
+	rec record
+	buf []byte
+	err error
+}
+
+func startReadAhead(r io.Reader, depth int) *readAhead {
+	ra := &readAhead{
+		out:  make(chan readResult, depth),
+		free: make(chan []byte, depth+1),
+		stop: make(chan struct{}),
+	}
+	for range depth + 1 {
+		ra.free <- nil
+	}
+	go func() {
+		var hdr [HeaderSize]byte
+		for {
+			var buf []byte
+			select {
+			case buf = <-ra.free:
+			case <-ra.stop:
+				return
+			}
+			rec, buf, err := readRecord(r, &hdr, buf)
+			select {
+			case ra.out <- readResult{rec, buf, err}:
+			case <-ra.stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ra
+}
+
+// next returns the next record; the previous one's buffer is recycled.
+func (ra *readAhead) next() (record, error) {
+	if ra.cur != nil {
+		ra.free <- ra.cur
+		ra.cur = nil
+	}
+	res := <-ra.out
+	ra.cur = res.buf
+	return res.rec, res.err
+}
+
+// close stops the goroutine once its current read returns (the caller
+// closes the connection or sets a read deadline to end a blocked read).
+func (ra *readAhead) close() { close(ra.stop) }

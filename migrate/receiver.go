@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"sync/atomic"
 	"time"
 )
 
@@ -85,7 +86,8 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 	stop := context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
 	defer stop()
 	cr := &countingReader{r: conn}
-	rr := newRecordReader(cr)
+	rr := startReadAhead(cr, 3)
+	defer rr.close()
 
 	var err error
 	for r.state != stateDone {
@@ -115,7 +117,7 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 			r.reply = RecInvalid
 		}
 	}
-	r.stats.BytesTotal = cr.n
+	r.stats.BytesTotal = cr.n.Load()
 	r.stats.Seconds = time.Since(start).Seconds()
 	if err != nil && r.state != stateDone {
 		r.abort(conn, err)
@@ -309,11 +311,11 @@ func (r *receiver) onEnd(p []byte) error {
 // countingReader counts the bytes read from the connection.
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }

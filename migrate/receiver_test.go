@@ -62,9 +62,14 @@ func allPages() []byte {
 func scripted(t *testing.T, ropts ReceiveOptions, dst *fakeDest, stream ...[]byte) (error, []record) {
 	t.Helper()
 	a, b := net.Pipe()
+	acked := make(chan struct{}) // closed when HELLO-ACK arrived
 	go func() {
 		for _, r := range stream {
-			if r == nil { // hang up
+			if r == nil { // hang up, once the receiver has answered HELLO
+				select {
+				case <-acked:
+				case <-time.After(2 * time.Second):
+				}
 				a.Close()
 				return
 			}
@@ -84,6 +89,9 @@ func scripted(t *testing.T, ropts ReceiveOptions, dst *fakeDest, stream ...[]byt
 				return
 			}
 			got = append(got, record{r.Type, append([]byte(nil), r.Payload...)})
+			if r.Type == RecHelloAck {
+				close(acked)
+			}
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
