@@ -37,7 +37,7 @@ type fakeSource struct {
 	onClear func(region int, first uint64)
 
 	clears, pauses, resumes, starts, stops int
-	pauseErr, stateErr, dirtyErr    error
+	pauseErr, stateErr, dirtyErr           error
 }
 
 func newFakeSource(manual bool, sizes ...uint64) *fakeSource {

@@ -29,7 +29,9 @@ func helloRec(info VMInfo) []byte {
 	return rec(RecHello, p)
 }
 
-func iterRec(k uint32, final bool) []byte { return rec(RecIterationStart, encodeIterationStart(k, final)) }
+func iterRec(k uint32, final bool) []byte {
+	return rec(RecIterationStart, encodeIterationStart(k, final))
+}
 
 func zeroEntry(page uint64) []byte {
 	return append(binary.BigEndian.AppendUint64(nil, page), pageZero)
