@@ -60,12 +60,27 @@ func TestGuestCPUIDMasks(t *testing.T) {
 	if l1.Ecx&(1<<31) == 0 {
 		t.Error("hypervisor bit (leaf 1 ECX[31]) not set")
 	}
-	// Features that stay: SSE2 (EDX[26]), SSE3 (ECX[0]), x2APIC (ECX[21]), CX16 (ECX[13]).
-	if l1.Edx&(1<<26) == 0 || l1.Ecx&1 == 0 || l1.Ecx&(1<<21) == 0 || l1.Ecx&(1<<13) == 0 {
-		t.Errorf("leaf 1 lost unmasked features: ECX %#x EDX %#x", l1.Ecx, l1.Edx)
+	// Every bit that cpuidMask does not list passes through: compare
+	// each masked leaf with the input minus the table's bits.
+	for _, fn := range []uint32{1, 7, 0x80000001} {
+		want := *findLeaf(in, fn, 0)
+		regs := [4]*uint32{&want.Eax, &want.Ebx, &want.Ecx, &want.Edx}
+		for _, m := range cpuidMask {
+			if m.leaf == fn && m.index == 0 {
+				*regs[m.reg] &^= m.bits
+			}
+		}
+		if fn == 1 {
+			want.Ecx |= 1 << 31
+			want.Ebx = want.Ebx&0xffff | 1<<16 // APIC id 0, 1 logical CPU
+		}
+		if got := *findLeaf(out, fn, 0); got != want {
+			t.Errorf("leaf %#x = %+v, want %+v (only the listed bits removed)", fn, got, want)
+		}
 	}
-	if findLeaf(out, 7, 0).Ebx&(1<<3) == 0 { // BMI1
-		t.Error("leaf 7 lost BMI1, which is not masked")
+	// Baseline features Linux needs are never in the mask.
+	if l1.Edx&(1<<26|1<<25|1<<24|1<<0) != 1<<26|1<<25|1<<24|1<<0 {
+		t.Errorf("leaf 1 EDX %#x lost SSE2/SSE/FXSR/FPU", l1.Edx)
 	}
 	for _, e := range out {
 		if e.Function == 0xd {
