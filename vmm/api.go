@@ -17,9 +17,9 @@ import (
 //	GET  /v1/status   → Status
 //	POST /v1/pause    → Status
 //	POST /v1/resume   → Status
+//	POST /v1/migrate  MigrateRequest → MigrateEvent lines (api_migrate.go)
 //
-// Other endpoints (migration) are added with Handle. Errors are
-// {"error": "..."} with a 4xx/5xx status.
+// Errors are {"error": "..."} with a 4xx/5xx status.
 
 // Status is what GET /v1/status returns.
 type Status struct {
@@ -66,13 +66,11 @@ func ServeAPI(m *Machine, path string) (*APIServer, error) {
 	a.mux.HandleFunc("POST /v1/resume", func(w http.ResponseWriter, r *http.Request) {
 		a.control(w, m.Resume)
 	})
+	a.mux.HandleFunc("POST /v1/migrate", a.handleMigrate)
 	a.srv = &http.Server{Handler: a.mux, ReadHeaderTimeout: 5 * time.Second}
 	go a.srv.Serve(ln)
 	return a, nil
 }
-
-// Handle adds an endpoint, e.g. "POST /v1/migrate".
-func (a *APIServer) Handle(pattern string, h http.HandlerFunc) { a.mux.HandleFunc(pattern, h) }
 
 func (a *APIServer) control(w http.ResponseWriter, op func() error) {
 	if a.Migrating() {

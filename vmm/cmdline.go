@@ -23,7 +23,7 @@ import (
 // lpj= and tsc_early_khz= are added at run time from the host's TSC
 // frequency, so the guest skips its delay-loop and TSC calibration.
 const DefaultCmdline = "console=ttyS0 earlyprintk=serial reboot=k no_timer_check tsc=reliable " +
-	"noxsave clearcpuid=308,151,158,306,534,297,580 nofsgsbase nopcid noinvpcid " +
+	"noxsave clearcpuid=308,151,158,306,534,297,580,141 nofsgsbase nopcid noinvpcid " +
 	"mitigations=off rodata=off " +
 	"ferry.no_int3_selftest ferry.no_fwait ferry.syscall_fixup ferry.no_initmem_poison"
 

@@ -13,6 +13,7 @@ var cpuidMask = []struct {
 	bits        uint32
 	why         string
 }{
+	{1, 0, 2, 1 << 13, "CMPXCHG16B: not emulated (SLUB uses it when offered)"},
 	{1, 0, 2, 1 << 17, "PCID: not emulated on nested KVM; nopcid"},
 	{1, 0, 2, 1 << 23, "POPCNT: not emulated"},
 	{1, 0, 2, 1 << 26, "XSAVE: XRSTOR not emulated; the guest uses FXSAVE"},

@@ -26,6 +26,8 @@ func newApp() *cli.App {
 			statusCommand,
 			pauseCommand,
 			resumeCommand,
+			migrateCommand,
+			receiveCommand,
 			probeCommand,
 			versionCommand,
 		},

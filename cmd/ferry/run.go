@@ -94,6 +94,9 @@ func runAction(c *cli.Context) error {
 		fmt.Fprintf(os.Stderr, "ferry: %s kernel, entry %#x, %d MiB, %d vCPUs, TSC %d kHz\nferry: cmdline: %s\n",
 			bi.Format, bi.Entry, cfg.Memory>>20, cfg.CPUs, m.TSCKHz(), cmdline)
 	}
+	if err := m.Start(); err != nil {
+		return err
+	}
 	return serve(c, m)
 }
 
@@ -110,8 +113,8 @@ func startAPI(c *cli.Context, m *vmm.Machine) (*vmm.APIServer, func(), error) {
 	return a, a.Close, nil
 }
 
-// serve runs a started-or-ready machine with the console attached until the
-// guest stops, the user quits, or a signal arrives.
+// serve connects a running machine to the console and the control socket
+// until the guest stops, the user quits, or a signal arrives.
 func serve(c *cli.Context, m *vmm.Machine) error {
 	_, stopAPI, err := startAPI(c, m)
 	if err != nil {
@@ -126,9 +129,6 @@ func serve(c *cli.Context, m *vmm.Machine) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	if err := m.Start(); err != nil {
-		return err
-	}
 	var quitBy string
 	select {
 	case <-m.Done():

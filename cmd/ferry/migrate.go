@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ferryvmm/ferry/migrate"
+	"github.com/ferryvmm/ferry/vmm"
+)
+
+var migrateCommand = &cli.Command{
+	Name:  "migrate",
+	Usage: "live-migrate a running guest to a `ferry receive` on another host",
+	Description: `Asks the ferry serving --api-socket to move its running guest to the
+'ferry receive' listening at --to, with pre-copy live migration. Prints one
+line per iteration; exits 0 once the guest runs on the destination. On any
+failure the guest keeps running on this host and the exit status is 1.`,
+	Flags: []cli.Flag{
+		apiSocketFlag,
+		&cli.StringFlag{Name: "to", Usage: "destination `HOST:PORT` (a ferry receive --listen)", Required: true},
+		&cli.DurationFlag{Name: "downtime", Value: 300 * time.Millisecond, Usage: "stop-and-copy budget"},
+		&cli.IntFlag{Name: "max-iterations", Value: 30, Usage: "pre-copy iterations before --on-timeout applies"},
+		&cli.DurationFlag{Name: "timeout", Usage: "pre-copy time before --on-timeout applies (0: none)"},
+		&cli.StringFlag{Name: "on-timeout", Value: "abort", Usage: "at a limit without convergence: abort (guest stays) or force (stop-and-copy anyway)"},
+		&cli.StringFlag{Name: "max-bandwidth", Usage: "cap, e.g. 32MiB/s (default unlimited)"},
+		&cli.BoolFlag{Name: "no-digest", Usage: "plain pre-copy: resend every dirty page (for comparison)"},
+		&cli.BoolFlag{Name: "no-clear-before-send", Usage: "clear the dirty log right after fetching it, as classic pre-copy (for comparison)"},
+		&cli.StringFlag{Name: "stats-json", Usage: "write the migration statistics to `FILE`"},
+	},
+	Action: migrateAction,
+}
+
+func migrateAction(c *cli.Context) error {
+	req := vmm.MigrateRequest{
+		To:                c.String("to"),
+		DowntimeMS:        int(c.Duration("downtime") / time.Millisecond),
+		MaxIterations:     c.Int("max-iterations"),
+		TimeoutSeconds:    c.Duration("timeout").Seconds(),
+		OnTimeout:         c.String("on-timeout"),
+		NoDigest:          c.Bool("no-digest"),
+		NoClearBeforeSend: c.Bool("no-clear-before-send"),
+	}
+	if req.DowntimeMS <= 0 {
+		return flagError("downtime", "%v: must be positive", c.Duration("downtime"))
+	}
+	if req.OnTimeout != "abort" && req.OnTimeout != "force" {
+		return flagError("on-timeout", "%q: want abort or force", req.OnTimeout)
+	}
+	if c.Int("max-iterations") < 1 {
+		return flagError("max-iterations", "%d: must be at least 1", c.Int("max-iterations"))
+	}
+	if s := c.String("max-bandwidth"); s != "" {
+		bw, err := parseSize(strings.TrimSuffix(strings.TrimSpace(s), "/s"))
+		if err != nil {
+			return flagError("max-bandwidth", "%v", err)
+		}
+		req.MaxBandwidth = int64(bw)
+	}
+	body, _ := json.Marshal(req)
+	resp, err := apiCall(c.String("api-socket"), "POST", "/v1/migrate", bytes.NewReader(body), 0)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	w := c.App.Writer
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var ev vmm.MigrateEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return fmt.Errorf("bad answer from the source ferry: %v", err)
+		}
+		switch {
+		case ev.Progress != nil:
+			fmt.Fprintln(w, migrate.FormatIteration(*ev.Progress))
+		case ev.Error != "":
+			return fmt.Errorf("migration failed: %s", ev.Error)
+		case ev.Stats != nil:
+			fmt.Fprintln(w, ev.Stats.Summary())
+			if f := c.String("stats-json"); f != "" {
+				b, _ := json.MarshalIndent(ev.Stats, "", "  ")
+				if err := os.WriteFile(f, append(b, '\n'), 0o644); err != nil {
+					return fmt.Errorf("--stats-json: %w (the migration itself succeeded)", err)
+				}
+			}
+			return nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("lost the source ferry during the migration: %w", err)
+	}
+	return fmt.Errorf("the source ferry ended the migration without a result")
+}

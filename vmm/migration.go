@@ -1,0 +1,188 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/ferryvmm/ferry/kvm"
+	"github.com/ferryvmm/ferry/migrate"
+)
+
+// MigrationSource adapts a running Machine to migrate.Source.
+type MigrationSource struct {
+	m *Machine
+}
+
+// NewMigrationSource prepares m to be migrated.
+func NewMigrationSource(m *Machine) *MigrationSource { return &MigrationSource{m: m} }
+
+// Info implements migrate.Source.
+func (s *MigrationSource) Info() migrate.VMInfo { return s.m.info() }
+
+func (m *Machine) info() migrate.VMInfo {
+	info := migrate.VMInfo{VCPUs: len(m.vcpus)}
+	for _, r := range m.mem.Regions {
+		info.Regions = append(info.Regions, migrate.Region{GPA: r.GPA, Size: r.Size()})
+	}
+	for _, d := range m.devices {
+		info.Devices = append(info.Devices, d.Name())
+	}
+	return info
+}
+
+// Memory implements migrate.Source.
+func (s *MigrationSource) Memory(i int) []byte { return s.m.mem.Regions[i].Mem }
+
+// StartDirtyLog implements migrate.Source: manual protection first (it
+// must be on before a slot starts logging), then logging on every slot.
+func (s *MigrationSource) StartDirtyLog() (bool, error) {
+	manual, err := s.m.vm.EnableManualDirtyLogProtect(false)
+	if err != nil {
+		return false, err
+	}
+	if err := s.m.setLogging(true); err != nil {
+		s.m.setLogging(false)
+		return false, err
+	}
+	return manual, nil
+}
+
+// StopDirtyLog implements migrate.Source.
+func (s *MigrationSource) StopDirtyLog() error { return s.m.setLogging(false) }
+
+func (m *Machine) setLogging(on bool) error {
+	for _, r := range m.mem.Regions {
+		err := m.vm.SetMemoryRegion(kvm.MemoryRegion{Slot: r.Slot, GPA: r.GPA, Size: r.Size(), HostAddr: hostAddr(r.Mem), LogDirty: on})
+		if err != nil {
+			return fmt.Errorf("dirty logging %v: %w", on, err)
+		}
+	}
+	return nil
+}
+
+// DirtyLog implements migrate.Source. Pages that ferry's own devices write
+// into guest memory would be OR-ed in here; none of the current devices
+// (UART, i8042, CMOS) writes guest memory.
+func (s *MigrationSource) DirtyLog(i int, bitmap []uint64) error {
+	return s.m.vm.GetDirtyLog(s.m.mem.Regions[i].Slot, bitmap)
+}
+
+// ClearDirtyLog implements migrate.Source.
+func (s *MigrationSource) ClearDirtyLog(i int, first uint64, bits []uint64) error {
+	r := s.m.mem.Regions[i]
+	pages := r.Size() / pageSize
+	if first >= pages {
+		return fmt.Errorf("clear dirty log: page %d is past the %d pages of region %d", first, pages, i)
+	}
+	n := uint64(len(bits)) * 64
+	if first+n > pages {
+		n = pages - first
+	}
+	return s.m.vm.ClearDirtyLog(r.Slot, first, uint32(n), bits)
+}
+
+// Pause implements migrate.Source.
+func (s *MigrationSource) Pause() error { return s.m.Pause() }
+
+// Resume implements migrate.Source.
+func (s *MigrationSource) Resume() error { return s.m.Resume() }
+
+// State implements migrate.Source.
+func (s *MigrationSource) State() ([]byte, error) {
+	st, err := s.m.SaveState()
+	if err != nil {
+		return nil, err
+	}
+	return EncodeState(st)
+}
+
+// MigrationTarget builds a Machine for an incoming migration: it
+// implements migrate.Destination.
+type MigrationTarget struct {
+	cfg     Config // Console and KVMPath; Memory and CPUs come from the source
+	mu      sync.Mutex
+	m       *Machine
+	started chan *Machine // receives the machine once it runs
+}
+
+// NewMigrationTarget prepares to receive a guest. The machine is created
+// only when the source announces it.
+func NewMigrationTarget(cfg Config) *MigrationTarget {
+	return &MigrationTarget{cfg: cfg, started: make(chan *Machine, 1)}
+}
+
+// Started delivers the machine after the guest runs on this host.
+func (t *MigrationTarget) Started() <-chan *Machine { return t.started }
+
+// Prepare implements migrate.Destination.
+func (t *MigrationTarget) Prepare(info migrate.VMInfo) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m != nil {
+		return errors.New("a guest is already being received")
+	}
+	var total uint64
+	for _, r := range info.Regions {
+		total += r.Size
+	}
+	cfg := t.cfg
+	cfg.Memory, cfg.CPUs = total, info.VCPUs
+	m, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := sameLayout(m.info(), info); err != nil {
+		m.Close()
+		return err
+	}
+	t.m = m
+	return nil
+}
+
+func sameLayout(have, want migrate.VMInfo) error {
+	if len(have.Regions) != len(want.Regions) {
+		return fmt.Errorf("source has %d memory regions, a guest of this size here has %d", len(want.Regions), len(have.Regions))
+	}
+	for i := range have.Regions {
+		if have.Regions[i] != want.Regions[i] {
+			return fmt.Errorf("memory region %d: source %#x+%#x, here %#x+%#x", i,
+				want.Regions[i].GPA, want.Regions[i].Size, have.Regions[i].GPA, have.Regions[i].Size)
+		}
+	}
+	if fmt.Sprint(have.Devices) != fmt.Sprint(want.Devices) {
+		return fmt.Errorf("source has devices %v, this ferry has %v", want.Devices, have.Devices)
+	}
+	return nil
+}
+
+// Memory implements migrate.Destination.
+func (t *MigrationTarget) Memory(i int) []byte { return t.m.mem.Regions[i].Mem }
+
+// Restore implements migrate.Destination.
+func (t *MigrationTarget) Restore(state []byte) error {
+	s, err := DecodeState(state)
+	if err != nil {
+		return err
+	}
+	return t.m.RestoreState(s)
+}
+
+// Start implements migrate.Destination.
+func (t *MigrationTarget) Start() error {
+	if err := t.m.Start(); err != nil {
+		return err
+	}
+	t.started <- t.m
+	return nil
+}
+
+// Discard implements migrate.Destination.
+func (t *MigrationTarget) Discard() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m != nil {
+		t.m.Close()
+		t.m = nil
+	}
+}

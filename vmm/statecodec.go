@@ -1,0 +1,222 @@
+package vmm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+
+	"github.com/ferryvmm/ferry/kvm"
+)
+
+// The VM state format (migration STATE record, snapshots):
+//
+//	+--------+---------+-------+-------------+--------+----------+
+//	| "FERRYVM" 8 B    | ver 4 | payload len 8 | crc32c 4 | rsvd 4 |
+//	+--------+---------+-------+-------------+--------+----------+
+//	| payload: memory size, PIC×2, IOAPIC, PIT, clock,             |
+//	|   vCPUs (count, then each: id, CPUID, MP state, regs, sregs, |
+//	|   FPU or XSAVE+XCRs, debug regs, LAPIC, MSRs, events, TSC),  |
+//	|   devices (count, then each: name, data)                     |
+//	+--------------------------------------------------------------+
+//
+// Integers are little endian; KVM structures are written field by field in
+// their kernel layout (encoding/binary). Every count is checked against a
+// cap before anything is allocated, so a hostile blob cannot make the
+// decoder allocate more than the blob's own (capped) size.
+const (
+	stateMagic   = "FERRYVM\x00"
+	stateVersion = 1
+	stateHdrLen  = 28
+
+	// MaxStateSize caps a whole encoded state.
+	MaxStateSize   = 16 << 20
+	maxStateVCPUs  = mpMaxCPUs
+	maxStateCPUID  = 256
+	maxStateMSRs   = 1024
+	maxStateDevs   = 64
+	maxDevNameLen  = 64
+	maxDevStateLen = 1 << 20
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrBadState wraps every reason a state blob is refused.
+var ErrBadState = errors.New("invalid VM state")
+
+// EncodeState serialises s.
+func EncodeState(s *State) ([]byte, error) {
+	var p bytes.Buffer
+	w := func(v any) {
+		if err := binary.Write(&p, binary.LittleEndian, v); err != nil {
+			panic(err) // only fixed-size values are written
+		}
+	}
+	w(s.Memory)
+	w(&s.PIC[0])
+	w(&s.PIC[1])
+	w(&s.IOAPIC)
+	w(&s.PIT)
+	w(&s.Clock)
+	w(uint32(len(s.VCPUs)))
+	for _, v := range s.VCPUs {
+		w(uint32(v.ID))
+		w(uint32(len(v.CPUID)))
+		w(v.CPUID)
+		w(&v.MPState)
+		w(&v.Regs)
+		w(&v.Sregs)
+		var hasX uint8
+		if v.HasXSave {
+			hasX = 1
+		}
+		w(hasX)
+		if v.HasXSave {
+			w(&v.XSave)
+			w(&v.XCRs)
+		} else {
+			w(&v.FPU)
+		}
+		w(&v.DebugRegs)
+		w(&v.LAPIC)
+		w(uint32(len(v.MSRs)))
+		w(v.MSRs)
+		w(&v.Events)
+		w(v.TSCKHz)
+	}
+	w(uint32(len(s.Devices)))
+	for _, d := range s.Devices {
+		if len(d.Name) > maxDevNameLen || len(d.Data) > maxDevStateLen {
+			return nil, fmt.Errorf("device %q: state too large to encode", d.Name)
+		}
+		w(uint16(len(d.Name)))
+		p.WriteString(d.Name)
+		w(uint32(len(d.Data)))
+		p.Write(d.Data)
+	}
+	if p.Len() > MaxStateSize {
+		return nil, fmt.Errorf("VM state is %d bytes, more than the %d the format allows", p.Len(), MaxStateSize)
+	}
+	out := make([]byte, stateHdrLen, stateHdrLen+p.Len())
+	copy(out, stateMagic)
+	binary.LittleEndian.PutUint32(out[8:], stateVersion)
+	binary.LittleEndian.PutUint64(out[12:], uint64(p.Len()))
+	binary.LittleEndian.PutUint32(out[20:], crc32.Checksum(p.Bytes(), crcTable))
+	return append(out, p.Bytes()...), nil
+}
+
+// stateReader decodes with bounds checks; the first error sticks.
+type stateReader struct {
+	r   *bytes.Reader
+	err error
+}
+
+func (d *stateReader) read(v any) {
+	if d.err == nil {
+		if err := binary.Read(d.r, binary.LittleEndian, v); err != nil {
+			d.err = fmt.Errorf("%w: truncated (%v)", ErrBadState, err)
+		}
+	}
+}
+
+func (d *stateReader) count(what string, max int) int {
+	var n uint32
+	d.read(&n)
+	if d.err == nil && int64(n) > int64(max) {
+		d.err = fmt.Errorf("%w: %d %s, at most %d", ErrBadState, n, what, max)
+	}
+	if d.err != nil {
+		return 0
+	}
+	return int(n)
+}
+
+func (d *stateReader) bytes(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n > d.r.Len() {
+		d.err = fmt.Errorf("%w: truncated", ErrBadState)
+		return nil
+	}
+	b := make([]byte, n)
+	io.ReadFull(d.r, b)
+	return b
+}
+
+// DecodeState parses and checks a blob made by EncodeState.
+func DecodeState(b []byte) (*State, error) {
+	if len(b) < stateHdrLen || string(b[:8]) != stateMagic {
+		return nil, fmt.Errorf("%w: no FERRYVM header", ErrBadState)
+	}
+	if v := binary.LittleEndian.Uint32(b[8:]); v != stateVersion {
+		return nil, fmt.Errorf("%w: format version %d, this ferry reads %d", ErrBadState, v, stateVersion)
+	}
+	n := binary.LittleEndian.Uint64(b[12:])
+	if n > MaxStateSize || n != uint64(len(b)-stateHdrLen) {
+		return nil, fmt.Errorf("%w: payload length %d does not match the %d bytes present", ErrBadState, n, len(b)-stateHdrLen)
+	}
+	payload := b[stateHdrLen:]
+	if crc := crc32.Checksum(payload, crcTable); crc != binary.LittleEndian.Uint32(b[20:]) {
+		return nil, fmt.Errorf("%w: checksum mismatch", ErrBadState)
+	}
+	d := &stateReader{r: bytes.NewReader(payload)}
+	s := &State{}
+	d.read(&s.Memory)
+	d.read(&s.PIC[0])
+	d.read(&s.PIC[1])
+	d.read(&s.IOAPIC)
+	d.read(&s.PIT)
+	d.read(&s.Clock)
+	nv := d.count("vCPUs", maxStateVCPUs)
+	for i := 0; i < nv && d.err == nil; i++ {
+		v := &kvm.VCPUState{}
+		var id uint32
+		d.read(&id)
+		v.ID = int(id)
+		v.CPUID = make([]kvm.CPUIDEntry, d.count("CPUID entries", maxStateCPUID))
+		d.read(v.CPUID)
+		d.read(&v.MPState)
+		d.read(&v.Regs)
+		d.read(&v.Sregs)
+		var hasX uint8
+		d.read(&hasX)
+		v.HasXSave = hasX != 0
+		if v.HasXSave {
+			d.read(&v.XSave)
+			d.read(&v.XCRs)
+		} else {
+			d.read(&v.FPU)
+		}
+		d.read(&v.DebugRegs)
+		d.read(&v.LAPIC)
+		v.MSRs = make([]kvm.MSREntry, d.count("MSRs", maxStateMSRs))
+		d.read(v.MSRs)
+		d.read(&v.Events)
+		d.read(&v.TSCKHz)
+		if d.err == nil && v.ID != i {
+			d.err = fmt.Errorf("%w: vCPU %d has id %d", ErrBadState, i, v.ID)
+		}
+		s.VCPUs = append(s.VCPUs, v)
+	}
+	nd := d.count("devices", maxStateDevs)
+	for i := 0; i < nd && d.err == nil; i++ {
+		var nl uint16
+		d.read(&nl)
+		if d.err == nil && int(nl) > maxDevNameLen {
+			d.err = fmt.Errorf("%w: device name of %d bytes", ErrBadState, nl)
+		}
+		name := string(d.bytes(int(nl)))
+		data := d.bytes(d.count("bytes of device state", maxDevStateLen))
+		s.Devices = append(s.Devices, DeviceState{Name: name, Data: data})
+	}
+	if d.err == nil && d.r.Len() != 0 {
+		d.err = fmt.Errorf("%w: %d bytes after the last device", ErrBadState, d.r.Len())
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return s, nil
+}
