@@ -74,16 +74,33 @@ func (s *sender) bandwidth() float64 {
 	return bw
 }
 
+// sendFraction predicts which share of the dirty pages will really be sent
+// (as a fraction of their full size): the share the last iteration sent,
+// when the digest filter is on and that iteration saw enough dirty pages to
+// tell. Otherwise 1: every dirty page counts in full. Without this, pages
+// the filter will skip would still count against the downtime budget.
+func (s *sender) sendFraction() float64 {
+	const minSample = 64
+	last := s.stats.Iterations[len(s.stats.Iterations)-1]
+	if s.table == nil || last.Iteration == 0 || last.PagesDirty < minSample {
+		return 1
+	}
+	sent := float64(last.PagesSent) + float64(last.PagesZero)*zeroEntrySize/fullEntrySize
+	return sent / float64(last.PagesDirty)
+}
+
 // decide chooses, after a fetch that found dirty pages, between another
-// iteration, stop-and-copy (converged or forced), and giving up.
+// iteration, stop-and-copy (converged or forced), and giving up. The bytes
+// left are estimated as dirty pages × PageSize × sendFraction.
 func (s *sender) decide(dirty uint64) (stop, converged bool, err error) {
 	if dirty == 0 {
 		return true, true, nil
 	}
 	bw := s.bandwidth()
+	left := float64(dirty*PageSize) * s.sendFraction()
 	est := time.Duration(1<<62 - 1)
 	if bw > 0 {
-		est = time.Duration(float64(dirty*PageSize) / bw * float64(time.Second))
+		est = time.Duration(left / bw * float64(time.Second))
 	}
 	if est <= s.opts.Downtime {
 		return true, true, nil
@@ -102,8 +119,8 @@ func (s *sender) decide(dirty uint64) (stop, converged bool, err error) {
 	if s.opts.OnTimeout == ForceOnTimeout {
 		return true, false, nil
 	}
-	return false, false, fmt.Errorf("%w after %s: %d pages still dirty, estimated downtime %v exceeds the %v budget (bandwidth %.1f MiB/s); the source guest keeps running",
-		ErrNotConverged, limit, dirty, est.Round(time.Millisecond), s.opts.Downtime, bw/mib)
+	return false, false, fmt.Errorf("%w after %s: %d pages still dirty (%.1f MiB to send), estimated downtime %v exceeds the %v budget (bandwidth %.1f MiB/s); the source guest keeps running",
+		ErrNotConverged, limit, dirty, left/mib, est.Round(time.Millisecond), s.opts.Downtime, bw/mib)
 }
 
 // fetch ORs the dirty log of every region into the pending bitmaps and

@@ -35,7 +35,9 @@ func (a TimeoutAction) String() string {
 type Options struct {
 	// Downtime is the stop-and-copy budget: pre-copy ends when the bytes
 	// left, divided by the bandwidth measured in the last iteration, fit in
-	// it. Default 300 ms.
+	// it. Bytes left = dirty pages × PageSize × the share of dirty pages the
+	// last iteration really sent (1 in iteration 0 and with NoDigest).
+	// Default 300 ms.
 	Downtime time.Duration
 	// MaxIterations limits pre-copy iterations, iteration 0 included.
 	// Default 30.
