@@ -278,6 +278,18 @@ func checkState(t *testing.T, m *Machine, s *State, ncpu int, count uint32) {
 	if eax := uint32(r.RAX); eax != count && eax != count+1 {
 		t.Errorf("vCPU 0 EAX = %d, memory counter = %d: the state is not the paused guest's", eax, count)
 	}
+	// The PVH entry state: 32-bit protected mode, paging off, flat
+	// 32-bit code segment, EBX → hvm_start_info (the loop keeps EBX).
+	sr := s.VCPUs[0].Sregs
+	if sr.CR0&1 == 0 || sr.CR0&(1<<31) != 0 || sr.EFER&(1<<10) != 0 {
+		t.Errorf("vCPU 0 CR0 %#x EFER %#x: want protected mode without paging or long mode", sr.CR0, sr.EFER)
+	}
+	if sr.CS.DB != 1 || sr.CS.L != 0 || sr.CS.Base != 0 || sr.CS.Limit != 0xffffffff {
+		t.Errorf("vCPU 0 CS %+v: want a flat 32-bit code segment", sr.CS)
+	}
+	if r.RBX != pvhInfoAddr {
+		t.Errorf("vCPU 0 RBX %#x, want %#x (hvm_start_info)", r.RBX, pvhInfoAddr)
+	}
 	for i, v := range s.VCPUs {
 		if v.ID != i {
 			t.Errorf("vCPU state %d has ID %d", i, v.ID)
@@ -655,5 +667,54 @@ func TestMachineMMIOHole(t *testing.T) {
 	}
 	if got := counter(m); got != 0xffffffff {
 		t.Errorf("load from unbacked memory = %#x, want 0xffffffff", got)
+	}
+}
+
+// TestMachineBzImage64BitEntry boots a synthetic bzImage whose 64-bit entry
+// (startup_64, 0x200 into the protected-mode part) stores a marker and RSI
+// and resets: this checks the identity page tables, long-mode registers
+// and the boot_params pointer on a real vCPU.
+func TestMachineBzImage64BitEntry(t *testing.T) {
+	code := []byte{
+		0xc7, 0x04, 0x25, 0x00, 0x80, 0x00, 0x00, 0x78, 0x56, 0x34, 0x12, // mov dword [0x8000], 0x12345678
+		0x89, 0x34, 0x25, 0x04, 0x80, 0x00, 0x00, // mov [0x8004], esi
+		0x48, 0xc7, 0xc0, 0x00, 0x00, 0x00, 0x00, // mov rax, 0
+		0x48, 0xa1, 0xf8, 0xff, 0xff, 0x3f, 0x00, 0x00, 0x00, 0x00, // mov rax, [0x3ffffff8]: identity mapped, no RAM behind it: all ones
+		0x89, 0x04, 0x25, 0x08, 0x80, 0x00, 0x00, // mov [0x8008], eax
+	}
+	code = append(code, resetViaI8042...)
+	pm := make([]byte, 0x200, 0x200+len(code))
+	for i := range pm {
+		pm[i] = 0xf4 // hlt: the 32-bit entry is not used
+	}
+	pm = append(pm, code...)
+	spec := defaultBz()
+	spec.pm = pm
+	spec.initSize = 0x10000
+	m := newMachine(t, Config{Memory: 16 << 20, CPUs: 1})
+	bi, err := m.Boot(writeTemp(t, "bzImage", buildBzImage(spec)), "", "console=ttyS0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bi.Entry != 0x100200 {
+		t.Fatalf("entry %#x", bi.Entry)
+	}
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e := waitExit(t, m)
+	if e.Reason != "guest reset (i8042 reset line)" || e.Err != nil {
+		t.Fatalf("exit %+v", e)
+	}
+	mem := m.Memory().Regions[0].Mem
+	le := binary.LittleEndian
+	if got := le.Uint32(mem[0x8000:]); got != 0x12345678 {
+		t.Errorf("marker = %#x, want 0x12345678: the 64-bit entry did not run", got)
+	}
+	if got := le.Uint32(mem[0x8004:]); got != zeroPageAddr {
+		t.Errorf("RSI at entry = %#x, want %#x (boot_params)", got, zeroPageAddr)
+	}
+	if got := le.Uint32(mem[0x8008:]); got != 0xffffffff {
+		t.Errorf("load from unbacked 1 GiB - 8 = %#x, want 0xffffffff", got)
 	}
 }
