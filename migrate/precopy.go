@@ -155,23 +155,60 @@ func (s *sender) clearAll() error {
 	return nil
 }
 
-// sendAll is iteration 0: every page of every region.
-func (s *sender) sendAll() error {
-	const checkEvery = 1024
+// sendAll is iteration 0: every page of every region. With clearFirst, each
+// chunk's dirty bits are cleared right before the chunk is read, exactly as
+// in later iterations: a page written during iteration 0 before its chunk is
+// sent goes out with its new content and is not reported dirty afterwards.
+// (This also makes KVM_DIRTY_LOG_INITIALLY_SET, where logging starts with
+// every bit set, work as intended.)
+func (s *sender) sendAll(clearFirst bool) error {
+	cw := s.opts.ChunkPages / 64
+	ones := make([]uint64, cw)
 	for i, mem := range s.mems {
-		base := s.base[i]
-		for p := range s.pages[i] {
-			if err := s.sendPage(base+p, mem[p*PageSize:(p+1)*PageSize]); err != nil {
-				return err
+		base, pages := s.base[i], s.pages[i]
+		for first := uint64(0); first < pages; first += uint64(s.opts.ChunkPages) {
+			end := min(first+uint64(s.opts.ChunkPages), pages)
+			if clearFirst {
+				bits := ones[:(end-first+63)/64]
+				for w := range bits {
+					bits[w] = ^uint64(0)
+				}
+				if r := (end - first) % 64; r != 0 {
+					bits[len(bits)-1] = 1<<r - 1
+				}
+				if err := s.src.ClearDirtyLog(i, first, bits); err != nil {
+					return fmt.Errorf("migrate: clear dirty log of region %d: %w", i, err)
+				}
 			}
-			if p%checkEvery == checkEvery-1 {
-				if err := s.check(); err != nil {
+			for p := first; p < end; p++ {
+				if err := s.sendPage(base+p, mem[p*PageSize:(p+1)*PageSize]); err != nil {
 					return err
 				}
 			}
+			if err := s.check(); err != nil {
+				return err
+			}
 		}
 	}
-	return s.check()
+	return nil
+}
+
+// clearEverything re-arms every page of every region.
+func (s *sender) clearEverything() error {
+	for i, bm := range s.scratch {
+		for w := range bm {
+			bm[w] = ^uint64(0)
+		}
+		if r := s.pages[i] % 64; r != 0 {
+			bm[len(bm)-1] = 1<<r - 1
+		}
+		err := s.src.ClearDirtyLog(i, 0, bm)
+		clear(bm)
+		if err != nil {
+			return fmt.Errorf("migrate: clear dirty log of region %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 // sendPending sends the pending pages chunk by chunk. With clear, each

@@ -145,7 +145,8 @@ type sender struct {
 	helloOut bool // HELLO written: the destination expects ERROR on failure
 	remote   bool // the destination reported an error or hung up
 	peer     chan peerMsg
-	peerEnd  bool // the reader goroutine delivered its last message
+	peerEnd  bool        // the reader goroutine delivered its last message
+	unwatch  func() bool // stops cancellation from breaking the connection
 
 	iter    uint32
 	cur     IterationStats
@@ -165,7 +166,9 @@ type sender struct {
 //
 // Send returns only after the destination acknowledged (DONE-ACK) that it
 // restored and started the guest: then the source guest is left paused and
-// must not run again. On any error before that, Send stops dirty logging,
+// must not run again. Cancelling ctx aborts the migration up to the moment
+// END is sent; after that Send waits for the destination's answer, at most
+// AckTimeout, because the destination may already be starting the guest. On any error before that, Send stops dirty logging,
 // resumes the source guest if it paused it, tells the destination (ERROR)
 // when it can, and returns the error. The Stats are returned in both cases
 // (partial on error).
@@ -181,9 +184,9 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 		s.w = newRecordWriter(ctx, conn, o.BufferSize, nil)
 	}
 	s.w.startAsync()
-	stop := context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
+	s.unwatch = context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
 	err = s.run()
-	stop()
+	s.unwatch()
 	if err != nil {
 		err = s.fail(err)
 	} else {
@@ -206,13 +209,20 @@ func (s *sender) run() error {
 		return fmt.Errorf("migrate: start dirty log: %w", err)
 	}
 	s.manual, s.logging = manual, true
+	clearFirst := manual && !s.opts.NoClearBeforeSend
+	if manual && s.opts.NoClearBeforeSend {
+		// Classic pre-copy: one sync of the whole log before iteration 0.
+		if err := s.clearEverything(); err != nil {
+			return err
+		}
+	}
 
 	// Iteration 0: every page.
 	if err := s.beginIteration(false); err != nil {
 		return err
 	}
 	s.cur.PagesDirty = s.total
-	if err := s.sendAll(); err != nil {
+	if err := s.sendAll(clearFirst); err != nil {
 		return err
 	}
 	if err := s.endIteration(); err != nil {
@@ -241,7 +251,7 @@ func (s *sender) run() error {
 				return err
 			}
 		}
-		if err := s.sendPending(s.manual && !s.opts.NoClearBeforeSend); err != nil {
+		if err := s.sendPending(clearFirst); err != nil {
 			return err
 		}
 		if err := s.endIteration(); err != nil {
@@ -418,6 +428,15 @@ func (s *sender) stopAndCopy(converged bool) error {
 	if err := s.w.record(RecState, state); err != nil {
 		return s.ioError("send STATE", err)
 	}
+	// Last chance to cancel. Once END is out the destination may start the
+	// guest, so from here on only the destination's answer (or AckTimeout)
+	// ends the migration: cancelling then would risk two running copies.
+	if err := s.check(); err != nil {
+		return err
+	}
+	if !s.unwatch() {
+		return s.ctx.Err() // cancelled just now: the connection is being cut
+	}
 	if err := s.w.record(RecEnd, encodeEnd(s.entries)); err != nil {
 		return s.ioError("send END", err)
 	}
@@ -450,8 +469,6 @@ func (s *sender) waitAck() error {
 		return s.peerFailure(m, "the wait for DONE-ACK")
 	case <-t.C:
 		return fmt.Errorf("%w (%v)", ErrAckTimeout, s.opts.AckTimeout)
-	case <-s.ctx.Done():
-		return s.ctx.Err()
 	}
 }
 
