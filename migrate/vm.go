@@ -31,7 +31,9 @@ type Source interface {
 	Memory(i int) []byte
 	// StartDirtyLog enables dirty logging on every region. manual reports
 	// whether KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is in effect: then DirtyLog
-	// does not re-protect pages and the caller must ClearDirtyLog.
+	// does not re-protect pages and the caller must ClearDirtyLog. In manual
+	// mode the sender clears every chunk before it first reads it, so logging
+	// may start with every bit set (KVM_DIRTY_LOG_INITIALLY_SET) or clear.
 	StartDirtyLog() (manual bool, err error)
 	StopDirtyLog() error
 	// DirtyLog fills bitmap (bit p of word p/64, one bit per page of region
