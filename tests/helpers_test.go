@@ -81,7 +81,13 @@ type proc struct {
 // start runs ferry with args; stdout and stderr are merged and logged on failure.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, cmd: exec.Command(ferryBin, args...), done: make(chan struct{})}
+	return startCmd(t, ferryBin, args...)
+}
+
+// startCmd runs a command (ferry, or ferry under ip netns exec).
+func startCmd(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: exec.Command(name, args...), done: make(chan struct{})}
 	p.cond = sync.NewCond(&p.mu)
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
@@ -113,7 +119,7 @@ func start(t *testing.T, args ...string) *proc {
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
-			t.Logf("output of ferry %s:\n%s", strings.Join(args, " "), p.output())
+			t.Logf("output of %s %s:\n%s", name, strings.Join(args, " "), p.output())
 		}
 	})
 	return p

@@ -37,6 +37,10 @@ type APIServer struct {
 	srv  *http.Server
 	mux  *http.ServeMux
 
+	// LogMemoryHash is passed to each migration's source (see
+	// MigrationSource.LogMemoryHash).
+	LogMemoryHash func(hash string)
+
 	mu        sync.Mutex
 	migrating bool
 	progress  any

@@ -99,7 +99,9 @@ func (a *APIServer) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer conn.Close()
-	stats, err := migrate.Send(r.Context(), NewMigrationSource(a.m), conn, opts)
+	src := NewMigrationSource(a.m)
+	src.LogMemoryHash = a.LogMemoryHash
+	stats, err := migrate.Send(r.Context(), src, conn, opts)
 	if err != nil {
 		emit(MigrateEvent{Error: err.Error() + " (the guest keeps running here)"})
 		return

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"unsafe"
 
+	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 )
 
@@ -138,4 +139,15 @@ func (m *Memory) E820() []E820Entry {
 		e = append(e, E820Entry{r.GPA, r.Size(), e820RAM})
 	}
 	return e
+}
+
+// Hash is an XXH3-128 digest of all guest RAM with its layout, to compare
+// the memory of a paused source with the destination's after a migration.
+func (m *Memory) Hash() string {
+	h := xxh3.New()
+	for _, r := range m.Regions {
+		fmt.Fprintf(h, "%x+%x:", r.GPA, r.Size())
+		h.Write(r.Mem)
+	}
+	return fmt.Sprintf("%x", h.Sum128().Bytes())
 }

@@ -12,6 +12,9 @@ import (
 // MigrationSource adapts a running Machine to migrate.Source.
 type MigrationSource struct {
 	m *Machine
+	// Log, if set, receives a hash of guest RAM taken while the guest is
+	// paused for the final state (for tests and debugging; it reads all RAM).
+	LogMemoryHash func(hash string)
 }
 
 // NewMigrationSource prepares m to be migrated.
@@ -94,6 +97,9 @@ func (s *MigrationSource) State() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.LogMemoryHash != nil {
+		s.LogMemoryHash(s.m.mem.Hash())
+	}
 	return EncodeState(st)
 }
 
@@ -104,6 +110,9 @@ type MigrationTarget struct {
 	mu      sync.Mutex
 	m       *Machine
 	started chan *Machine // receives the machine once it runs
+	// LogMemoryHash, if set, receives a hash of guest RAM taken just
+	// before the guest starts here (see MigrationSource.LogMemoryHash).
+	LogMemoryHash func(hash string)
 }
 
 // NewMigrationTarget prepares to receive a guest. The machine is created
@@ -170,6 +179,9 @@ func (t *MigrationTarget) Restore(state []byte) error {
 
 // Start implements migrate.Destination.
 func (t *MigrationTarget) Start() error {
+	if t.LogMemoryHash != nil {
+		t.LogMemoryHash(t.m.mem.Hash())
+	}
 	if err := t.m.Start(); err != nil {
 		return err
 	}

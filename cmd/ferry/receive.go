@@ -27,6 +27,7 @@ on --api-socket, exit status 0 when the guest powers off.`,
 		&cli.IntFlag{Name: "max-cpus", Value: 32, Usage: "most vCPUs accepted"},
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print unclaimed I/O ports at exit"},
+		memoryHashFlag,
 	},
 	Action: receiveAction,
 }
@@ -48,7 +49,7 @@ func receiveAction(c *cli.Context) error {
 		if err != nil {
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
-		m, err := receiveOne(conn, c.String("kvm"), opts)
+		m, err := receiveOne(conn, c.String("kvm"), opts, memoryHashLogger(c, "destination before start"))
 		conn.Close()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "ferry: incoming migration from %s failed: %v; still waiting\n", conn.RemoteAddr(), err)
@@ -63,8 +64,9 @@ func receiveAction(c *cli.Context) error {
 
 // receiveOne runs the receiving side of one migration and returns the
 // running machine.
-func receiveOne(conn net.Conn, kvmPath string, opts migrate.ReceiveOptions) (*vmm.Machine, error) {
+func receiveOne(conn net.Conn, kvmPath string, opts migrate.ReceiveOptions, logHash func(string)) (*vmm.Machine, error) {
 	target := vmm.NewMigrationTarget(vmm.Config{Console: os.Stdout, KVMPath: kvmPath})
+	target.LogMemoryHash = logHash
 	stats, err := migrate.Receive(context.Background(), conn, target, opts)
 	if err != nil {
 		target.Discard()

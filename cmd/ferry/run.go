@@ -34,6 +34,7 @@ kernel parameters (see --no-default-cmdline).`,
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
 		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate) on this unix socket `PATH`"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print boot details and unclaimed I/O ports"},
+		memoryHashFlag,
 	},
 	Action: runAction,
 }
@@ -100,6 +101,17 @@ func runAction(c *cli.Context) error {
 	return serve(c, m)
 }
 
+// memoryHashFlag makes migrations print a hash of all guest RAM on both
+// sides, taken while the guest is stopped: the integration tests compare them.
+var memoryHashFlag = &cli.BoolFlag{Name: "memory-hash", Usage: "print a hash of guest RAM when a migration stops the guest (reads all RAM; for tests)"}
+
+func memoryHashLogger(c *cli.Context, side string) func(string) {
+	if !c.Bool("memory-hash") {
+		return nil
+	}
+	return func(h string) { fmt.Fprintf(os.Stderr, "ferry: memory hash (%s): %s\n", side, h) }
+}
+
 // startAPI serves --api-socket if given; the returned stop is never nil.
 func startAPI(c *cli.Context, m *vmm.Machine) (*vmm.APIServer, func(), error) {
 	path := c.String("api-socket")
@@ -110,6 +122,7 @@ func startAPI(c *cli.Context, m *vmm.Machine) (*vmm.APIServer, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	a.LogMemoryHash = memoryHashLogger(c, "paused source")
 	return a, a.Close, nil
 }
 

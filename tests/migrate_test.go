@@ -1,0 +1,185 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// guest is a ferry process running (or receiving) the guest, with its
+// control socket.
+type guest struct {
+	p    *proc
+	sock string
+	host int
+}
+
+var (
+	reHashSrc = regexp.MustCompile(`memory hash \(paused source\): ([0-9a-f]+)`)
+	reHashDst = regexp.MustCompile(`memory hash \(destination before start\): ([0-9a-f]+)`)
+	reDirty   = regexp.MustCompile(`^FERRY-DIRTY mode=`)
+	reWaiting = regexp.MustCompile(`waiting for a migration on`)
+	reRunning = regexp.MustCompile(`guest received from .* and running`)
+)
+
+// bootCounter boots the dirty workload (counter lines plus a memory writer)
+// on host i and waits until it counts.
+func bootCounter(t *testing.T, h *hosts, i int, cmdline string) *guest {
+	t.Helper()
+	g := &guest{sock: filepath.Join(t.TempDir(), "src.sock"), host: i}
+	g.p = h.startOn(t, i, kernelArgs("--memory", "128M", "--api-socket", g.sock, "--memory-hash", "--cmdline", cmdline)...)
+	_, n := g.p.waitFor(reCounter, 0, bootTimeout)
+	g.p.waitFor(reCounter, n+3, time.Minute)
+	if strings.Contains(cmdline, "ferry.run=dirty") {
+		g.p.waitFor(reDirty, 0, 2*time.Minute) // the writer has filled its working set
+	}
+	return g
+}
+
+var portSeq = 7400
+
+// receiver starts `ferry receive` on host i and waits until it listens.
+func receiver(t *testing.T, h *hosts, i int) (*guest, string) {
+	t.Helper()
+	portSeq++
+	addr := net.JoinHostPort(h.addr[i], strconv.Itoa(portSeq))
+	g := &guest{sock: filepath.Join(t.TempDir(), "dst.sock"), host: i}
+	g.p = h.startOn(t, i, "receive", "--listen", addr, "--api-socket", g.sock, "--memory-hash")
+	g.p.waitFor(reWaiting, 0, 30*time.Second)
+	return g, addr
+}
+
+type migStats struct {
+	Iterations []struct {
+		PagesDirty      uint64 `json:"pages_dirty"`
+		PagesFalseDirty uint64 `json:"pages_false_dirty"`
+		PagesZero       uint64 `json:"pages_zero"`
+		PagesSent       uint64 `json:"pages_sent"`
+		Bytes           int64  `json:"bytes"`
+	} `json:"iterations"`
+	TotalSeconds float64 `json:"total_seconds"`
+	DowntimeMS   float64 `json:"downtime_ms"`
+	BytesTotal   int64   `json:"bytes_total"`
+	Converged    *bool   `json:"converged"`
+}
+
+// migrateTo moves src's guest to dst and checks everything a live
+// migration promises: the command succeeds, the source exits 0, memory
+// hashes agree, and the counter continues on the destination.
+func migrateTo(t *testing.T, src, dst *guest, addr string, extra ...string) migStats {
+	t.Helper()
+	statsFile := filepath.Join(t.TempDir(), "stats.json")
+	args := append([]string{"migrate", "--api-socket", src.sock, "--to", addr, "--stats-json", statsFile}, extra...)
+	out, code := runFerry(t, args...)
+	if code != 0 {
+		t.Fatalf("ferry migrate: exit %d:\n%s", code, out)
+	}
+	t.Logf("ferry migrate:\n%s", out)
+	if c := src.p.wait(time.Minute); c != 0 {
+		t.Fatalf("source ferry exited %d after the migration, want 0", c)
+	}
+	last := lastCounter(t, src.p)
+
+	hs, _ := src.p.waitFor(reHashSrc, 0, time.Second)
+	dst.p.waitFor(reRunning, 0, 30*time.Second)
+	hd, _ := dst.p.waitFor(reHashDst, 0, time.Second)
+	if a, b := reHashSrc.FindStringSubmatch(hs)[1], reHashDst.FindStringSubmatch(hd)[1]; a != b {
+		t.Fatalf("guest memory differs: paused source %s, destination %s", a, b)
+	}
+
+	var st migStats
+	b, err := os.ReadFile(statsFile)
+	if err != nil {
+		t.Fatalf("--stats-json: %v", err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil || st.Converged == nil || len(st.Iterations) == 0 || st.BytesTotal <= 0 {
+		t.Fatalf("--stats-json is incomplete (%v): %s", err, b)
+	}
+
+	// The counter goes on from the source's last value: no reset, and no
+	// gap longer than the downtime (plus one period and scheduling slack).
+	line, _ := dst.p.waitFor(reCounter, 0, time.Minute)
+	first := counterValue(t, line)
+	maxGap := 2 + int(st.DowntimeMS/100)
+	if first <= last || first > last+maxGap {
+		t.Fatalf("counter was %d on the source, %d first on the destination (downtime %.1f ms): want %d..%d",
+			last, first, st.DowntimeMS, last+1, last+maxGap)
+	}
+	l2, _ := dst.p.waitFor(reCounter, 0, time.Minute)
+	_ = l2
+	dst.p.waitFor(regexp.MustCompile(fmt.Sprintf(`^FERRY-COUNTER %d$`, first+3)), 0, time.Minute)
+	t.Logf("counter %d on the source, %d on the destination; downtime %.1f ms, %d iterations, %.1f MiB",
+		last, first, st.DowntimeMS, len(st.Iterations), float64(st.BytesTotal)/(1<<20))
+	return st
+}
+
+const dirtyCmdline = "ferry.run=dirty ferry.mode=mix ferry.ws=16M ferry.rate=2000 ferry.same=70"
+
+// TestMigrateBetweenHosts: a guest counting and writing memory moves from
+// host A to host B.
+func TestMigrateBetweenHosts(t *testing.T) {
+	needGuest(t)
+	h := twoHosts(t)
+	src := bootCounter(t, h, 0, dirtyCmdline)
+	dst, addr := receiver(t, h, 1)
+	st := migrateTo(t, src, dst, addr)
+	if !*st.Converged {
+		t.Errorf("migration did not converge")
+	}
+}
+
+// TestMigratePingPong moves the same guest A→B→A→B.
+func TestMigratePingPong(t *testing.T) {
+	needGuest(t)
+	h := twoHosts(t)
+	cur := bootCounter(t, h, 0, dirtyCmdline)
+	for hop, to := range []int{1, 0, 1} {
+		dst, addr := receiver(t, h, to)
+		t.Logf("hop %d: host %d → host %d", hop+1, cur.host, to)
+		migrateTo(t, cur, dst, addr)
+		cur = dst
+	}
+}
+
+// TestMigrateDestinationKilled: the destination dies mid-migration; the
+// source guest keeps running and counting, and a second migration works.
+func TestMigrateDestinationKilled(t *testing.T) {
+	needGuest(t)
+	h := twoHosts(t)
+	src := bootCounter(t, h, 0, dirtyCmdline)
+	dst, addr := receiver(t, h, 1)
+
+	// A slow link keeps the migration going long enough to kill its target.
+	done := make(chan string, 1)
+	go func() {
+		out, code := runFerry(t, "migrate", "--api-socket", src.sock, "--to", addr, "--max-bandwidth", "1MiB/s")
+		done <- fmt.Sprintf("exit %d: %s", code, out)
+	}()
+	time.Sleep(3 * time.Second)
+	dst.p.kill()
+	var res string
+	select {
+	case res = <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("ferry migrate did not return after its destination died")
+	}
+	if !strings.HasPrefix(res, "exit 1:") || !strings.Contains(res, "keeps running") {
+		t.Fatalf("ferry migrate after the destination died: %s; want exit 1 and the guest kept", res)
+	}
+	out, _ := runFerry(t, "status", "--api-socket", src.sock)
+	if !strings.Contains(out, `"state":"running"`) {
+		t.Fatalf("source status after the failed migration: %s", out)
+	}
+	before := lastCounter(t, src.p)
+	src.p.waitFor(regexp.MustCompile(fmt.Sprintf(`^FERRY-COUNTER %d$`, before+5)), 0, time.Minute)
+
+	dst2, addr2 := receiver(t, h, 1)
+	migrateTo(t, src, dst2, addr2)
+}

@@ -1,0 +1,67 @@
+package tests
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// hosts are two "hosts" for migration tests: two network namespaces joined
+// by a veth pair, each with one address on the pair. Without root (or
+// iproute2) both hosts are this machine, on loopback.
+type hosts struct {
+	ns   [2]string // namespace names, "" for the current one
+	addr [2]string // each host's address on the link
+}
+
+// twoHosts creates the namespaces and removes them when the test ends.
+func twoHosts(t *testing.T) *hosts {
+	t.Helper()
+	h := &hosts{addr: [2]string{"127.0.0.1", "127.0.0.1"}}
+	if os.Geteuid() != 0 {
+		t.Log("not root: both hosts are this machine, on loopback")
+		return h
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatal("iproute2's ip is missing: apt-get install iproute2")
+	}
+	id := fmt.Sprintf("%d%d", os.Getpid()%10000, len(t.Name())%10)
+	h.ns = [2]string{"ferry-a-" + id, "ferry-b-" + id}
+	h.addr = [2]string{"10.231.0.1", "10.231.0.2"}
+	va, vb := "fva"+id, "fvb"+id
+	cmds := [][]string{
+		{"netns", "add", h.ns[0]},
+		{"netns", "add", h.ns[1]},
+		{"link", "add", va, "type", "veth", "peer", "name", vb},
+		{"link", "set", va, "netns", h.ns[0]},
+		{"link", "set", vb, "netns", h.ns[1]},
+		{"-n", h.ns[0], "addr", "add", h.addr[0] + "/24", "dev", va},
+		{"-n", h.ns[1], "addr", "add", h.addr[1] + "/24", "dev", vb},
+		{"-n", h.ns[0], "link", "set", va, "up"},
+		{"-n", h.ns[1], "link", "set", vb, "up"},
+		{"-n", h.ns[0], "link", "set", "lo", "up"},
+		{"-n", h.ns[1], "link", "set", "lo", "up"},
+	}
+	t.Cleanup(func() {
+		for _, ns := range h.ns {
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	for _, c := range cmds {
+		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	return h
+}
+
+// startOn runs ferry with args on host i.
+func (h *hosts) startOn(t *testing.T, i int, args ...string) *proc {
+	t.Helper()
+	if h.ns[i] == "" {
+		return start(t, args...)
+	}
+	return startCmd(t, "ip", append([]string{"netns", "exec", h.ns[i], ferryBin}, args...)...)
+}
