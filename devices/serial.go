@@ -294,7 +294,10 @@ func (u *Serial) Restore(data []byte) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.s = s
-	u.high = false
-	u.updateIRQ()
+	// Drive the line to the restored level, whatever it was before.
+	u.high = u.iir() != iirNone
+	if u.irq != nil {
+		u.irq.SetLevel(u.high)
+	}
 	return nil
 }

@@ -60,11 +60,12 @@ func New(cfg Config) (m *Machine, err error) {
 	if cfg.CPUs < 1 || cfg.CPUs > mpMaxCPUs {
 		return nil, fmt.Errorf("--cpus %d: ferry supports 1 to %d vCPUs", cfg.CPUs, mpMaxCPUs)
 	}
-	m = &Machine{cfg: cfg, done: make(chan struct{})}
-	m.cond = sync.NewCond(&m.ctl)
+	mc := &Machine{cfg: cfg, done: make(chan struct{})}
+	mc.cond = sync.NewCond(&mc.ctl)
+	m = mc
 	defer func() {
 		if err != nil {
-			m.Close()
+			mc.Close() // m is nil here: the error returns reset it
 		}
 	}()
 	if m.sys, err = kvm.Open(cfg.KVMPath); err != nil {

@@ -182,10 +182,7 @@ func (m *Machine) Pause() error {
 		m.ctl.Unlock()
 		return errors.New("machine is not running")
 	}
-	if m.pauseReq {
-		m.ctl.Unlock()
-		return nil
-	}
+	// A second caller during a pause in progress waits for it too.
 	m.pauseReq = true
 	m.ctl.Unlock()
 	for {

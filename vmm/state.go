@@ -96,6 +96,10 @@ func (m *Machine) RestoreState(s *State) error {
 	if len(s.VCPUs) != len(m.vcpus) {
 		return fmt.Errorf("state has %d vCPUs, this machine has %d", len(s.VCPUs), len(m.vcpus))
 	}
+	saved, err := m.matchDevices(s.Devices)
+	if err != nil {
+		return err
+	}
 	for _, c := range []kvm.IRQChip{s.PIC[0], s.PIC[1], s.IOAPIC} {
 		if err := m.vm.SetIRQChip(c); err != nil {
 			return err
@@ -112,29 +116,47 @@ func (m *Machine) RestoreState(s *State) error {
 			return err
 		}
 	}
+	for _, d := range m.devices {
+		if sd, ok := d.(devices.Stateful); ok {
+			if err := sd.Restore(saved[d.Name()]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// matchDevices pairs saved device states with this machine's stateful
+// devices, before anything is restored: a state with a missing, extra or
+// duplicate device changes nothing.
+func (m *Machine) matchDevices(list []DeviceState) (map[string][]byte, error) {
 	saved := map[string][]byte{}
-	for _, d := range s.Devices {
+	for _, d := range list {
 		if _, dup := saved[d.Name]; dup {
-			return fmt.Errorf("state has device %q twice", d.Name)
+			return nil, fmt.Errorf("state has device %q twice", d.Name)
 		}
 		saved[d.Name] = d.Data
 	}
+	want := 0
 	for _, d := range m.devices {
-		sd, ok := d.(devices.Stateful)
-		if !ok {
+		if _, ok := d.(devices.Stateful); !ok {
 			continue
 		}
-		data, found := saved[d.Name()]
-		if !found {
-			return fmt.Errorf("state has no device %q", d.Name())
+		want++
+		if _, found := saved[d.Name()]; !found {
+			return nil, fmt.Errorf("state has no device %q", d.Name())
 		}
-		if err := sd.Restore(data); err != nil {
-			return err
+	}
+	if len(saved) != want {
+		for name := range saved {
+			found := false
+			for _, d := range m.devices {
+				found = found || d.Name() == name
+			}
+			if !found {
+				return nil, fmt.Errorf("state has device %q, which this machine does not have", name)
+			}
 		}
-		delete(saved, d.Name())
 	}
-	for name := range saved {
-		return fmt.Errorf("state has device %q, which this machine does not have", name)
-	}
-	return nil
+	return saved, nil
 }
