@@ -133,15 +133,33 @@ func (f *fakeSource) Pause() error {
 	if f.pauseErr != nil {
 		return f.pauseErr
 	}
+	f.mu.Lock()
 	f.paused = true
+	f.mu.Unlock()
 	f.pauses++
 	return nil
 }
 
 func (f *fakeSource) Resume() error {
+	f.mu.Lock()
 	f.paused = false
+	f.mu.Unlock()
 	f.resumes++
 	return nil
+}
+
+// guestWrite is a store by a running vCPU: it does nothing while paused.
+func (f *fakeSource) guestWrite(i int, p uint64, data []byte) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.paused {
+		return false
+	}
+	copy(f.mem[i][p*PageSize:(p+1)*PageSize], data)
+	if f.logging {
+		f.dirty[i][p/64] |= 1 << (p % 64)
+	}
+	return true
 }
 
 func (f *fakeSource) State() ([]byte, error) {
