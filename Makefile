@@ -1,12 +1,13 @@
 # ferry: a small KVM hypervisor with live migration.
 #
-#   make demo     build everything and show the main job (needs /dev/kvm)
+#   make demo     build everything and live-migrate a running guest (needs /dev/kvm)
 #   make test     build everything and run every test (unit + real guests)
 #   make build    bin/ferry
 #   make guest    the guest kernel and initramfs (guest-images/out)
 #   make deps     install the Debian packages the build and tests need (root)
 #   make unit     unit tests only (no guest image needed)
 #   make clean    remove bin/ and guest-images/out
+#   make boot     build everything and boot the guest to its marker and power-off
 #   make help     this text
 
 GO       ?= go
@@ -23,12 +24,12 @@ DEB_PACKAGES := make gcc libc6-dev bc flex bison libelf-dev patch diffutils \
 # Go test timeouts: integration tests boot real guests on an emulating KVM.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build guest deps test unit integration demo clean help FORCE
+.PHONY: all build guest deps test unit integration demo boot clean help FORCE
 
 all: build guest
 
 help:
-	@sed -n '3,11s/^# \{0,1\}//p' Makefile
+	@sed -n '3,12s/^# \{0,1\}//p' Makefile
 
 build: $(BIN)
 
@@ -65,7 +66,9 @@ test: build guest
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 demo: build guest
-	@echo "== booting the guest: kernel + initramfs, serial console, power-off"
+	FERRY=$(BIN) tests/demo.sh
+
+boot: build guest
 	$(BIN) run --memory 128M --cmdline "ferry.run=poweroff"
 
 clean:
