@@ -287,7 +287,9 @@ type readResult struct {
 	err error
 }
 
-func startReadAhead(r io.Reader, depth int) *readAhead {
+// beforeRead, if not nil, runs before each record is read (to arm a read
+// deadline).
+func startReadAhead(r io.Reader, depth int, beforeRead func()) *readAhead {
 	ra := &readAhead{
 		out:  make(chan readResult, depth),
 		free: make(chan []byte, depth+1),
@@ -304,6 +306,9 @@ func startReadAhead(r io.Reader, depth int) *readAhead {
 			case buf = <-ra.free:
 			case <-ra.stop:
 				return
+			}
+			if beforeRead != nil {
+				beforeRead()
 			}
 			rec, buf, err := readRecord(r, &hdr, buf)
 			select {

@@ -17,6 +17,11 @@ type ReceiveOptions struct {
 	MaxMemory uint64
 	// MaxVCPUs is the largest vCPU count accepted. Default 1024.
 	MaxVCPUs int
+	// IdleTimeout, if positive, aborts when no record arrives from the
+	// source for that long (needs a conn with SetReadDeadline). The source
+	// sends continuously until END, so a stall means it is gone. Zero: wait
+	// as long as ctx allows.
+	IdleTimeout time.Duration
 }
 
 func (o ReceiveOptions) normalize() ReceiveOptions {
@@ -48,9 +53,11 @@ func (s recvState) String() string {
 // record; it either advances the state or returns an error, after which the
 // receiver is Failed.
 type receiver struct {
-	opts  ReceiveOptions
-	dst   Destination
-	state recvState
+	ctx     context.Context
+	unwatch func() bool // stops cancellation from cutting the connection
+	opts    ReceiveOptions
+	dst     Destination
+	state   recvState
 
 	prepared bool
 	mems     [][]byte
@@ -82,11 +89,15 @@ type receiver struct {
 // The caller closes conn.
 func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts ReceiveOptions) (*ReceiveStats, error) {
 	start := time.Now()
-	r := &receiver{opts: opts.normalize(), dst: dst}
-	stop := context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
-	defer stop()
+	r := &receiver{ctx: ctx, opts: opts.normalize(), dst: dst}
+	r.unwatch = context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
+	defer r.unwatch()
 	cr := &countingReader{r: conn}
-	rr := startReadAhead(cr, 3)
+	var beforeRead func()
+	if idle := r.opts.IdleTimeout; idle > 0 {
+		beforeRead = func() { setReadDeadline(conn, time.Now().Add(idle)) }
+	}
+	rr := startReadAhead(cr, 3, beforeRead)
 	defer rr.close()
 
 	var err error
@@ -299,6 +310,11 @@ func (r *receiver) onEnd(p []byte) error {
 	}
 	if missing != 0 {
 		return fmt.Errorf("%w: %d guest pages were never received", ErrMalformed, missing)
+	}
+	// From here on the guest may run: cancellation must no longer cut the
+	// connection before DONE-ACK is out.
+	if r.unwatch != nil && !r.unwatch() {
+		return fmt.Errorf("migrate: cancelled before starting the guest: %w", r.ctx.Err())
 	}
 	if err := r.dst.Start(); err != nil {
 		return fmt.Errorf("migrate: start guest: %w", err)

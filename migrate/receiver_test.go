@@ -229,3 +229,46 @@ func TestReceiverZeroOverwrites(t *testing.T) {
 		t.Fatal("pages 0/1 not updated")
 	}
 }
+
+// A source that goes silent is given up after IdleTimeout.
+func TestReceiverIdleTimeout(t *testing.T) {
+	dst := &fakeDest{}
+	start := time.Now()
+	err, replies := scripted(t, ReceiveOptions{IdleTimeout: 50 * time.Millisecond}, dst,
+		helloRec(smallInfo()), iterRec(0, false)) // then silence, connection open
+	if err == nil || !strings.Contains(err.Error(), "timeout") || time.Since(start) > 5*time.Second {
+		t.Fatalf("error %v after %v", err, time.Since(start))
+	}
+	if !dst.discarded || dst.started || replies[len(replies)-1].Type != RecError {
+		t.Fatalf("discarded %v started %v replies %v", dst.discarded, dst.started, replies)
+	}
+}
+
+// Cancelling the receiver's context aborts it and tells the source.
+func TestReceiverCancel(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	dst := &fakeDest{}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Receive(ctx, b, dst, ReceiveOptions{})
+		b.Close()
+		done <- err
+	}()
+	if _, err := a.Write(helloRec(smallInfo())); err != nil {
+		t.Fatal(err)
+	}
+	rr := newRecordReader(a)
+	if r, err := rr.next(); err != nil || r.Type != RecHelloAck {
+		t.Fatalf("%v %v", r.Type, err)
+	}
+	cancel()
+	r, err := rr.next()
+	if err != nil || r.Type != RecError || !strings.Contains(string(r.Payload), "context canceled") {
+		t.Fatalf("after cancel: %v %q %v", r.Type, r.Payload, err)
+	}
+	if err := <-done; !errors.Is(err, context.Canceled) || !dst.discarded || dst.started {
+		t.Fatalf("error %v discarded %v", err, dst.discarded)
+	}
+}
