@@ -1,0 +1,120 @@
+package vmm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"reflect"
+	"testing"
+
+	"github.com/ferryvmm/ferry/kvm"
+)
+
+func sampleState() *State {
+	s := &State{Memory: 128 << 20}
+	s.PIC[0].ChipID, s.PIC[1].ChipID, s.IOAPIC.ChipID = 0, 1, 2
+	s.PIC[1].Chip[3] = 0x55
+	s.PIT.Channels[0].Count = 1193
+	s.Clock.Clock = 123456789
+	for i := 0; i < 2; i++ {
+		v := &kvm.VCPUState{ID: i, HasXSave: i == 0, TSCKHz: 2600000}
+		v.CPUID = []kvm.CPUIDEntry{{Function: 1, Eax: 0x806a7}, {Function: 7, Ebx: 1}}
+		v.Regs.RIP = 0xffffffff81000000 + uint64(i)
+		v.Sregs.CR3 = 0x1000
+		if v.HasXSave { // only the one in use is encoded
+			v.XSave.Region[7] = 0x1f80
+			v.XCRs.NrXRCS = 1
+		} else {
+			v.FPU.MXCSR = 0x1f80
+		}
+		v.LAPIC.Regs[0x20] = byte(i)
+		v.MSRs = []kvm.MSREntry{{Index: 0x10, Data: 42}, {Index: 0xc0000080, Data: 0xd01}}
+		v.Events.Flags = 1
+		s.VCPUs = append(s.VCPUs, v)
+	}
+	s.Devices = []DeviceState{{Name: "serial0", Data: []byte{1, 2, 3}}, {Name: "cmos", Data: bytes.Repeat([]byte{9}, 129)}}
+	return s
+}
+
+func TestStateCodecRoundTrip(t *testing.T) {
+	s := sampleState()
+	b, err := EncodeState(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeState(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range s.VCPUs {
+		if !reflect.DeepEqual(s.VCPUs[i], got.VCPUs[i]) {
+			t.Errorf("vCPU %d differs after the round trip", i)
+		}
+	}
+	got.VCPUs, s.VCPUs = nil, nil
+	if !reflect.DeepEqual(s, got) {
+		t.Errorf("VM-wide state or devices differ after the round trip")
+	}
+}
+
+// reseal fixes the checksum after a test edits the payload, so the decoder's
+// structural checks (not the CRC) must catch the damage.
+func reseal(b []byte) []byte {
+	binary.LittleEndian.PutUint64(b[12:], uint64(len(b)-stateHdrLen))
+	binary.LittleEndian.PutUint32(b[20:], crc32.Checksum(b[stateHdrLen:], crcTable))
+	return b
+}
+
+func TestStateCodecRejects(t *testing.T) {
+	good, err := EncodeState(sampleState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clone := func() []byte { return append([]byte(nil), good...) }
+	vcpuCountOff := stateHdrLen + 8 + 3*520 + 112 + 48
+	cases := map[string][]byte{
+		"empty":     nil,
+		"bad magic": append([]byte("NOTFERRY"), good[8:]...),
+		"version": func() []byte {
+			b := clone()
+			binary.LittleEndian.PutUint32(b[8:], 99)
+			return b
+		}(),
+		"truncated": good[:len(good)-10],
+		"bit flip": func() []byte {
+			b := clone()
+			b[len(b)/2] ^= 0x10
+			return b
+		}(),
+		"trailing bytes": reseal(append(clone(), 0)),
+		"too many vCPUs": func() []byte {
+			b := clone()
+			binary.LittleEndian.PutUint32(b[vcpuCountOff:], 1<<30)
+			return reseal(b)
+		}(),
+		"payload truncated, length consistent": reseal(clone()[:len(good)-40]),
+	}
+	for name, b := range cases {
+		if _, err := DecodeState(b); !errors.Is(err, ErrBadState) {
+			t.Errorf("%s: err = %v, want ErrBadState", name, err)
+		}
+	}
+}
+
+func FuzzDecodeState(f *testing.F) {
+	good, _ := EncodeState(sampleState())
+	f.Add(good)
+	f.Add([]byte(stateMagic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := DecodeState(b)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must encode back to the same bytes.
+		again, err := EncodeState(s)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("decoded state does not re-encode to its input (err %v)", err)
+		}
+	})
+}
