@@ -106,11 +106,14 @@ func New(cfg Config) (m *Machine, err error) {
 	return m, nil
 }
 
-// requiredCaps are the KVM capabilities ferry cannot run without.
-var requiredCaps = []struct {
-	cap  kvm.Capability
-	name string
-}{
+// Capability is a KVM capability with its name for messages.
+type Capability struct {
+	Cap  kvm.Capability
+	Name string
+}
+
+// RequiredCaps are the KVM capabilities ferry cannot run without.
+var RequiredCaps = []Capability{
 	{kvm.CapUserMemory, "KVM_CAP_USER_MEMORY"},
 	{kvm.CapIRQChip, "KVM_CAP_IRQCHIP"},
 	{kvm.CapPIT2, "KVM_CAP_PIT2"},
@@ -125,9 +128,9 @@ var requiredCaps = []struct {
 
 func (m *Machine) checkCaps() error {
 	var missing []string
-	for _, c := range requiredCaps {
-		if n, err := m.sys.CheckExtension(c.cap); err != nil || n == 0 {
-			missing = append(missing, c.name)
+	for _, c := range RequiredCaps {
+		if n, err := m.sys.CheckExtension(c.Cap); err != nil || n == 0 {
+			missing = append(missing, c.Name)
 		}
 	}
 	if len(missing) > 0 {

@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferryvmm/ferry/kvm"
+	"github.com/ferryvmm/ferry/vmm"
 )
 
 var probeCommand = &cli.Command{
@@ -24,21 +25,27 @@ var probeCommand = &cli.Command{
 		w := c.App.Writer
 		fmt.Fprintf(w, "KVM device: %s (API 12)\n", sys.Path())
 		missing := 0
-		for _, p := range probeCaps {
-			n, err := sys.CheckExtension(p.cap)
+		report := func(c vmm.Capability, required bool, without string) {
+			n, err := sys.CheckExtension(c.Cap)
 			state := "yes"
 			switch {
 			case err != nil:
 				state = "error: " + err.Error()
-			case n == 0 && p.required:
+			case n == 0 && required:
 				state = "MISSING (required)"
 				missing++
 			case n == 0:
-				state = "no (" + p.without + ")"
-			case p.cap == kvm.CapManualDirtyLogProtect2 || p.cap == kvm.CapDirtyLogRing:
+				state = "no (" + without + ")"
+			case n > 1:
 				state = fmt.Sprintf("yes (%#x)", n)
 			}
-			fmt.Fprintf(w, "  %-34s %s\n", p.name, state)
+			fmt.Fprintf(w, "  %-34s %s\n", c.Name, state)
+		}
+		for _, c := range vmm.RequiredCaps {
+			report(c, true, "")
+		}
+		for _, c := range optionalCaps {
+			report(c.Capability, false, c.without)
 		}
 		if mod := emulatingModule(); mod != "" {
 			fmt.Fprintf(w, "note: KVM is provided by module %s, which runs guests in an instruction\n"+
@@ -54,29 +61,19 @@ var probeCommand = &cli.Command{
 	},
 }
 
-var probeCaps = []struct {
-	cap      kvm.Capability
-	name     string
-	required bool
-	without  string
+// optionalCaps are used when KVM offers them; without each, ferry says
+// what it does instead.
+var optionalCaps = []struct {
+	vmm.Capability
+	without string
 }{
-	{kvm.CapUserMemory, "KVM_CAP_USER_MEMORY", true, ""},
-	{kvm.CapIRQChip, "KVM_CAP_IRQCHIP", true, ""},
-	{kvm.CapPIT2, "KVM_CAP_PIT2", true, ""},
-	{kvm.CapSetTSSAddr, "KVM_CAP_SET_TSS_ADDR", true, ""},
-	{kvm.CapImmediateExit, "KVM_CAP_IMMEDIATE_EXIT", true, ""},
-	{kvm.CapExtCPUID, "KVM_CAP_EXT_CPUID", true, ""},
-	{kvm.CapMPState, "KVM_CAP_MP_STATE", true, ""},
-	{kvm.CapVCPUEvents, "KVM_CAP_VCPU_EVENTS", true, ""},
-	{kvm.CapDebugRegs, "KVM_CAP_DEBUGREGS", true, ""},
-	{kvm.CapGetTSCKHz, "KVM_CAP_GET_TSC_KHZ", true, ""},
-	{kvm.CapXSave, "KVM_CAP_XSAVE", false, "FPU state saved with KVM_GET_FPU"},
-	{kvm.CapXCRs, "KVM_CAP_XCRS", false, "no XCR state"},
-	{kvm.CapManualDirtyLogProtect2, "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", false, "migration cannot clear just before sending"},
-	{kvm.CapDirtyLogRing, "KVM_CAP_DIRTY_LOG_RING", false, "not used yet"},
-	{kvm.CapIRQFD, "KVM_CAP_IRQFD", false, "device interrupts go through KVM_IRQ_LINE"},
-	{kvm.CapIOEventFD, "KVM_CAP_IOEVENTFD", false, "device notifications exit to ferry"},
-	{kvm.CapAdjustClock, "KVM_CAP_ADJUST_CLOCK", false, "kvmclock not migrated"},
+	{vmm.Capability{Cap: kvm.CapXSave, Name: "KVM_CAP_XSAVE"}, "FPU state saved with KVM_GET_FPU"},
+	{vmm.Capability{Cap: kvm.CapXCRs, Name: "KVM_CAP_XCRS"}, "no XCR state"},
+	{vmm.Capability{Cap: kvm.CapManualDirtyLogProtect2, Name: "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2"}, "migration cannot clear just before sending"},
+	{vmm.Capability{Cap: kvm.CapDirtyLogRing, Name: "KVM_CAP_DIRTY_LOG_RING"}, "not used yet"},
+	{vmm.Capability{Cap: kvm.CapIRQFD, Name: "KVM_CAP_IRQFD"}, "not used yet"},
+	{vmm.Capability{Cap: kvm.CapIOEventFD, Name: "KVM_CAP_IOEVENTFD"}, "not used yet"},
+	{vmm.Capability{Cap: kvm.CapAdjustClock, Name: "KVM_CAP_ADJUST_CLOCK"}, "kvmclock not migrated"},
 }
 
 // emulatingModule names the loaded KVM module if it is one that emulates
