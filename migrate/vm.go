@@ -60,7 +60,7 @@ type Source interface {
 
 // Destination is the VM being built on the receiving host.
 type Destination interface {
-	// Prepare allocates guest memory (zero-filled) and vCPUs for the
+	// Prepare allocates guest memory and vCPUs for the
 	// announced VM. It returns an error (sent to the source) if the VM cannot
 	// be hosted, e.g. its regions or devices do not match this host's; a
 	// failed Prepare frees what it allocated itself.
