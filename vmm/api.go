@@ -60,6 +60,11 @@ func ServeAPI(m *Machine, path string) (*APIServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--api-socket %s: %w", path, err)
 	}
+	// The socket controls the guest (and can send it anywhere): owner only.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("--api-socket %s: %w", path, err)
+	}
 	a := &APIServer{m: m, path: path, ln: ln, mux: http.NewServeMux()}
 	a.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Status())
