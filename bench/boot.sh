@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# bench/boot.sh — boot time, ferry vs QEMU (-enable-kvm), same guest.
+#
+# Boots guest-images/out/vmlinux (PVH entry) + initramfs.cpio, 128 MiB,
+# "ferry.run=poweroff", N times under ferry and N times under
+# qemu-system-x86_64 -enable-kvm (microvm), runs interleaved
+# (ferry 1, qemu 1, ferry 2, qemu 2, ...) so that background load hits both
+# alike. For each run it prints the wall-clock seconds from process start to
+# the FERRY-GUEST-READY line on the serial console and to process exit; then
+# the medians and the ratio ferry/QEMU.
+#
+# Both VMMs get exactly the same kernel command line: ferry's defaults, read
+# from the "ferry: cmdline:" line that `ferry run -v` prints (that probe run is
+# killed as soon as the line appears), plus ferry.run=poweroff. ferry runs are
+# started without -v, i.e. with its defaults; QEMU gets the same string via
+# -append, with auto-kernel-cmdline=off so that QEMU adds nothing.
+#
+# The guest ends with reboot(RB_AUTOBOOT) and kernel parameter reboot=k (the
+# i8042 reset line). ferry emulates an i8042 and exits on that reset. QEMU's
+# microvm has no i8042, so we add one (-device i8042) and pass -no-reboot, so
+# that QEMU exits on the same reset. (Without the i8042, the kernel polls a
+# missing keyboard controller before it falls back to a triple fault, which
+# costs tens of seconds under this emulating KVM: QEMU_I8042=0 shows it.)
+#
+# Usage: bench/boot.sh [-n RUNS]
+# Environment: FERRY (bin/ferry), QEMU (qemu-system-x86_64), GUEST_DIR
+# (guest-images/out), MEM (128M), TIMEOUT (seconds per run, 300),
+# QEMU_I8042 (1), KEEP_LOGS (unset: logs go to a temp dir that is removed).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RUNS=3
+while [ $# -gt 0 ]; do
+	case $1 in
+	-n) RUNS=$2; shift 2 ;;
+	-h | --help) sed -n '2,29s/^# \{0,1\}//p' "$0"; exit 0 ;;
+	*) echo "usage: $0 [-n RUNS]" >&2; exit 2 ;;
+	esac
+done
+FERRY=${FERRY:-$ROOT/bin/ferry}
+QEMU=${QEMU:-qemu-system-x86_64}
+GUEST_DIR=${GUEST_DIR:-$ROOT/guest-images/out}
+KERNEL=$GUEST_DIR/vmlinux
+INITRD=$GUEST_DIR/initramfs.cpio
+MEM=${MEM:-128M}
+TIMEOUT=${TIMEOUT:-300}
+QEMU_I8042=${QEMU_I8042:-1}
+MARKER=FERRY-GUEST-READY
+
+for f in "$FERRY" "$KERNEL" "$INITRD"; do
+	[ -e "$f" ] || { echo "boot.sh: $f is missing (make build / make guest)" >&2; exit 1; }
+done
+command -v "$QEMU" >/dev/null || { echo "boot.sh: $QEMU not found" >&2; exit 1; }
+[ -w /dev/kvm ] || { echo "boot.sh: /dev/kvm is not usable" >&2; exit 1; }
+
+LOGS=$(mktemp -d /tmp/ferry-bench-boot.XXXXXX)
+if [ -z "${KEEP_LOGS:-}" ]; then trap 'rm -rf "$LOGS"' EXIT; else echo "logs: $LOGS"; fi
+
+# --- the kernel command line: ferry's defaults ------------------------------
+probe=$LOGS/probe.log
+timeout "$TIMEOUT" "$FERRY" run -v --memory "$MEM" --kernel "$KERNEL" --initrd "$INITRD" \
+	--cmdline "ferry.run=poweroff" </dev/null >"$probe" 2>&1 &
+ppid=$!
+for _ in $(seq 1 300); do
+	grep -q '^ferry: cmdline: ' "$probe" && break
+	kill -0 "$ppid" 2>/dev/null || break
+	sleep 0.1
+done
+kill "$ppid" 2>/dev/null || true
+wait "$ppid" 2>/dev/null || true
+CMDLINE=$(sed -n 's/^ferry: cmdline: //p' "$probe" | head -1)
+[ -n "$CMDLINE" ] || { echo "boot.sh: no 'ferry: cmdline:' line from ferry run -v:" >&2; cat "$probe" >&2; exit 1; }
+
+QEMU_ARGS=(-M microvm,x-option-roms=off,acpi=off,auto-kernel-cmdline=off -enable-kvm
+	-cpu host,-arch-capabilities -m "$MEM" -smp 1 -nodefaults -no-user-config -display none
+	-serial stdio -no-reboot)
+[ "$QEMU_I8042" = 1 ] && QEMU_ARGS+=(-device i8042)
+QEMU_ARGS+=(-kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE")
+FERRY_ARGS=(run --memory "$MEM" --kernel "$KERNEL" --initrd "$INITRD" --cmdline "ferry.run=poweroff")
+
+echo "== boot benchmark: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, $(uname -r), ${RUNS} runs each"
+echo "ferry:  $FERRY ${FERRY_ARGS[*]}"
+echo "        ($("$FERRY" version 2>/dev/null || echo "version unknown"), tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?"))"
+echo "qemu:   $QEMU ${QEMU_ARGS[*]:0:${#QEMU_ARGS[@]}-1} \"<cmdline>\""
+echo "        ($("$QEMU" --version | head -1))"
+echo "cmdline (both): $CMDLINE"
+echo
+
+# timed LABEL LOG CMD...: runs CMD under timeout, stdout+stderr through a
+# reader that stamps the first marker line with $EPOCHREALTIME (no fork per
+# line). Sets R_MARKER, R_EXIT (seconds from start), R_RC, R_KINIT (guest
+# kernel timestamp of "Run /init"), R_LOAD (1-min load average at the end).
+timed() {
+	local log=$1; shift
+	local t0 t1 tm
+	rm -f "$log.marker"
+	t0=$EPOCHREALTIME
+	set +e
+	timeout "$TIMEOUT" "$@" </dev/null 2>&1 | {
+		seen=""
+		while IFS= read -r line; do
+			if [ -z "$seen" ] && [[ $line == *"$MARKER"* ]]; then
+				seen=$EPOCHREALTIME
+				printf '%s' "$seen" >"$log.marker"
+			fi
+			printf '%s\n' "$line"
+		done
+	} >"$log"
+	R_RC=${PIPESTATUS[0]}
+	set -e
+	t1=$EPOCHREALTIME
+	tm=$(cat "$log.marker" 2>/dev/null || true)
+	R_EXIT=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')
+	if [ -n "$tm" ]; then
+		R_MARKER=$(awk -v a="$t0" -v b="$tm" 'BEGIN{printf "%.2f", b-a}')
+	else
+		R_MARKER=NA
+	fi
+	R_KINIT=$(sed -n 's/^\[ *\([0-9.]*\)\] Run \/init as init process.*/\1/p' "$log" | head -1)
+	R_KINIT=${R_KINIT:-NA}
+	R_LOAD=$(cut -d' ' -f1 /proc/loadavg)
+}
+
+declare -a F_MARK F_EXIT Q_MARK Q_EXIT
+printf '%-6s %4s %10s %9s %4s %14s %9s\n' vmm run "marker_s" "exit_s" rc "guest_/init_s" "load1"
+for i in $(seq 1 "$RUNS"); do
+	timed "$LOGS/ferry-$i.log" "$FERRY" "${FERRY_ARGS[@]}"
+	printf '%-6s %4d %10s %9s %4d %14s %9s\n' ferry "$i" "$R_MARKER" "$R_EXIT" "$R_RC" "$R_KINIT" "$R_LOAD"
+	[ "$R_RC" = 0 ] && [ "$R_MARKER" != NA ] && F_MARK+=("$R_MARKER") && F_EXIT+=("$R_EXIT")
+	timed "$LOGS/qemu-$i.log" "$QEMU" "${QEMU_ARGS[@]}"
+	printf '%-6s %4d %10s %9s %4d %14s %9s\n' qemu "$i" "$R_MARKER" "$R_EXIT" "$R_RC" "$R_KINIT" "$R_LOAD"
+	[ "$R_RC" = 0 ] && [ "$R_MARKER" != NA ] && Q_MARK+=("$R_MARKER") && Q_EXIT+=("$R_EXIT")
+done
+
+median() {
+	[ $# -gt 0 ] || { echo NA; return; }
+	printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{ if (NR%2) printf "%.2f", v[(NR+1)/2]; else printf "%.2f", (v[NR/2]+v[NR/2+1])/2 }'
+}
+ratio() { if [ "$1" = NA ] || [ "$2" = NA ]; then echo NA; else awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; fi; }
+
+fm=$(median "${F_MARK[@]}"); fe=$(median "${F_EXIT[@]}")
+qm=$(median "${Q_MARK[@]}"); qe=$(median "${Q_EXIT[@]}")
+echo
+echo "medians over successful runs (ferry ${#F_MARK[@]}/$RUNS, qemu ${#Q_MARK[@]}/$RUNS):"
+printf '%-26s %8s %8s %12s\n' "" ferry qemu "ferry/qemu"
+printf '%-26s %8s %8s %12s\n' "to $MARKER (s)" "$fm" "$qm" "$(ratio "$fm" "$qm")"
+printf '%-26s %8s %8s %12s\n' "to process exit (s)" "$fe" "$qe" "$(ratio "$fe" "$qe")"
