@@ -56,6 +56,11 @@ command -v "$QEMU" >/dev/null || { echo "boot.sh: $QEMU not found" >&2; exit 1; 
 
 LOGS=$(mktemp -d /tmp/ferry-bench-boot.XXXXXX)
 if [ -z "${KEEP_LOGS:-}" ]; then trap 'rm -rf "$LOGS"' EXIT; else echo "logs: $LOGS"; fi
+# Private copies of the binary and the guest image: other people may rebuild
+# bin/ferry or guest-images/out while this runs.
+cp "$FERRY" "$LOGS/ferry" && FERRY=$LOGS/ferry
+cp "$KERNEL" "$LOGS/vmlinux" && KERNEL=$LOGS/vmlinux
+cp "$INITRD" "$LOGS/initramfs.cpio" && INITRD=$LOGS/initramfs.cpio
 
 # --- the kernel command line: ferry's defaults ------------------------------
 probe=$LOGS/probe.log
@@ -81,9 +86,10 @@ FERRY_ARGS=(run --memory "$MEM" --kernel "$KERNEL" --initrd "$INITRD" --cmdline 
 
 echo "== boot benchmark: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, $(uname -r), ${RUNS} runs each"
 echo "ferry:  $FERRY ${FERRY_ARGS[*]}"
-echo "        ($("$FERRY" version 2>/dev/null || echo "version unknown"), tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?"))"
+echo "        ($("$FERRY" version 2>/dev/null || echo "version unknown"), tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?"), sha256 $(sha256sum "$FERRY" | cut -c1-12))"
 echo "qemu:   $QEMU ${QEMU_ARGS[*]:0:${#QEMU_ARGS[@]}-1} \"<cmdline>\""
 echo "        ($("$QEMU" --version | head -1))"
+echo "guest:  vmlinux sha256 $(sha256sum "$KERNEL" | cut -c1-12), initramfs.cpio sha256 $(sha256sum "$INITRD" | cut -c1-12) (copies of $GUEST_DIR)"
 echo "cmdline (both): $CMDLINE"
 echo
 

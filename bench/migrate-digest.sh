@@ -53,6 +53,8 @@ LOGS=$(mktemp -d /tmp/ferry-bench-mig.XXXXXX)
 # A private copy: other people may rebuild bin/ferry while this runs.
 FERRY=$LOGS/ferry
 cp "$FERRY_SRC" "$FERRY"
+cp "$GUEST_DIR/vmlinux" "$GUEST_DIR/initramfs.cpio" "$LOGS/"
+KERNEL=$LOGS/vmlinux INITRD=$LOGS/initramfs.cpio
 
 PIDS=()
 NS_A="" NS_B=""
@@ -65,7 +67,7 @@ cleanup() {
 	if [ -z "${KEEP_LOGS:-}" ]; then rm -rf "$LOGS"; else echo "logs: $LOGS"; fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo "migrate-digest.sh: interrupted" >&2; exit 130' INT TERM
 
 # --- two hosts --------------------------------------------------------------
 if [ "$NETNS" = auto ]; then
@@ -96,7 +98,7 @@ fi
 echo "== migration benchmark: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, $(uname -r)"
 echo "ferry: $FERRY_SRC ($("$FERRY" version 2>/dev/null || echo "version unknown"), tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?"), sha256 $(sha256sum "$FERRY" | cut -c1-12))"
 echo "hosts: $HOSTS"
-echo "guest: $MEM, $GUEST_DIR/vmlinux + initramfs.cpio, 1 vCPU"
+echo "guest: $MEM, 1 vCPU, copies of $GUEST_DIR: vmlinux sha256 $(sha256sum "$KERNEL" | cut -c1-12), initramfs.cpio sha256 $(sha256sum "$INITRD" | cut -c1-12)"
 echo "migrate flags (all runs): --downtime $DOWNTIME --max-iterations $MAX_ITER --timeout $MIG_TIMEOUT --on-timeout force, --max-bandwidth from: $BWS"
 echo
 
@@ -141,7 +143,7 @@ run_one() {
 	echo "---- run $run: workload $name ($params), --max-bandwidth $bw, filter: $mode"
 
 	timeout "$PROC_TIMEOUT" "${EXEC_A[@]}" "$FERRY" run --memory "$MEM" \
-		--kernel "$GUEST_DIR/vmlinux" --initrd "$GUEST_DIR/initramfs.cpio" \
+		--kernel "$KERNEL" --initrd "$INITRD" \
 		--api-socket "$d/src.sock" --cmdline "ferry.run=dirty $params" \
 		</dev/null >"$d/src.log" 2>&1 &
 	local spid=$!
@@ -204,8 +206,9 @@ run_one() {
 		check="migrate-exit-$mrc"
 	fi
 	local last first
-	last=$(grep -E '^FERRY-COUNTER [0-9]+$' "$d/src.log" | tail -1 | cut -d' ' -f2)
-	first=$(grep -E '^FERRY-COUNTER [0-9]+$' "$d/dst.log" | head -1 | cut -d' ' -f2)
+	# (serial console lines end in CR LF)
+	last=$(tr -d '\r' <"$d/src.log" | grep -E '^FERRY-COUNTER [0-9]+$' | tail -1 | cut -d' ' -f2) || true
+	first=$(tr -d '\r' <"$d/dst.log" | grep -E '^FERRY-COUNTER [0-9]+$' | head -1 | cut -d' ' -f2) || true
 	echo "     check: $check (counter: last on source ${last:-?}, first on destination ${first:-?})"
 	stop "$dpid"
 	stop "$spid"
