@@ -10,8 +10,9 @@ import (
 
 // Wire constants. PROTOCOL.md is the normative description; keep both in step.
 const (
-	// ProtocolVersion is the only version this package speaks.
-	ProtocolVersion = 1
+	// ProtocolVersion is the only version this package speaks. Version 2
+	// ends with the commit handshake (END, READY, COMMIT, DONE-ACK).
+	ProtocolVersion = 2
 
 	// Magic is the sync word that starts every record ("FRRY").
 	Magic uint32 = 0x46525259
@@ -57,14 +58,16 @@ type RecordType uint16
 // Record types, in the order they appear on the wire.
 const (
 	RecInvalid        RecordType = 0
-	RecHello          RecordType = 1 // source → destination
-	RecHelloAck       RecordType = 2 // destination → source
-	RecError          RecordType = 3 // either direction
-	RecIterationStart RecordType = 4 // source → destination
-	RecPages          RecordType = 5 // source → destination
-	RecState          RecordType = 6 // source → destination
-	RecEnd            RecordType = 7 // source → destination
-	RecDoneAck        RecordType = 8 // destination → source
+	RecHello          RecordType = 1  // source → destination
+	RecHelloAck       RecordType = 2  // destination → source
+	RecError          RecordType = 3  // either direction
+	RecIterationStart RecordType = 4  // source → destination
+	RecPages          RecordType = 5  // source → destination
+	RecState          RecordType = 6  // source → destination
+	RecEnd            RecordType = 7  // source → destination
+	RecDoneAck        RecordType = 8  // destination → source
+	RecReady          RecordType = 9  // destination → source
+	RecCommit         RecordType = 10 // source → destination
 )
 
 func (t RecordType) String() string {
@@ -85,6 +88,10 @@ func (t RecordType) String() string {
 		return "END"
 	case RecDoneAck:
 		return "DONE-ACK"
+	case RecReady:
+		return "READY"
+	case RecCommit:
+		return "COMMIT"
 	}
 	return fmt.Sprintf("type-%d", uint16(t))
 }
@@ -107,7 +114,7 @@ func payloadLimits(t RecordType) (minLen, maxLen int, ok bool) {
 		return 0, MaxStateSize, true
 	case RecEnd:
 		return 8, 8, true
-	case RecDoneAck:
+	case RecDoneAck, RecReady, RecCommit:
 		return 0, 0, true
 	}
 	return 0, 0, false
@@ -129,7 +136,16 @@ var (
 	ErrVersion        = errors.New("migrate: protocol version mismatch")
 	ErrRefused        = errors.New("migrate: VM refused")
 	ErrNotConverged   = errors.New("migrate: migration did not converge")
-	ErrAckTimeout     = errors.New("migrate: no DONE-ACK before the deadline")
+	ErrAckTimeout     = errors.New("migrate: no answer from the destination before the deadline")
+	// ErrOutcomeUnknown: COMMIT was sent but no DONE-ACK (nor ERROR) came
+	// back. The guest may be running on the destination, so the source
+	// stays paused; see OutcomeUnknownMessage.
+	ErrOutcomeUnknown = errors.New("migrate: outcome unknown: the guest may be running on the destination; check it, then resume here with `ferry resume` only if it is not")
+	// ErrStalled: the connection accepted no byte for Options.IOTimeout.
+	ErrStalled = errors.New("migrate: the connection to the destination made no progress")
+	// ErrDoneAckLost: the destination started the guest but could not send
+	// DONE-ACK; the guest runs there and the source stays paused.
+	ErrDoneAckLost = errors.New("migrate: DONE-ACK could not be sent")
 )
 
 // RemoteError is an ERROR record received from the peer.

@@ -212,7 +212,7 @@ func TestHelloRejects(t *testing.T) {
 		p    []byte
 		want error
 	}{
-		{"version", mod(func(p []byte) []byte { p[1] = 2; return p }), ErrVersion},
+		{"version", mod(func(p []byte) []byte { p[1] = 1; return p }), ErrVersion},
 		{"page size", mod(func(p []byte) []byte { binary.BigEndian.PutUint32(p[4:], 2<<20); return p }), ErrRefused},
 		{"trailing bytes", mod(func(p []byte) []byte { return append(p, 0) }), ErrMalformed},
 		{"truncated regions", good[:helloFixedSize+20], ErrMalformed},

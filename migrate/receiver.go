@@ -41,12 +41,13 @@ const (
 	stateAwaitHello        recvState = iota // nothing received yet
 	stateAwaitPagesOrState                  // HELLO-ACK sent: iterations and pages
 	stateAwaitEnd                           // STATE restored: only END may follow
-	stateDone                               // END handled, guest started, DONE-ACK sent
+	stateAwaitCommit                        // END checked, READY sent: only COMMIT may follow
+	stateDone                               // COMMIT handled, guest started, DONE-ACK sent
 	stateFailed                             // aborted; the guest never runs
 )
 
 func (s recvState) String() string {
-	return [...]string{"AwaitHello", "AwaitPagesOrState", "AwaitEnd", "Done", "Failed"}[s]
+	return [...]string{"AwaitHello", "AwaitPagesOrState", "AwaitEnd", "AwaitCommit", "Done", "Failed"}[s]
 }
 
 // receiver is the destination's state machine. handle is called once per
@@ -72,7 +73,7 @@ type receiver struct {
 
 	stats ReceiveStats
 	// reply is the record to send back after handle returned nil
-	// (HELLO-ACK, DONE-ACK), or RecInvalid.
+	// (HELLO-ACK, READY, DONE-ACK), or RecInvalid.
 	reply        RecordType
 	replyPayload []byte
 	// remote is set when the failure came from the source's ERROR record.
@@ -81,11 +82,18 @@ type receiver struct {
 
 // Receive accepts one incoming migration on conn and builds it in dst.
 //
-// It returns after sending DONE-ACK, i.e. after dst.Restore and dst.Start
-// succeeded. On any failure (protocol violation, corrupt page, limit, an
-// error from dst, an ERROR from the source, cancellation) it sends an ERROR
-// record with the reason when the connection still works, calls dst.Discard
-// if dst.Prepare had succeeded, never calls dst.Start, and returns the error.
+// It starts the guest (dst.Start) only after STATE, a consistent END, its
+// READY answer and the source's COMMIT, and returns after sending DONE-ACK.
+// On any failure before that (protocol violation, corrupt page, limit, an
+// error from dst, an ERROR from the source, cancellation, a silent source)
+// it calls dst.Discard if dst.Prepare had succeeded, then sends an ERROR
+// record with the reason when the connection still works, never calls
+// dst.Start, and returns the error. Once COMMIT arrived, cancellation is
+// ignored; if Start fails the guest is discarded before ERROR is sent, so an
+// ERROR always means "the guest does not run here". If only DONE-ACK cannot
+// be sent, the guest runs here, the source stays paused (outcome unknown on
+// its side), and Receive returns an error saying so; the caller should
+// still run the started guest (see Started on the destination).
 // The caller closes conn.
 func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts ReceiveOptions) (*ReceiveStats, error) {
 	start := time.Now()
@@ -118,9 +126,9 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 			if err = writeRecord(conn, r.reply, r.replyPayload); err != nil {
 				err = fmt.Errorf("migrate: send %v: %w", r.reply, err)
 				if r.reply == RecDoneAck {
-					// The guest runs here already; the source will resume
-					// its copy after its ack timeout. Report loudly.
-					err = fmt.Errorf("%w (the guest was started but the source was not told)", err)
+					// The guest runs here already; the source stays paused
+					// (its outcome is unknown). Report loudly.
+					err = fmt.Errorf("%w: %w (the guest runs here, but the source was not told and stays paused)", ErrDoneAckLost, err)
 				}
 				r.reply = RecInvalid
 				break
@@ -136,16 +144,18 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 	return &r.stats, err
 }
 
-// abort moves to Failed, tells the source, and frees the destination VM.
+// abort moves to Failed, frees the destination VM, then tells the source
+// (after COMMIT the source resumes its guest on that ERROR, so the guest
+// must be gone here first).
 func (r *receiver) abort(conn io.Writer, err error) {
 	r.state = stateFailed
-	var re *RemoteError
-	if !r.remote && !errors.As(err, &re) {
-		sendErrorRecord(conn, "destination aborted the migration: "+err.Error())
-	}
 	if r.prepared {
 		r.dst.Discard()
 		r.prepared = false
+	}
+	var re *RemoteError
+	if !r.remote && !errors.As(err, &re) {
+		sendErrorRecord(conn, "destination aborted the migration (no guest runs here): "+err.Error())
 	}
 }
 
@@ -175,6 +185,10 @@ func (r *receiver) handle(rec record) error {
 			return r.onEnd(rec.Payload)
 		case RecState:
 			return fmt.Errorf("%w: duplicate STATE", ErrUnexpected)
+		}
+	case stateAwaitCommit:
+		if rec.Type == RecCommit {
+			return r.onCommit()
 		}
 	case stateDone, stateFailed:
 		return fmt.Errorf("%w: %v after the migration ended", ErrUnexpected, rec.Type)
@@ -311,6 +325,14 @@ func (r *receiver) onEnd(p []byte) error {
 	if missing != 0 {
 		return fmt.Errorf("%w: %d guest pages were never received", ErrMalformed, missing)
 	}
+	r.state = stateAwaitCommit
+	r.reply, r.replyPayload = RecReady, nil
+	return nil
+}
+
+// onCommit starts the guest: the source will not resume its copy now
+// unless this side answers ERROR.
+func (r *receiver) onCommit() error {
 	// From here on the guest may run: cancellation must no longer cut the
 	// connection before DONE-ACK is out.
 	if r.unwatch != nil && !r.unwatch() {

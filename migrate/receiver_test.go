@@ -54,6 +54,8 @@ func pagesRec(entries ...[]byte) []byte {
 
 func endRec(n uint64) []byte { return rec(RecEnd, encodeEnd(n)) }
 
+func commitRec() []byte { return rec(RecCommit, nil) }
+
 // allPages sends the 4 pages of smallInfo: 0 and 3 full, 1 and 2 zero.
 func allPages() []byte {
 	return pagesRec(fullEntry(0, content(1)), zeroEntry(1), zeroEntry(2), fullEntry(3, content(4)))
@@ -110,11 +112,11 @@ func TestReceiverHappyPath(t *testing.T) {
 	err, replies := scripted(t, ReceiveOptions{}, dst,
 		helloRec(smallInfo()), iterRec(0, false), allPages(),
 		iterRec(1, true), pagesRec(fullEntry(2, content(9))),
-		rec(RecState, []byte("st")), endRec(5))
+		rec(RecState, []byte("st")), endRec(5), commitRec())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(replies) != 2 || replies[0].Type != RecHelloAck || replies[1].Type != RecDoneAck {
+	if len(replies) != 3 || replies[0].Type != RecHelloAck || replies[1].Type != RecReady || replies[2].Type != RecDoneAck {
 		t.Fatalf("replies %v", replies)
 	}
 	if !dst.started || dst.discarded || string(dst.state) != "st" {
@@ -137,7 +139,7 @@ func TestReceiverRejects(t *testing.T) {
 	many := smallInfo()
 	many.VCPUs = 9
 	v2 := helloRec(smallInfo())
-	v2[HeaderSize+1] = 2
+	v2[HeaderSize+1] = 1
 	binary.BigEndian.PutUint32(v2[12:], crcOf(v2[HeaderSize:]))
 	cases := []struct {
 		name     string
@@ -148,7 +150,7 @@ func TestReceiverRejects(t *testing.T) {
 		prepared bool
 	}{
 		{"pages before hello", ReceiveOptions{}, [][]byte{allPages()}, ErrUnexpected, "PAGES in state AwaitHello", false},
-		{"version", ReceiveOptions{}, [][]byte{v2}, ErrVersion, "version 2", false},
+		{"version", ReceiveOptions{}, [][]byte{v2}, ErrVersion, "version 1", false},
 		{"too much memory", ReceiveOptions{MaxMemory: 64 << 20}, [][]byte{helloRec(big)}, ErrRefused, "at most 64 MiB", false},
 		{"too many vcpus", ReceiveOptions{MaxVCPUs: 8}, [][]byte{helloRec(many)}, ErrRefused, "9 vCPUs", false},
 		{"hello twice", ReceiveOptions{}, [][]byte{hello, hello}, ErrUnexpected, "HELLO in state AwaitPagesOrState", true},
@@ -170,6 +172,10 @@ func TestReceiverRejects(t *testing.T) {
 		{"corrupt", ReceiveOptions{}, [][]byte{hello, corruptCRC(allPages())}, ErrChecksum, "PAGES crc", true},
 		{"truncated", ReceiveOptions{}, [][]byte{hello, it0, allPages()[:100], nil}, ErrTruncated, "stream ended early", true},
 		{"hang-up", ReceiveOptions{}, [][]byte{hello, it0, nil}, ErrClosed, "AwaitPagesOrState", true},
+		{"commit before end", ReceiveOptions{}, [][]byte{hello, it0, allPages(), final, rec(RecState, nil), commitRec()}, ErrUnexpected, "COMMIT in state AwaitEnd", true},
+		{"ready from source", ReceiveOptions{}, [][]byte{hello, rec(RecReady, nil)}, ErrUnexpected, "READY in state AwaitPagesOrState", true},
+		{"end twice", ReceiveOptions{}, [][]byte{hello, it0, allPages(), final, rec(RecState, nil), endRec(4), endRec(4)}, ErrUnexpected, "END in state AwaitCommit", true},
+		{"hang-up before commit", ReceiveOptions{}, [][]byte{hello, it0, allPages(), final, rec(RecState, nil), endRec(4), nil}, ErrClosed, "AwaitCommit", true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -182,7 +188,7 @@ func TestReceiverRejects(t *testing.T) {
 				t.Fatalf("prepared %v started %v discarded %v", dst.prepared, dst.started, dst.discarded)
 			}
 			last := replies[len(replies)-1]
-			if c.name != "hang-up" && c.name != "truncated" && (last.Type != RecError || !strings.Contains(string(last.Payload), c.text)) {
+			if !strings.HasPrefix(c.name, "hang-up") && c.name != "truncated" && (last.Type != RecError || !strings.Contains(string(last.Payload), c.text)) {
 				t.Fatalf("last reply %v %q, want ERROR mentioning %q", last.Type, last.Payload, c.text)
 			}
 		})
@@ -221,7 +227,7 @@ func TestReceiverZeroOverwrites(t *testing.T) {
 	err, _ := scripted(t, ReceiveOptions{}, dst,
 		helloRec(smallInfo()), iterRec(0, false), allPages(),
 		iterRec(1, false), pagesRec(zeroEntry(0), fullEntry(1, content(7))),
-		iterRec(2, true), rec(RecState, nil), endRec(6))
+		iterRec(2, true), rec(RecState, nil), endRec(6), commitRec())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 )
 
@@ -68,8 +69,12 @@ type Options struct {
 	ChunkPages int
 	// HandshakeTimeout bounds the wait for HELLO-ACK (default 30 s).
 	HandshakeTimeout time.Duration
-	// AckTimeout bounds the wait for DONE-ACK after END (default 60 s).
+	// AckTimeout bounds the wait for READY after END, and for DONE-ACK
+	// after COMMIT (default 60 s).
 	AckTimeout time.Duration
+	// IOTimeout aborts the migration when a write to the connection makes
+	// no progress for that long (a stalled peer or link; default 30 s).
+	IOTimeout time.Duration
 	// BufferSize is the output buffer size (default 4 MiB).
 	BufferSize int
 }
@@ -108,6 +113,9 @@ func (o Options) normalize() (Options, error) {
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = 60 * time.Second
 	}
+	if o.IOTimeout <= 0 {
+		o.IOTimeout = 30 * time.Second
+	}
 	if o.BufferSize <= 0 {
 		o.BufferSize = 4 << 20
 	}
@@ -144,9 +152,14 @@ type sender struct {
 	paused   bool
 	helloOut bool // HELLO written: the destination expects ERROR on failure
 	remote   bool // the destination reported an error or hung up
-	peer     chan peerMsg
-	peerEnd  bool        // the reader goroutine delivered its last message
-	unwatch  func() bool // stops cancellation from breaking the connection
+	// committed is set just before COMMIT is written: from then on the
+	// destination may run the guest, and the source never resumes it on
+	// its own (only an ERROR from the destination proves it did not start).
+	committed bool
+	stalled   atomic.Bool // the watchdog cut a connection that made no progress
+	peer      chan peerMsg
+	peerEnd   bool        // the reader goroutine delivered its last message
+	unwatch   func() bool // stops cancellation from breaking the connection
 
 	iter    uint32
 	cur     IterationStats
@@ -164,14 +177,21 @@ type sender struct {
 // methods, they are used to unblock I/O when ctx is cancelled or the
 // destination reports an error; the caller closes conn after Send returns.
 //
-// Send returns only after the destination acknowledged (DONE-ACK) that it
-// restored and started the guest: then the source guest is left paused and
-// must not run again. Cancelling ctx aborts the migration up to the moment
-// END is sent; after that Send waits for the destination's answer, at most
-// AckTimeout, because the destination may already be starting the guest. On any error before that, Send stops dirty logging,
-// resumes the source guest if it paused it, tells the destination (ERROR)
-// when it can, and returns the error. The Stats are returned in both cases
-// (partial on error).
+// The migration ends with a commit handshake: after END the destination
+// answers READY (every page and the state are in), the source sends COMMIT,
+// and the destination starts the guest and answers DONE-ACK. Send returns
+// nil only after DONE-ACK: then the source guest is left paused and must not
+// run again.
+//
+// Before COMMIT, any failure (including cancelling ctx) makes Send stop
+// dirty logging, resume the source guest if it paused it, tell the
+// destination (ERROR) when it can, and return the error: nothing is lost.
+// After COMMIT, Send ignores ctx and waits at most AckTimeout for DONE-ACK.
+// An ERROR from the destination then still means it did not start the guest
+// (the source resumes); anything else (a broken connection, a timeout) leaves
+// the source guest paused and returns an error wrapping ErrOutcomeUnknown:
+// the guest may be running on the destination, someone must check before
+// resuming it here. The Stats are returned in every case (partial on error).
 func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*Stats, error) {
 	o, err := opts.normalize()
 	if err != nil {
@@ -185,7 +205,9 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 	}
 	s.w.startAsync()
 	s.unwatch = context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
+	stopWatchdog := s.watchdog()
 	err = s.run()
+	stopWatchdog()
 	s.unwatch()
 	if err != nil {
 		err = s.fail(err)
@@ -327,8 +349,9 @@ func (s *sender) handshake() error {
 	}
 }
 
-// readPeer delivers the destination's records: HELLO-ACK, then exactly one
-// terminal message (DONE-ACK, ERROR, another record, or a read error).
+// readPeer delivers the destination's records: HELLO-ACK and READY, then
+// exactly one terminal message (DONE-ACK, ERROR, another record, or a read
+// error).
 func (s *sender) readPeer(rr *recordReader) {
 	for {
 		rec, err := rr.next()
@@ -342,7 +365,7 @@ func (s *sender) readPeer(rr *recordReader) {
 			setWriteDeadline(s.conn, time.Unix(1, 0))
 		}
 		s.peer <- m
-		if rec.Type != RecHelloAck {
+		if rec.Type != RecHelloAck && rec.Type != RecReady {
 			return
 		}
 	}
@@ -391,7 +414,10 @@ func (s *sender) ioError(what string, err error) error {
 		case <-t.C:
 		}
 	}
-	if ctxErr := s.ctx.Err(); ctxErr != nil {
+	if s.stalled.Load() {
+		return fmt.Errorf("%w for %v (%s): %w", ErrStalled, s.opts.IOTimeout, what, err)
+	}
+	if ctxErr := s.ctx.Err(); ctxErr != nil && !s.committed {
 		return ctxErr
 	}
 	return fmt.Errorf("migrate: %s: %w", what, err)
@@ -428,15 +454,6 @@ func (s *sender) stopAndCopy(converged bool) error {
 	if err := s.w.record(RecState, state); err != nil {
 		return s.ioError("send STATE", err)
 	}
-	// Last chance to cancel. Once END is out the destination may start the
-	// guest, so from here on only the destination's answer (or AckTimeout)
-	// ends the migration: cancelling then would risk two running copies.
-	if err := s.check(); err != nil {
-		return err
-	}
-	if !s.unwatch() {
-		return s.ctx.Err() // cancelled just now: the connection is being cut
-	}
 	if err := s.w.record(RecEnd, encodeEnd(s.entries)); err != nil {
 		return s.ioError("send END", err)
 	}
@@ -444,7 +461,27 @@ func (s *sender) stopAndCopy(converged bool) error {
 		return err
 	}
 	s.reportLast(0)
-	if err := s.waitAck(); err != nil {
+	if err := s.waitPeer(RecReady, "the wait for READY"); err != nil {
+		return err
+	}
+	// Last chance to cancel. Once COMMIT is out the destination may start
+	// the guest, so from here on only its answer ends the migration, and no
+	// failure resumes the source guest unless the destination says (ERROR)
+	// that it did not start it.
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	if !s.unwatch() {
+		return s.ctx.Err() // cancelled just now: the connection is being cut
+	}
+	s.committed = true
+	if err := s.w.record(RecCommit, nil); err != nil {
+		return s.ioError("send COMMIT", err)
+	}
+	if err := s.w.sync(); err != nil {
+		return s.ioError("send COMMIT", err)
+	}
+	if err := s.waitPeer(RecDoneAck, "the wait for DONE-ACK"); err != nil {
 		return err
 	}
 	s.stats.DowntimeMS = float64(time.Since(pausedAt).Microseconds()) / 1000
@@ -457,19 +494,55 @@ func (s *sender) stopAndCopy(converged bool) error {
 	return nil
 }
 
-func (s *sender) waitAck() error {
+// waitPeer waits at most AckTimeout for the record want (READY or DONE-ACK).
+// Before COMMIT, cancellation ends the wait too.
+func (s *sender) waitPeer(want RecordType, phase string) error {
 	t := time.NewTimer(s.opts.AckTimeout)
 	defer t.Stop()
+	var done <-chan struct{}
+	if !s.committed {
+		done = s.ctx.Done()
+	}
 	select {
 	case m := <-s.peer:
-		s.peerEnd = true
-		if m.t == RecDoneAck {
+		if m.t == want && m.err == nil {
+			if want != RecReady {
+				s.peerEnd = true
+			}
 			return nil
 		}
-		return s.peerFailure(m, "the wait for DONE-ACK")
+		s.peerEnd = true
+		return s.peerFailure(m, phase)
 	case <-t.C:
-		return fmt.Errorf("%w (%v)", ErrAckTimeout, s.opts.AckTimeout)
+		return fmt.Errorf("%w: no %v within %v", ErrAckTimeout, want, s.opts.AckTimeout)
+	case <-done:
+		return s.ctx.Err()
 	}
+}
+
+// watchdog cuts the connection when a write makes no progress for
+// IOTimeout; the failing write then reports ErrStalled. It returns a
+// function that stops it.
+func (s *sender) watchdog() func() {
+	stop := make(chan struct{})
+	tick := min(s.opts.IOTimeout/4, time.Second)
+	go func() {
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if since := s.w.busySince.Load(); since != 0 && time.Since(time.Unix(0, since)) > s.opts.IOTimeout {
+					s.stalled.Store(true)
+					setDeadline(s.conn, time.Unix(1, 0))
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(stop) }
 }
 
 // fail undoes what a failed migration did to the source: the guest runs
@@ -480,7 +553,19 @@ func (s *sender) fail(cause error) error {
 		s.remote = true
 	}
 	errs := []error{cause}
-	if s.paused {
+	unknown := false
+	if s.committed {
+		if re != nil {
+			// The destination answered COMMIT with ERROR: it did not start
+			// the guest (it discards its copy before it says so).
+			errs[0] = fmt.Errorf("the destination did not start the guest after COMMIT: %w", cause)
+		} else {
+			// No answer: the guest may run there. Never resume it here.
+			unknown = true
+			errs[0] = fmt.Errorf("%w (after COMMIT: %v)", ErrOutcomeUnknown, cause)
+		}
+	}
+	if s.paused && !unknown {
 		if err := s.src.Resume(); err != nil {
 			errs = append(errs, fmt.Errorf("migrate: RESUMING THE SOURCE GUEST FAILED: %w", err))
 		} else {
@@ -499,7 +584,7 @@ func (s *sender) fail(cause error) error {
 		setWriteDeadline(s.conn, time.Unix(1, 0))
 		writerDone = s.w.stop(time.Second)
 	}
-	if s.helloOut && !s.remote && writerDone {
+	if s.helloOut && !s.remote && !s.committed && !s.stalled.Load() && writerDone {
 		s.w.discard()
 		sendErrorRecord(s.conn, "source aborted the migration: "+cause.Error())
 	}

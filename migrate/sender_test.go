@@ -261,8 +261,8 @@ func TestDestinationEqualsSource(t *testing.T) {
 			}
 		}
 		n := len(res.wire.types)
-		if res.wire.types[n-2] != RecState || res.wire.types[n-1] != RecEnd {
-			t.Fatalf("stream ends with %v", res.wire.types[n-2:])
+		if res.wire.types[n-3] != RecState || res.wire.types[n-2] != RecEnd || res.wire.types[n-1] != RecCommit {
+			t.Fatalf("stream ends with %v", res.wire.types[n-3:])
 		}
 	}
 }

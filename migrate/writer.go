@@ -33,6 +33,9 @@ type recordWriter struct {
 
 	queued  int64        // bytes handed to flush (owned by the filling goroutine)
 	written atomic.Int64 // bytes the connection accepted
+	// busySince is the time (UnixNano) the write in progress started, 0
+	// when none is: the sender's watchdog reads it to detect a stall.
+	busySince atomic.Int64
 
 	// async mode
 	jobs   chan writeJob
@@ -89,17 +92,23 @@ func (rw *recordWriter) setErr(err error) {
 	rw.errMu.Unlock()
 }
 
+// maxWrite caps one Write call, so that progress (for the stall watchdog)
+// is seen at least every maxWrite bytes.
+const maxWrite = 1 << 20
+
 // output writes p to the connection, in bucket-sized chunks when limited.
 func (rw *recordWriter) output(p []byte) error {
 	for len(p) > 0 {
-		n := len(p)
+		n := min(len(p), maxWrite)
 		if rw.lim != nil {
 			n = min(n, rw.lim.chunk())
 			if err := rw.lim.take(rw.ctx, n); err != nil {
 				return err
 			}
 		}
+		rw.busySince.Store(time.Now().UnixNano())
 		m, err := rw.w.Write(p[:n])
+		rw.busySince.Store(0)
 		rw.written.Add(int64(m))
 		if err != nil {
 			return err
