@@ -1,6 +1,8 @@
 package vmm
 
 import (
+	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,7 +23,19 @@ type MigrateRequest struct {
 	MaxBandwidth      int64   `json:"max_bandwidth,omitempty"` // bytes per second, 0 = unlimited
 	NoDigest          bool    `json:"no_digest,omitempty"`
 	NoClearBeforeSend bool    `json:"no_clear_before_send,omitempty"`
+	// TLS names the PEM files (absolute paths, read by this process) for a
+	// mutually authenticated TLS 1.3 connection; empty: plain TCP.
+	TLS migrate.TLSFiles `json:"tls,omitempty"`
 }
+
+// Outcome values of a failed MigrateEvent.
+const (
+	// OutcomeFailed: the migration failed and the guest runs here again.
+	OutcomeFailed = "failed"
+	// OutcomeUnknown: COMMIT was sent but not acknowledged; the guest is
+	// paused here and may be running on the destination.
+	OutcomeUnknown = "unknown"
+)
 
 // MigrateEvent is one line of the newline-delimited JSON answer to
 // POST /v1/migrate: progress lines, then either Stats or Error.
@@ -29,6 +43,7 @@ type MigrateEvent struct {
 	Progress *migrate.IterationStats `json:"progress,omitempty"`
 	Stats    *migrate.Stats          `json:"stats,omitempty"`
 	Error    string                  `json:"error,omitempty"`
+	Outcome  string                  `json:"outcome,omitempty"` // with Error: OutcomeFailed or OutcomeUnknown
 }
 
 func (r MigrateRequest) options() (migrate.Options, error) {
@@ -50,6 +65,9 @@ func (r MigrateRequest) options() (migrate.Options, error) {
 	}
 	if r.To == "" {
 		return o, errors.New("no destination: give HOST:PORT of a `ferry receive`")
+	}
+	if err := r.TLS.Check(); err != nil {
+		return o, err
 	}
 	return o, nil
 }
@@ -93,19 +111,58 @@ func (a *APIServer) handleMigrate(w http.ResponseWriter, r *http.Request) {
 		emit(MigrateEvent{Progress: &it})
 	}
 
-	conn, err := net.DialTimeout("tcp", req.To, 10*time.Second)
+	failed := func(err error) {
+		emit(MigrateEvent{Error: err.Error() + " (the guest keeps running here)", Outcome: OutcomeFailed})
+	}
+	conn, err := dialDestination(r.Context(), req)
 	if err != nil {
-		emit(MigrateEvent{Error: fmt.Sprintf("connect to %s: %v", req.To, err)})
+		failed(err)
 		return
 	}
 	defer conn.Close()
 	src := NewMigrationSource(a.m)
 	src.LogMemoryHash = a.LogMemoryHash
 	stats, err := migrate.Send(r.Context(), src, conn, opts)
+	if errors.Is(err, migrate.ErrOutcomeUnknown) {
+		// The guest stays paused here: an operator decides.
+		emit(MigrateEvent{Error: err.Error(), Outcome: OutcomeUnknown})
+		return
+	}
 	if err != nil {
-		emit(MigrateEvent{Error: err.Error() + " (the guest keeps running here)"})
+		if req.TLS.Enabled() {
+			err = migrate.ExplainTLSError(err)
+		}
+		failed(err)
 		return
 	}
 	emit(MigrateEvent{Stats: stats})
 	a.m.Stop("guest migrated to " + req.To)
+}
+
+// dialDestination connects to req.To, with the TLS handshake when req.TLS
+// names certificate files.
+func dialDestination(ctx context.Context, req MigrateRequest) (net.Conn, error) {
+	var cfg *tls.Config
+	if req.TLS.Enabled() {
+		var err error
+		if cfg, err = migrate.ClientTLSConfig(req.TLS, req.To); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", req.To)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", req.To, err)
+	}
+	if cfg == nil {
+		return conn, nil
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("TLS handshake with %s: %w", req.To, migrate.ExplainTLSError(err))
+	}
+	return tc, nil
 }

@@ -21,6 +21,8 @@ func newApp() *cli.App {
 		Version:         version,
 		HideVersion:     true,
 		HideHelpCommand: true,
+		// ferry certs --host takes "name,ip" for one host itself.
+		DisableSliceFlagSeparator: true,
 		Commands: []*cli.Command{
 			runCommand,
 			statusCommand,
@@ -28,6 +30,7 @@ func newApp() *cli.App {
 			resumeCommand,
 			migrateCommand,
 			receiveCommand,
+			certsCommand,
 			probeCommand,
 			versionCommand,
 		},

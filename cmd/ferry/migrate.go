@@ -20,9 +20,17 @@ var migrateCommand = &cli.Command{
 	Usage: "live-migrate a running guest to a `ferry receive` on another host",
 	Description: `Asks the ferry serving --api-socket to move its running guest to the
 'ferry receive' listening at --to, with pre-copy live migration. Prints one
-line per iteration; exits 0 once the guest runs on the destination. On any
-failure the guest keeps running on this host and the exit status is 1.`,
-	Flags: []cli.Flag{
+line per iteration; exits 0 once the guest runs on the destination.
+
+With --tls-cert, --tls-key and --tls-ca (files from 'ferry certs') the
+connection is mutual TLS 1.3: the destination's certificate must come from
+the CA and name the host of --to. The paths are passed to the source ferry.
+
+Exit status: 0 migrated; 1 failed, the guest keeps running on this host;
+3 outcome unknown: the connection broke after COMMIT (the last step), so the
+guest may be running on the destination; it stays paused here. Check the
+destination, then 'ferry resume' here only if the guest does not run there.`,
+	Flags: append([]cli.Flag{
 		apiSocketFlag,
 		&cli.StringFlag{Name: "to", Usage: "destination `HOST:PORT` (a ferry receive --listen)", Required: true},
 		&cli.DurationFlag{Name: "downtime", Value: 300 * time.Millisecond, Usage: "stop-and-copy budget"},
@@ -33,7 +41,7 @@ failure the guest keeps running on this host and the exit status is 1.`,
 		&cli.BoolFlag{Name: "no-digest", Usage: "plain pre-copy: resend every dirty page (for comparison)"},
 		&cli.BoolFlag{Name: "no-clear-before-send", Usage: "clear the dirty log right after fetching it, as classic pre-copy (for comparison)"},
 		&cli.StringFlag{Name: "stats-json", Usage: "write the migration statistics to `FILE`"},
-	},
+	}, tlsFlags("this host's")...),
 	Action: migrateAction,
 }
 
@@ -53,6 +61,11 @@ func migrateAction(c *cli.Context) error {
 	if req.OnTimeout != "abort" && req.OnTimeout != "force" {
 		return flagError("on-timeout", "%q: want abort or force", req.OnTimeout)
 	}
+	files, err := tlsFiles(c)
+	if err != nil {
+		return err
+	}
+	req.TLS = files
 	if c.Int("max-iterations") < 1 {
 		return flagError("max-iterations", "%d: must be at least 1", c.Int("max-iterations"))
 	}
@@ -80,6 +93,8 @@ func migrateAction(c *cli.Context) error {
 		switch {
 		case ev.Progress != nil:
 			fmt.Fprintln(w, migrate.FormatIteration(*ev.Progress))
+		case ev.Error != "" && ev.Outcome == vmm.OutcomeUnknown:
+			return guestExitError{err: fmt.Errorf("migration outcome unknown: %s", ev.Error), code: exitOutcomeUnknown}
 		case ev.Error != "":
 			return fmt.Errorf("migration failed: %s", ev.Error)
 		case ev.Stats != nil:
@@ -98,3 +113,7 @@ func migrateAction(c *cli.Context) error {
 	}
 	return fmt.Errorf("the source ferry ended the migration without a result")
 }
+
+// exitOutcomeUnknown is ferry migrate's exit status when the source sent
+// COMMIT but got no answer: the guest is paused here and may run there.
+const exitOutcomeUnknown = 3

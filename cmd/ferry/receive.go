@@ -1,11 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -16,69 +22,300 @@ import (
 var receiveCommand = &cli.Command{
 	Name:  "receive",
 	Usage: "wait for a live migration and run the guest it brings",
-	Description: `Listens on --listen for one 'ferry migrate'. A failed or refused incoming
-migration is reported and ferry keeps waiting. Once a guest arrives it runs
-here exactly as with 'ferry run': console on this terminal, control socket
-on --api-socket, exit status 0 when the guest powers off.`,
-	Flags: []cli.Flag{
+	Description: `Listens on --listen for a 'ferry migrate'. A failed, refused or broken
+incoming migration is reported and ferry keeps waiting (no guest starts,
+nothing stays allocated); one migration is accepted at a time. Once a guest
+arrives it runs here exactly as with 'ferry run': console on this terminal,
+control socket on --api-socket, exit status 0 when the guest powers off.
+
+With --tls-cert, --tls-key and --tls-ca (files from 'ferry certs') only
+sources with a certificate from the CA are accepted (mutual TLS 1.3).
+Without them ferry receive listens only on loopback addresses, unless
+--insecure is given: anyone who can reach the port could send it a guest.
+
+--timeout bounds the whole wait: when it expires without a guest running
+here, ferry receive exits with status 1.`,
+	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "listen", Usage: "`HOST:PORT` to accept the migration on", Required: true},
 		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API on this unix socket `PATH` once the guest runs"},
-		&cli.StringFlag{Name: "max-memory", Value: "64G", Usage: "largest guest accepted"},
+		&cli.StringFlag{Name: "max-memory", Usage: "largest guest accepted (default: half of this host's memory, at most 64G)"},
 		&cli.IntFlag{Name: "max-cpus", Value: 32, Usage: "most vCPUs accepted"},
+		&cli.DurationFlag{Name: "timeout", Usage: "give up (exit 1) if no guest runs here after this long (0: wait forever)"},
+		&cli.DurationFlag{Name: "idle-timeout", Value: 30 * time.Second, Usage: "drop a connected source that sends nothing for this long"},
+		&cli.BoolFlag{Name: "insecure", Usage: "allow a non-loopback --listen without TLS (trusted networks only)"},
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print unclaimed I/O ports at exit"},
 		memoryHashFlag,
-	},
+	}, tlsFlags("this host's")...),
 	Action: receiveAction,
 }
 
+// Limits on connections that have not become a migration yet.
+const (
+	handshakeTimeout = 10 * time.Second // TLS handshake, or the first bytes without TLS
+	maxPendingConns  = 8                // connections handled at once; more are closed
+)
+
 func receiveAction(c *cli.Context) error {
-	maxMem, err := parseSize(c.String("max-memory"))
+	if c.NArg() > 0 {
+		return usageError{fmt.Errorf("receive takes no arguments (got %q)", c.Args().First())}
+	}
+	maxMem := defaultMaxMemory()
+	if s := c.String("max-memory"); s != "" {
+		var err error
+		if maxMem, err = parseSize(s); err != nil {
+			return flagError("max-memory", "%v", err)
+		}
+	}
+	if c.Int("max-cpus") < 1 {
+		return flagError("max-cpus", "%d: must be at least 1", c.Int("max-cpus"))
+	}
+	if c.Duration("timeout") < 0 || c.Duration("idle-timeout") <= 0 {
+		return usageError{errors.New("--timeout must not be negative, --idle-timeout must be positive")}
+	}
+	files, err := tlsFiles(c)
 	if err != nil {
-		return flagError("max-memory", "%v", err)
+		return err
+	}
+	var tlsCfg *tls.Config
+	mode := "mutual TLS"
+	if files.Enabled() {
+		if tlsCfg, err = migrate.ServerTLSConfig(files); err != nil {
+			return usageError{err}
+		}
+	} else if c.Bool("insecure") {
+		mode = "no TLS: --insecure"
+	} else {
+		if err := loopbackOnly(c.String("listen")); err != nil {
+			return flagError("listen", "%v", err)
+		}
+		mode = "no TLS, loopback only"
 	}
 	ln, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
 		return flagError("listen", "%v", err)
 	}
 	defer ln.Close()
-	fmt.Fprintf(os.Stderr, "ferry: waiting for a migration on %s\n", ln.Addr())
-	opts := migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus")}
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+	fmt.Fprintf(os.Stderr, "ferry: waiting for a migration on %s (%s; guests up to %d MiB, %d vCPUs)\n",
+		ln.Addr(), mode, maxMem>>20, c.Int("max-cpus"))
+
+	ctx := context.Background()
+	if d := c.Duration("timeout"); d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	l := &listener{
+		ln:   ln,
+		tls:  tlsCfg,
+		opts: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout")},
+		cfg:  vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm")},
+		hash: memoryHashLogger(c, "destination before start"),
+	}
+	m, err := l.run(ctx)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("no guest arrived within --timeout %v", c.Duration("timeout"))
 		}
-		m, err := receiveOne(conn, c.String("kvm"), opts, memoryHashLogger(c, "destination before start"))
-		conn.Close()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "ferry: incoming migration from %s failed: %v; still waiting\n", conn.RemoteAddr(), err)
-			continue
+		return err
+	}
+	defer m.Close()
+	return serve(c, m)
+}
+
+// loopbackOnly refuses a listen address that is not a loopback address.
+func loopbackOnly(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	ok := host != ""
+	if ip := net.ParseIP(host); ip != nil {
+		ok = ip.IsLoopback()
+	} else if ok {
+		ips, err := net.LookupIP(host)
+		ok = err == nil && len(ips) > 0
+		for _, ip := range ips {
+			ok = ok && ip.IsLoopback()
 		}
-		fmt.Fprintf(os.Stderr, "ferry: guest received from %s and running\n", conn.RemoteAddr())
-		ln.Close()
-		defer m.Close()
-		return serve(c, m)
+	}
+	if ok {
+		return nil
+	}
+	return fmt.Errorf("%s: without TLS, ferry receive listens only on loopback addresses (127.0.0.1, ::1, localhost): "+
+		"anyone who can reach the port could send it a guest, or read guest memory on the wire. "+
+		"Give --tls-cert, --tls-key and --tls-ca (make them with 'ferry certs'), or --insecure on a network you trust", addr)
+}
+
+// defaultMaxMemory is half of this host's memory, at most 64 GiB.
+func defaultMaxMemory() uint64 {
+	const cap64 = 64 << 30
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return cap64
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			if kb, err := strconv.ParseUint(fields[1], 10, 64); err == nil && kb > 0 {
+				return min(cap64, kb<<10/2)
+			}
+		}
+	}
+	return cap64
+}
+
+// listener accepts connections until one of them brings a running guest.
+type listener struct {
+	ln   net.Listener
+	tls  *tls.Config
+	opts migrate.ReceiveOptions
+	cfg  vmm.Config
+	hash func(string)
+
+	mu   sync.Mutex
+	busy bool // a migration holds the single slot (from HELLO on)
+}
+
+// run serves connections, each in its own goroutine (so that a silent or
+// broken peer cannot block a valid migration), until a guest runs here or
+// ctx ends. Only one connection at a time gets past HELLO.
+func (l *listener) run(ctx context.Context) (*vmm.Machine, error) {
+	connCtx, cancelConns := context.WithCancel(ctx)
+	defer cancelConns()
+	got := make(chan *vmm.Machine, 1)
+	pending := make(chan struct{}, maxPendingConns)
+	var wg sync.WaitGroup
+	acceptErr := make(chan error, 1)
+	go func() {
+		for {
+			conn, err := l.ln.Accept()
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			select {
+			case pending <- struct{}{}:
+			default:
+				logf("refused a connection from %s: %d connections are already being handled", conn.RemoteAddr(), maxPendingConns)
+				conn.Close()
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-pending }()
+				if m := l.handle(connCtx, conn); m != nil {
+					got <- m // at most one: the slot is never released after Start
+				}
+			}()
+		}
+	}()
+	var err error
+	select {
+	case m := <-got:
+		l.ln.Close()
+		<-acceptErr
+		cancelConns()
+		wg.Wait()
+		return m, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case err = <-acceptErr:
+		err = fmt.Errorf("accept on %s: %w", l.ln.Addr(), err)
+	}
+	l.ln.Close()
+	cancelConns()
+	wg.Wait()
+	// A migration past COMMIT ignores the cancellation and may have
+	// started its guest meanwhile: run it.
+	select {
+	case m := <-got:
+		return m, nil
+	default:
+		return nil, err
 	}
 }
 
-// receiveOne runs the receiving side of one migration and returns the
-// running machine.
-func receiveOne(conn net.Conn, kvmPath string, opts migrate.ReceiveOptions, logHash func(string)) (*vmm.Machine, error) {
-	target := vmm.NewMigrationTarget(vmm.Config{Console: os.Stdout, KVMPath: kvmPath})
-	target.LogMemoryHash = logHash
-	stats, err := migrate.Receive(context.Background(), conn, target, opts)
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "ferry: "+format+"\n", args...)
+}
+
+// handle runs one connection; it returns the machine if a guest now runs.
+func (l *listener) handle(ctx context.Context, raw net.Conn) *vmm.Machine {
+	defer raw.Close()
+	peer := raw.RemoteAddr()
+	conn, err := migrate.ServerHandshake(raw, l.tls, handshakeTimeout)
 	if err != nil {
-		target.Discard()
-		return nil, err
+		logf("refused a connection from %s: %v; still waiting", peer, err)
+		return nil
 	}
+	target := &slotTarget{l: l, t: vmm.NewMigrationTarget(l.cfg), peer: peer}
+	target.t.LogMemoryHash = l.hash
+	stats, err := migrate.Receive(ctx, conn, target, l.opts)
+	var m *vmm.Machine
 	select {
-	case m := <-target.Started():
-		fmt.Fprintf(os.Stderr, "ferry: received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s\n",
-			stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds)
-		return m, nil
+	case m = <-target.t.Started():
 	default:
-		target.Discard()
-		return nil, errors.New("the migration ended without starting the guest")
 	}
+	if err != nil && m == nil {
+		logf("incoming migration from %s failed: %v; no guest runs here; still waiting", peer, err)
+		return nil
+	}
+	if err != nil {
+		// Started, but DONE-ACK was lost: the source stays paused.
+		logf("WARNING: %v", err)
+	}
+	logf("received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s",
+		stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds)
+	logf("guest received from %s and running", peer)
+	return m
+}
+
+// slotTarget is the migrate.Destination of one connection: Prepare takes
+// the listener's single migration slot (or refuses), Discard gives it back.
+type slotTarget struct {
+	l    *listener
+	t    *vmm.MigrationTarget
+	peer net.Addr
+	held bool
+}
+
+func (s *slotTarget) Prepare(info migrate.VMInfo) error {
+	s.l.mu.Lock()
+	if s.l.busy {
+		s.l.mu.Unlock()
+		return errors.New("another migration into this receiver is in progress")
+	}
+	s.l.busy, s.held = true, true
+	s.l.mu.Unlock()
+	var mem uint64
+	for _, r := range info.Regions {
+		mem += r.Size
+	}
+	logf("receiving a guest from %s: %d MiB, %d vCPUs", s.peer, mem>>20, info.VCPUs)
+	if err := s.t.Prepare(info); err != nil {
+		s.release()
+		return err
+	}
+	return nil
+}
+
+func (s *slotTarget) release() {
+	if s.held {
+		s.l.mu.Lock()
+		s.l.busy, s.held = false, false
+		s.l.mu.Unlock()
+	}
+}
+
+func (s *slotTarget) Memory(i int) []byte        { return s.t.Memory(i) }
+func (s *slotTarget) Restore(state []byte) error { return s.t.Restore(state) }
+func (s *slotTarget) Start() error               { return s.t.Start() }
+
+func (s *slotTarget) Discard() {
+	s.t.Discard()
+	s.release()
 }
