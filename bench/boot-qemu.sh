@@ -13,6 +13,8 @@
 # Kernel command line: guest-images/cmdline.default (the parameters ferry
 # uses by default), then lpj= and tsc_early_khz= computed here from the
 # host's TSC frequency (HZ=100), then ferry.run=poweroff, then EXTRA.
+# With CMDLINE set in the environment, exactly that string is used instead
+# (bench/boot.sh passes ferry's own, as `ferry run -v` prints it).
 #
 # QEMU setup, chosen to match ferry's machine:
 #  - microvm, no ACPI, no option ROMs, auto-kernel-cmdline=off (QEMU adds
@@ -27,7 +29,8 @@
 # Usage: bench/boot-qemu.sh [-n RUNS] [-m MEM] [-s VCPUS] [-t TIMEOUT]
 #                           [-l LOGDIR] [EXTRA kernel parameters...]
 # Environment: QEMU (qemu-system-x86_64), GUEST_DIR (guest-images/out),
-# TSC_KHZ (override the host TSC frequency).
+# TSC_KHZ (override the host TSC frequency), CMDLINE (the whole kernel
+# command line, instead of the one built here).
 set -euo pipefail
 export LC_ALL=C
 
@@ -55,6 +58,8 @@ CMDLINE_FILE=$ROOT/guest-images/cmdline.default
 MARKER=FERRY-GUEST-READY
 GUEST_HZ=100
 
+CMDLINE_OVERRIDE=${CMDLINE:-}
+[ -n "$CMDLINE_OVERRIDE" ] && CMDLINE_FILE=/dev/null
 for f in "$KERNEL" "$INITRD" "$CMDLINE_FILE"; do
 	[ -e "$f" ] || { echo "boot-qemu.sh: $f is missing (make -C guest-images)" >&2; exit 1; }
 done
@@ -72,10 +77,13 @@ tsc_khz() {
 	[ -n "$mhz" ] || { echo "boot-qemu.sh: cannot find the host TSC frequency; set TSC_KHZ" >&2; exit 1; }
 	awk -v m="$mhz" 'BEGIN { printf "%d\n", m * 1000 + 0.5 }'
 }
-KHZ=${TSC_KHZ:-$(tsc_khz)}
-LPJ=$((KHZ * 1000 / GUEST_HZ))
-
-CMDLINE="$(tr -s ' \n' '  ' < "$CMDLINE_FILE" | sed 's/ *$//') lpj=$LPJ tsc_early_khz=$KHZ ferry.run=poweroff"
+if [ -n "$CMDLINE_OVERRIDE" ]; then
+	CMDLINE=$CMDLINE_OVERRIDE
+else
+	KHZ=${TSC_KHZ:-$(tsc_khz)}
+	LPJ=$((KHZ * 1000 / GUEST_HZ))
+	CMDLINE="$(tr -s ' \n' '  ' < "$CMDLINE_FILE" | sed 's/ *$//') lpj=$LPJ tsc_early_khz=$KHZ ferry.run=poweroff"
+fi
 [ -n "$EXTRA" ] && CMDLINE="$CMDLINE $EXTRA"
 
 QEMU_ARGS=(-M microvm,x-option-roms=off,acpi=off,rtc=on,auto-kernel-cmdline=off
@@ -84,7 +92,8 @@ QEMU_ARGS=(-M microvm,x-option-roms=off,acpi=off,rtc=on,auto-kernel-cmdline=off
 	-device i8042 -no-reboot
 	-kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE")
 
-[ -n "$LOGDIR" ] && mkdir -p "$LOGDIR" && echo "# cmdline: $CMDLINE" >&2
+[ -n "$LOGDIR" ] && mkdir -p "$LOGDIR" && echo "# cmdline: $CMDLINE" >&2 &&
+	printf '%s ' "$QEMU" "${QEMU_ARGS[@]}" > "$LOGDIR/qemu-command"
 
 rcfile=$(mktemp)
 trap 'rm -f "$rcfile"' EXIT

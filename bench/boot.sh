@@ -15,17 +15,15 @@
 # started without -v, i.e. with its defaults; QEMU gets the same string via
 # -append, with auto-kernel-cmdline=off so that QEMU adds nothing.
 #
-# The guest ends with reboot(RB_AUTOBOOT) and kernel parameter reboot=k (the
-# i8042 reset line). ferry emulates an i8042 and exits on that reset. QEMU's
-# microvm has no i8042, so we add one (-device i8042) and pass -no-reboot, so
-# that QEMU exits on the same reset. (Without the i8042, the kernel polls a
-# missing keyboard controller before it falls back to a triple fault, which
-# costs tens of seconds under this emulating KVM: QEMU_I8042=0 shows it.)
+# The QEMU side is bench/boot-qemu.sh (the guest-image engineer's QEMU
+# setup: microvm with an RTC and an i8042 as ferry has, -no-reboot so QEMU
+# exits on the guest's reboot=k reset), called once per run with CMDLINE set
+# to ferry's command line and GUEST_DIR set to this script's copy of the image.
 #
 # Usage: bench/boot.sh [-n RUNS]
 # Environment: FERRY (bin/ferry), QEMU (qemu-system-x86_64), GUEST_DIR
 # (guest-images/out), MEM (128M), TIMEOUT (seconds per run, 300),
-# QEMU_I8042 (1), KEEP_LOGS (unset: logs go to a temp dir that is removed).
+# KEEP_LOGS (unset: logs go to a temp dir that is removed).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -34,7 +32,7 @@ RUNS=3
 while [ $# -gt 0 ]; do
 	case $1 in
 	-n) RUNS=$2; shift 2 ;;
-	-h | --help) sed -n '2,29s/^# \{0,1\}//p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,26s/^# \{0,1\}//p' "$0"; exit 0 ;;
 	*) echo "usage: $0 [-n RUNS]" >&2; exit 2 ;;
 	esac
 done
@@ -45,7 +43,6 @@ KERNEL=$GUEST_DIR/vmlinux
 INITRD=$GUEST_DIR/initramfs.cpio
 MEM=${MEM:-128M}
 TIMEOUT=${TIMEOUT:-300}
-QEMU_I8042=${QEMU_I8042:-1}
 MARKER=FERRY-GUEST-READY
 
 for f in "$FERRY" "$KERNEL" "$INITRD"; do
@@ -77,17 +74,17 @@ wait "$ppid" 2>/dev/null || true
 CMDLINE=$(sed -n 's/^ferry: cmdline: //p' "$probe" | head -1)
 [ -n "$CMDLINE" ] || { echo "boot.sh: no 'ferry: cmdline:' line from ferry run -v:" >&2; cat "$probe" >&2; exit 1; }
 
-QEMU_ARGS=(-M microvm,x-option-roms=off,acpi=off,auto-kernel-cmdline=off -enable-kvm
-	-cpu host,-arch-capabilities -m "$MEM" -smp 1 -nodefaults -no-user-config -display none
-	-serial stdio -no-reboot)
-[ "$QEMU_I8042" = 1 ] && QEMU_ARGS+=(-device i8042)
-QEMU_ARGS+=(-kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE")
+QEMU_SH=$ROOT/bench/boot-qemu.sh
+[ -x "$QEMU_SH" ] || { echo "boot.sh: $QEMU_SH is missing" >&2; exit 1; }
 FERRY_ARGS=(run --memory "$MEM" --kernel "$KERNEL" --initrd "$INITRD" --cmdline "ferry.run=poweroff")
 
 echo "== boot benchmark: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, $(uname -r), ${RUNS} runs each"
 echo "ferry:  $FERRY ${FERRY_ARGS[*]}"
 echo "        ($("$FERRY" version 2>/dev/null || echo "version unknown"), tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?"), sha256 $(sha256sum "$FERRY" | cut -c1-12))"
-echo "qemu:   $QEMU ${QEMU_ARGS[*]:0:${#QEMU_ARGS[@]}-1} \"<cmdline>\""
+# one QEMU boot just to record its exact command line (not timed)
+mkdir -p "$LOGS/qemu-probe"
+CMDLINE=$CMDLINE GUEST_DIR=$LOGS QEMU=$QEMU timeout 10 "$QEMU_SH" -n 1 -m "$MEM" -t 1 -l "$LOGS/qemu-probe" >/dev/null 2>&1 || true
+echo "qemu:   via bench/boot-qemu.sh: $(sed 's/-append .*/-append "<cmdline>"/' "$LOGS/qemu-probe/qemu-command" 2>/dev/null || echo "?")"
 echo "        ($("$QEMU" --version | head -1))"
 echo "guest:  vmlinux sha256 $(sha256sum "$KERNEL" | cut -c1-12), initramfs.cpio sha256 $(sha256sum "$INITRD" | cut -c1-12) (copies of $GUEST_DIR)"
 echo "cmdline (both): $CMDLINE"
@@ -128,13 +125,27 @@ timed() {
 	R_LOAD=$(cut -d' ' -f1 /proc/loadavg)
 }
 
+# qemu_run I: one boot through bench/boot-qemu.sh; sets the same R_* as timed.
+qemu_run() {
+	local dir=$LOGS/qemu-$1 out
+	set +e
+	out=$(CMDLINE=$CMDLINE GUEST_DIR=$LOGS QEMU=$QEMU "$QEMU_SH" -n 1 -m "$MEM" -t "$TIMEOUT" -l "$dir" 2>/dev/null)
+	set -e
+	R_MARKER=$(sed -n 's/.*marker_s=\([^ ]*\).*/\1/p' <<<"$out"); R_MARKER=${R_MARKER:-NA}
+	R_EXIT=$(sed -n 's/.*exit_s=\([^ ]*\).*/\1/p' <<<"$out"); R_EXIT=${R_EXIT:-NA}
+	R_RC=$(sed -n 's/.*rc=\([^ ]*\).*/\1/p' <<<"$out"); R_RC=${R_RC:-255}
+	R_KINIT=$(sed -n 's/^\[ *\([0-9.]*\)\] Run \/init as init process.*/\1/p' "$dir/qemu-run1.log" 2>/dev/null | head -1)
+	R_KINIT=${R_KINIT:-NA}
+	R_LOAD=$(cut -d' ' -f1 /proc/loadavg)
+}
+
 declare -a F_MARK F_EXIT Q_MARK Q_EXIT
 printf '%-6s %4s %10s %9s %4s %14s %9s\n' vmm run "marker_s" "exit_s" rc "guest_/init_s" "load1"
 for i in $(seq 1 "$RUNS"); do
 	timed "$LOGS/ferry-$i.log" "$FERRY" "${FERRY_ARGS[@]}"
 	printf '%-6s %4d %10s %9s %4d %14s %9s\n' ferry "$i" "$R_MARKER" "$R_EXIT" "$R_RC" "$R_KINIT" "$R_LOAD"
 	[ "$R_RC" = 0 ] && [ "$R_MARKER" != NA ] && F_MARK+=("$R_MARKER") && F_EXIT+=("$R_EXIT")
-	timed "$LOGS/qemu-$i.log" "$QEMU" "${QEMU_ARGS[@]}"
+	qemu_run "$i"
 	printf '%-6s %4d %10s %9s %4d %14s %9s\n' qemu "$i" "$R_MARKER" "$R_EXIT" "$R_RC" "$R_KINIT" "$R_LOAD"
 	[ "$R_RC" = 0 ] && [ "$R_MARKER" != NA ] && Q_MARK+=("$R_MARKER") && Q_EXIT+=("$R_EXIT")
 done
@@ -144,6 +155,15 @@ median() {
 	printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{ if (NR%2) printf "%.2f", v[(NR+1)/2]; else printf "%.2f", (v[NR/2]+v[NR/2+1])/2 }'
 }
 ratio() { if [ "$1" = NA ] || [ "$2" = NA ]; then echo NA; else awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; fi; }
+
+# The kernel really got the same command line under both?
+kc() { tr -d '\r' <"$1" 2>/dev/null | sed -n 's/^\[ *[0-9.]*\] Command line: //p' | head -1; }
+kf=$(kc "$LOGS/ferry-1.log"); kq=$(kc "$LOGS/qemu-1/qemu-run1.log")
+if [ -n "$kf" ] && [ "$kf" = "$kq" ]; then
+	echo "kernel 'Command line:' identical under ferry and QEMU (run 1)"
+else
+	echo "WARNING: kernel command lines differ: ferry [$kf] qemu [$kq]"
+fi
 
 fm=$(median "${F_MARK[@]}"); fe=$(median "${F_EXIT[@]}")
 qm=$(median "${Q_MARK[@]}"); qe=$(median "${Q_EXIT[@]}")
