@@ -6,6 +6,7 @@
 #   make guest    the guest kernel and initramfs (guest-images/out)
 #   make deps     install the Debian packages the build and tests need (root)
 #   make unit     unit tests only (no guest image needed)
+#   make fuzz     run each fuzz target for FUZZTIME (default 20s)
 #   make clean    remove bin/ and guest-images/out
 #   make boot     build everything and boot the guest to its marker and power-off
 #   make help     this text
@@ -24,12 +25,12 @@ DEB_PACKAGES := make gcc libc6-dev bc flex bison libelf-dev patch diffutils \
 # Go test timeouts: integration tests boot real guests on an emulating KVM.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build guest deps test unit integration demo boot clean help FORCE
+.PHONY: all build guest deps test unit integration fuzz demo boot clean help FORCE
 
 all: build guest
 
 help:
-	@sed -n '3,12s/^# \{0,1\}//p' Makefile
+	@sed -n '3,13s/^# \{0,1\}//p' Makefile
 
 build: $(BIN)
 
@@ -64,6 +65,18 @@ test: build guest
 	$(GO) vet ./...
 	FERRY_BIN=$(CURDIR)/$(BIN) FERRY_GUEST_DIR=$(CURDIR)/$(GUESTOUT) \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) fuzz
+
+# Fuzz targets (package:function), each run for FUZZTIME on top of its seed
+# corpus in the package's testdata/fuzz.
+FUZZTIME ?= 20s
+FUZZ_TARGETS := migrate:FuzzRecordDecoder migrate:FuzzReceiver vmm:FuzzDecodeState
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo "  FUZZ   $$t ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) ./$${t%%:*} || exit 1; \
+	done
 
 demo: build guest
 	FERRY=$(BIN) tests/demo.sh

@@ -154,6 +154,9 @@ func DecodeState(b []byte) (*State, error) {
 	if v := binary.LittleEndian.Uint32(b[8:]); v != stateVersion {
 		return nil, fmt.Errorf("%w: format version %d, this ferry reads %d", ErrBadState, v, stateVersion)
 	}
+	if r := binary.LittleEndian.Uint32(b[24:]); r != 0 {
+		return nil, fmt.Errorf("%w: reserved header field is %#x, not 0", ErrBadState, r)
+	}
 	n := binary.LittleEndian.Uint64(b[12:])
 	if n > MaxStateSize || n != uint64(len(b)-stateHdrLen) {
 		return nil, fmt.Errorf("%w: payload length %d does not match the %d bytes present", ErrBadState, n, len(b)-stateHdrLen)
@@ -183,6 +186,9 @@ func DecodeState(b []byte) (*State, error) {
 		d.read(&v.Sregs)
 		var hasX uint8
 		d.read(&hasX)
+		if d.err == nil && hasX > 1 {
+			d.err = fmt.Errorf("%w: vCPU %d: XSAVE flag %d", ErrBadState, i, hasX)
+		}
 		v.HasXSave = hasX != 0
 		if v.HasXSave {
 			d.read(&v.XSave)

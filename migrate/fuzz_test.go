@@ -1,0 +1,265 @@
+package migrate
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// Fuzz targets for everything a destination decodes from the network:
+//
+//	go test -run '^$' -fuzz '^FuzzRecordDecoder$' -fuzztime 20s ./migrate
+//	go test -run '^$' -fuzz '^FuzzReceiver$' -fuzztime 20s ./migrate
+//
+// The seed corpus is in testdata/fuzz/; FERRY_WRITE_FUZZ_SEEDS=1 go test
+// -run TestWriteFuzzSeeds ./migrate rewrites it from fuzzSeeds.
+
+// reseal fixes the CRC of every whole record in a stream, so that the
+// fuzzer's mutations reach the payload decoders and the state machine
+// instead of stopping at the checksum.
+func reseal(b []byte) {
+	for o := 0; o+HeaderSize <= len(b); {
+		n := int(binary.BigEndian.Uint32(b[o+8:]))
+		if n < HeaderSize || o+n > len(b) {
+			return
+		}
+		binary.BigEndian.PutUint32(b[o+12:], crc32.Checksum(b[o+HeaderSize:o+n], castagnoli))
+		o += n
+	}
+}
+
+// fuzzStream splits a fuzz input: the first byte chooses whether the CRCs
+// are resealed (bit 0), the rest is the stream.
+func fuzzStream(data []byte) []byte {
+	if len(data) == 0 {
+		return nil
+	}
+	s := append([]byte(nil), data[1:]...)
+	if data[0]&1 == 1 {
+		reseal(s)
+	}
+	return s
+}
+
+// FuzzRecordDecoder reads records and decodes each payload. Whatever is
+// accepted must respect the limits and re-encode to the same bytes.
+func FuzzRecordDecoder(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rr := newRecordReader(bytes.NewReader(fuzzStream(data)))
+		for {
+			rec, err := rr.next()
+			if err != nil {
+				if rec.Payload != nil {
+					t.Fatal("a failed read returned a payload")
+				}
+				return
+			}
+			lo, hi, ok := payloadLimits(rec.Type)
+			if !ok || len(rec.Payload) < lo || len(rec.Payload) > hi {
+				t.Fatalf("%v with %d payload bytes accepted (limits %d..%d, known %v)", rec.Type, len(rec.Payload), lo, hi, ok)
+			}
+			decodePayload(t, rec)
+		}
+	})
+}
+
+func decodePayload(t *testing.T, rec record) {
+	p := rec.Payload
+	switch rec.Type {
+	case RecHello:
+		h, err := decodeHello(p)
+		if err != nil {
+			return
+		}
+		if err := checkInfo(h.Info); err != nil {
+			t.Fatalf("decoded HELLO fails checkInfo: %v", err)
+		}
+		again, err := encodeHello(h.Info)
+		if err != nil || !bytes.Equal(again, p) {
+			t.Fatalf("HELLO does not re-encode to its input (%v)", err)
+		}
+	case RecHelloAck:
+		decodeHelloAck(p)
+	case RecIterationStart:
+		k, final, err := decodeIterationStart(p)
+		if err == nil && !bytes.Equal(encodeIterationStart(k, final), p) {
+			t.Fatal("ITERATION-START does not re-encode to its input")
+		}
+	case RecPages:
+		it := pagesIter{p: p}
+		var e pageEntry
+		n := 0
+		for it.next(&e) {
+			n++
+			if e.Kind == pageFull && (len(e.Data) != PageSize || len(e.Digest) != digestSize) {
+				t.Fatalf("FULL entry with %d data bytes", len(e.Data))
+			}
+		}
+		if n > MaxPagesPerBatch {
+			t.Fatalf("%d entries in one PAGES record", n)
+		}
+	case RecEnd:
+		if !bytes.Equal(encodeEnd(decodeEnd(p)), p) {
+			t.Fatal("END does not re-encode")
+		}
+	case RecError:
+		if e := decodeError(p); len(e.Msg) > 3*MaxErrorMessage {
+			t.Fatalf("ERROR message of %d bytes", len(e.Msg))
+		}
+	}
+}
+
+// fuzzDest is a Destination that checks the order of calls.
+type fuzzDest struct {
+	t                                   *testing.T
+	mem                                 [][]byte
+	prepared, restored, started, closed bool
+}
+
+func (d *fuzzDest) Prepare(info VMInfo) error {
+	if d.prepared || d.closed {
+		d.t.Fatal("Prepare called twice")
+	}
+	var total uint64
+	for _, r := range info.Regions {
+		total += r.Size
+	}
+	if total > 1<<20 || info.VCPUs > 4 {
+		d.t.Fatalf("Prepare called beyond the limits: %d bytes, %d vCPUs", total, info.VCPUs)
+	}
+	for _, r := range info.Regions {
+		d.mem = append(d.mem, make([]byte, r.Size))
+	}
+	d.prepared = true
+	return nil
+}
+
+func (d *fuzzDest) Memory(i int) []byte { return d.mem[i] }
+
+func (d *fuzzDest) Restore(state []byte) error {
+	if !d.prepared || d.closed || d.restored {
+		d.t.Fatal("Restore out of order")
+	}
+	if len(state) > MaxStateSize {
+		d.t.Fatalf("state of %d bytes", len(state))
+	}
+	if bytes.HasPrefix(state, []byte("bad")) {
+		return errors.New("fuzz: state refused")
+	}
+	d.restored = true
+	return nil
+}
+
+func (d *fuzzDest) Start() error {
+	if !d.restored || d.closed || d.started {
+		d.t.Fatal("Start out of order")
+	}
+	d.started = true
+	return nil
+}
+
+func (d *fuzzDest) Discard() {
+	if !d.prepared || d.closed || d.started {
+		d.t.Fatalf("Discard out of order (prepared %v, discarded %v, started %v)", d.prepared, d.closed, d.started)
+	}
+	d.closed = true
+}
+
+// oneWay is the receiver's connection: the fuzz input to read, replies
+// thrown away.
+type oneWay struct {
+	io.Reader
+	io.Writer
+}
+
+// FuzzReceiver plays the input at the receiver's state machine as the
+// source's stream: it must never panic, never go past the limits, start the
+// guest only on success, and leave nothing prepared after a failure.
+func FuzzReceiver(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dst := &fuzzDest{t: t}
+		conn := oneWay{bytes.NewReader(fuzzStream(data)), io.Discard}
+		_, err := Receive(context.Background(), conn, dst, ReceiveOptions{MaxMemory: 1 << 20, MaxVCPUs: 4})
+		switch {
+		case err == nil && !dst.started:
+			t.Fatal("Receive succeeded without starting the guest")
+		case err != nil && dst.started:
+			t.Fatalf("guest started, yet Receive failed: %v", err)
+		case err != nil && dst.prepared && !dst.closed:
+			t.Fatalf("failed (%v) without discarding the prepared VM", err)
+		}
+	})
+}
+
+type fuzzSeed struct {
+	name string
+	data []byte
+}
+
+// fuzzSeeds are valid and nearly valid source streams (first byte 1:
+// reseal CRCs after mutation).
+func fuzzSeeds() []fuzzSeed {
+	hello, it0, final := helloRec(smallInfo()), iterRec(0, false), iterRec(1, true)
+	state := rec(RecState, []byte("state"))
+	join := func(parts ...[]byte) []byte {
+		b := []byte{1}
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return b
+	}
+	zeros := pagesRec(zeroEntry(0), zeroEntry(1), zeroEntry(2), zeroEntry(3))
+	return []fuzzSeed{
+		{"valid", join(hello, it0, allPages(), final, pagesRec(fullEntry(2, content(9))), state, endRec(5), commitRec())},
+		{"valid-zero-pages", join(hello, it0, zeros, iterRec(1, false), pagesRec(zeroEntry(3)), iterRec(2, true), state, endRec(5), commitRec())},
+		{"no-commit", join(hello, it0, zeros, final, state, endRec(4))},
+		{"source-error", join(hello, it0, zeros, rec(RecError, []byte("source aborted")))},
+		{"bad-state", join(hello, it0, zeros, final, rec(RecState, []byte("bad")), endRec(4), commitRec())},
+		{"missing-page", join(hello, it0, pagesRec(zeroEntry(0)), final, state, endRec(1), commitRec())},
+		{"hello-only", join(hello)},
+		{"ack-records", join(rec(RecHelloAck, encodeHelloAck()), rec(RecReady, nil), rec(RecDoneAck, nil))},
+		{"crc-unsealed", append([]byte{0}, hello...)},
+	}
+}
+
+// The valid seeds must stay valid as the protocol changes (then rewrite
+// the corpus with TestWriteFuzzSeeds).
+func TestFuzzSeedsValid(t *testing.T) {
+	for _, s := range fuzzSeeds()[:2] {
+		dst := &fuzzDest{t: t}
+		conn := oneWay{bytes.NewReader(fuzzStream(s.data)), io.Discard}
+		if _, err := Receive(context.Background(), conn, dst, ReceiveOptions{MaxMemory: 1 << 20, MaxVCPUs: 4}); err != nil || !dst.started {
+			t.Fatalf("seed %s: %v", s.name, err)
+		}
+		file, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzReceiver", s.name))
+		if err != nil || !bytes.Equal(file, []byte(fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s.data))) {
+			t.Fatalf("testdata/fuzz/FuzzReceiver/%s is missing or stale (%v): rewrite it with TestWriteFuzzSeeds", s.name, err)
+		}
+	}
+}
+
+// TestWriteFuzzSeeds writes the seed corpus files (only when asked).
+func TestWriteFuzzSeeds(t *testing.T) {
+	if os.Getenv("FERRY_WRITE_FUZZ_SEEDS") == "" {
+		t.Skip("set FERRY_WRITE_FUZZ_SEEDS=1 to rewrite testdata/fuzz")
+	}
+	for _, target := range []string{"FuzzRecordDecoder", "FuzzReceiver"} {
+		dir := filepath.Join("testdata", "fuzz", target)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range fuzzSeeds() {
+			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s.data)
+			if err := os.WriteFile(filepath.Join(dir, s.name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
