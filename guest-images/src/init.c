@@ -426,10 +426,12 @@ static void dirty_writer(const struct dirty_cfg *c)
 		    (unsigned long long)(pages * PAGE_SIZE), strerror(errno));
 		_exit(1);
 	}
-	rng_state ^= now_ns();
+	uint64_t t_mapped = now_ns();
+	rng_state ^= t_mapped;
 	fill_working_set(mem, pages);
-	say("ferry-dirty: %llu pages filled in %llu ms\n", (unsigned long long)pages,
-	    (unsigned long long)((now_ns() - t_fill) / 1000000));
+	say("ferry-dirty: %llu pages mapped in %llu ms, filled in %llu ms\n",
+	    (unsigned long long)pages, (unsigned long long)((t_mapped - t_fill) / 1000000),
+	    (unsigned long long)((now_ns() - t_mapped) / 1000000));
 
 	if (strcmp(c->mode, "idle") == 0) {
 		for (;;) {
