@@ -4,22 +4,26 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
 
 // hosts are two "hosts" for migration tests: two network namespaces joined
 // by a veth pair, each with one address on the pair. Without root (or
-// iproute2) both hosts are this machine, on loopback.
+// iproute2) both hosts are this machine, on loopback. Each host has a
+// certificate from one CA (made with `ferry certs`) for mutual TLS.
 type hosts struct {
-	ns   [2]string // namespace names, "" for the current one
-	addr [2]string // each host's address on the link
+	ns    [2]string // namespace names, "" for the current one
+	addr  [2]string // each host's address on the link
+	certs string    // ferry certs --dir
 }
 
 // twoHosts creates the namespaces and removes them when the test ends.
 func twoHosts(t *testing.T) *hosts {
 	t.Helper()
 	h := &hosts{addr: [2]string{"127.0.0.1", "127.0.0.1"}}
+	defer h.makeCerts(t)
 	if os.Geteuid() != 0 {
 		t.Log("not root: both hosts are this machine, on loopback")
 		return h
@@ -64,4 +68,34 @@ func (h *hosts) startOn(t *testing.T, i int, args ...string) *proc {
 		return start(t, args...)
 	}
 	return startCmd(t, "ip", append([]string{"netns", "exec", h.ns[i], ferryBin}, args...)...)
+}
+
+// makeCerts runs `ferry certs` for both hosts' addresses.
+func (h *hosts) makeCerts(t *testing.T) {
+	t.Helper()
+	if t.Failed() {
+		return
+	}
+	h.certs = filepath.Join(t.TempDir(), "certs")
+	args := []string{"certs", "--dir", h.certs, "--host", h.addr[0]}
+	if h.addr[1] != h.addr[0] {
+		args = append(args, "--host", h.addr[1])
+	}
+	if out, code := runFerry(t, args...); code != 0 {
+		t.Fatalf("ferry certs: exit %d: %s", code, out)
+	}
+}
+
+// tls are the mutual-TLS flags for a ferry on host i.
+func (h *hosts) tls(i int) []string {
+	return tlsArgs(h.certs, h.addr[i])
+}
+
+// tlsArgs are the TLS flags for the certificate of host in dir.
+func tlsArgs(dir, host string) []string {
+	return []string{
+		"--tls-cert", filepath.Join(dir, host+".pem"),
+		"--tls-key", filepath.Join(dir, host+"-key.pem"),
+		"--tls-ca", filepath.Join(dir, "ca.pem"),
+	}
 }
