@@ -6,6 +6,7 @@
 # running guest from A to B and prints per-iteration statistics; the counter
 # goes on, on B, from where it was on A. As root the two hosts are network
 # namespaces joined by a veth pair; otherwise two processes on loopback.
+# The migration runs over mutual TLS with certificates from `ferry certs`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FERRY=${FERRY:-bin/ferry}
@@ -47,19 +48,26 @@ wait_for() { # file pattern seconds
 	echo "demo: no '$2' in $1 after $3 s:" >&2; tail -20 "$1" >&2; exit 1
 }
 
+echo "== ferry certs: a CA and one certificate per host (mutual TLS)"
+hosts_flags=(--host "$addr_a")
+[ "$addr_b" != "$addr_a" ] && hosts_flags+=(--host "$addr_b")
+$FERRY certs --dir "$work/certs" "${hosts_flags[@]}" | sed 's/^/   /'
+tls_a=(--tls-cert "$work/certs/$addr_a.pem" --tls-key "$work/certs/$addr_a-key.pem" --tls-ca "$work/certs/ca.pem")
+tls_b=(--tls-cert "$work/certs/$addr_b.pem" --tls-key "$work/certs/$addr_b-key.pem" --tls-ca "$work/certs/ca.pem")
+
 echo "== host A: ferry run --cmdline \"$WORKLOAD\""
 on_a $FERRY run --memory 128M --api-socket "$work/a.sock" --cmdline "$WORKLOAD" </dev/null >"$work/a.out" 2>&1 &
 pids+=($!)
-echo "== host B: ferry receive --listen $addr_b:7070"
-on_b $FERRY receive --listen $addr_b:7070 --api-socket "$work/b.sock" </dev/null >"$work/b.out" 2>&1 &
+echo "== host B: ferry receive --listen $addr_b:7070 --tls-cert ... --tls-key ... --tls-ca ..."
+on_b $FERRY receive --listen $addr_b:7070 --api-socket "$work/b.sock" "${tls_b[@]}" </dev/null >"$work/b.out" 2>&1 &
 pids+=($!)
 wait_for "$work/a.out" FERRY-GUEST-READY 180
 wait_for "$work/a.out" FERRY-DIRTY 180
 echo "-- host A console (last lines):"
 grep FERRY- "$work/a.out" | tail -4 | sed 's/^/   A| /'
 
-echo "== ferry migrate --to $addr_b:7070"
-$FERRY migrate --api-socket "$work/a.sock" --to $addr_b:7070 --stats-json "$work/stats.json" | sed 's/^/   /'
+echo "== ferry migrate --to $addr_b:7070 (mutual TLS)"
+$FERRY migrate --api-socket "$work/a.sock" --to $addr_b:7070 "${tls_a[@]}" --stats-json "$work/stats.json" | sed 's/^/   /'
 wait_for "$work/b.out" "FERRY-COUNTER" 30
 sleep 2
 last_a=$(grep -o 'FERRY-COUNTER [0-9]*' "$work/a.out" | tail -1)
