@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/binary"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -197,6 +198,69 @@ func (tr *recordTracker) feed(b []byte) {
 		tr.seen[typ]++
 		if tr.want != 0 && typ == tr.want && tr.seen[typ] == tr.nth && tr.target < 0 {
 			tr.target = start + tr.off
+		}
+	}
+}
+
+// TestFaultProxy checks the proxy itself, without a guest: a cut lands
+// exactly at the requested record offset, and a flip changes one bit.
+func TestFaultProxy(t *testing.T) {
+	rec := func(typ migrate.RecordType, n int) []byte {
+		b := make([]byte, migrate.HeaderSize+n)
+		binary.BigEndian.PutUint32(b, migrate.Magic)
+		binary.BigEndian.PutUint16(b[4:], uint16(typ))
+		binary.BigEndian.PutUint32(b[8:], uint32(len(b)))
+		return b
+	}
+	var stream []byte
+	for _, r := range [][]byte{rec(migrate.RecHello, 40), rec(migrate.RecPages, 70000), rec(migrate.RecPages, 5000), rec(migrate.RecEnd, 8)} {
+		stream = append(stream, r...)
+	}
+	second := int64(migrate.HeaderSize + 40 + migrate.HeaderSize + 70000) // start of the 2nd PAGES
+	for _, c := range []struct {
+		f    fault
+		want int64
+	}{
+		{fault{rec: migrate.RecPages, nth: 2, off: 100}, second + 100},
+		{fault{off: 12345}, 12345},
+		{fault{rec: migrate.RecEnd, nth: 1, off: 0}, int64(len(stream)) - migrate.HeaderSize - 8},
+		{fault{rec: migrate.RecPages, nth: 2, off: 7, action: flip, bit: 1}, int64(len(stream))},
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan []byte, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				got <- nil
+				return
+			}
+			b, _ := io.ReadAll(c)
+			c.Close()
+			got <- b
+		}()
+		px := newFaultProxy(t, ln.Addr().String(), c.f)
+		conn, err := net.Dial("tcp", px.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			conn.Write(stream)
+			conn.(*net.TCPConn).CloseWrite()
+		}()
+		b := <-got
+		conn.Close()
+		ln.Close()
+		if int64(len(b)) != c.want || !px.didFire() {
+			t.Fatalf("%+v: destination got %d bytes, want %d (fired %v)", c.f, len(b), c.want, px.didFire())
+		}
+		if c.f.action == flip {
+			at := second + 7
+			if b[at] != stream[at]^1 || string(b[:at]) != string(stream[:at]) || string(b[at+1:]) != string(stream[at+1:]) {
+				t.Fatal("flip changed more or less than one bit")
+			}
 		}
 	}
 }

@@ -247,7 +247,12 @@ func logf(format string, args ...any) {
 func (l *listener) handle(ctx context.Context, raw net.Conn) *vmm.Machine {
 	defer raw.Close()
 	peer := raw.RemoteAddr()
+	// A guest arrived elsewhere, or --timeout expired: stop handshaking.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	conn, err := migrate.ServerHandshake(raw, l.tls, handshakeTimeout)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
 	if err != nil {
 		logf("refused a connection from %s: %v; still waiting", peer, err)
 		return nil
