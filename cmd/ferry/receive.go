@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -255,6 +256,7 @@ func (l *listener) handle(ctx context.Context, raw net.Conn) *vmm.Machine {
 	}
 	if err != nil {
 		logf("refused a connection from %s: %v; still waiting", peer, err)
+		lingerClose(raw)
 		return nil
 	}
 	target := &slotTarget{l: l, t: vmm.NewMigrationTarget(l.cfg), peer: peer}
@@ -267,6 +269,7 @@ func (l *listener) handle(ctx context.Context, raw net.Conn) *vmm.Machine {
 	}
 	if err != nil && m == nil {
 		logf("incoming migration from %s failed: %v; no guest runs here; still waiting", peer, err)
+		lingerClose(raw)
 		return nil
 	}
 	if err != nil {
@@ -323,4 +326,17 @@ func (s *slotTarget) Start() error               { return s.t.Start() }
 func (s *slotTarget) Discard() {
 	s.t.Discard()
 	s.release()
+}
+
+// lingerClose lets the peer read what this side sent last (an ERROR record,
+// a TLS alert) before the connection is closed: closing a socket that still
+// has unread input makes the kernel reset the connection, and the reset can
+// destroy data the peer has not read yet. It half-closes, then discards
+// input until the peer closes too, for at most two seconds.
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.Copy(io.Discard, io.LimitReader(c, 256<<20))
 }
