@@ -20,7 +20,6 @@ func newApp() *cli.App {
 		Usage:           "run Linux guests on KVM and live-migrate them",
 		Version:         version,
 		HideVersion:     true,
-		HideHelpCommand: true,
 		// ferry certs --host takes "name,ip" for one host itself.
 		DisableSliceFlagSeparator: true,
 		Commands: []*cli.Command{
