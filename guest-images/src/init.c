@@ -180,12 +180,10 @@ static void read_cmdline(void)
 
 /*
  * Value of "name=value" on the kernel command line (the last one wins, as
- * for the kernel's own parameters), or def.
+ * for the kernel's own parameters), as a string of its own, or def.
  */
 static const char *param(const char *name, const char *def)
 {
-	static char vals[8][256];
-	static int next;
 	size_t len = strlen(name);
 	const char *found = NULL, *p = cmdline;
 	size_t found_len = 0;
@@ -203,12 +201,8 @@ static const char *param(const char *name, const char *def)
 	}
 	if (!found)
 		return def;
-	char *v = vals[next++ % 8];
-	if (found_len >= sizeof(vals[0]))
-		found_len = sizeof(vals[0]) - 1;
-	memcpy(v, found, found_len);
-	v[found_len] = '\0';
-	return v;
+	char *v = strndup(found, found_len);
+	return v ? v : def;
 }
 
 /* "96M", "512K", "1G", "4096" (bytes); 0 if malformed. */
