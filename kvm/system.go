@@ -153,3 +153,18 @@ func (s *System) CreateVM() (*VM, error) {
 	}
 	return &VM{fd: int(fd), sys: s}, nil
 }
+
+// emulatingModules are KVM implementations that run ordinary guests in an
+// instruction emulator instead of with VT-x/AMD-V.
+var emulatingModules = []string{"kvm_pvm"}
+
+// EmulatingModule names the loaded KVM module if it is one that emulates
+// guests (so every guest instruction is slow and some cannot run), or "".
+func EmulatingModule() string {
+	for _, name := range emulatingModules {
+		if _, err := os.Stat("/sys/module/" + name); err == nil {
+			return name
+		}
+	}
+	return ""
+}

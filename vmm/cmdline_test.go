@@ -1,13 +1,15 @@
 package vmm
 
 import (
+	"os"
+	"sort"
 	"strings"
 	"testing"
 )
 
 func TestCmdline(t *testing.T) {
-	got := Cmdline(2600000, "ferry.run=x", false)
-	if !strings.HasPrefix(got, DefaultCmdline+" ") {
+	got := Cmdline(2600000, true, "ferry.run=x", false)
+	if !strings.HasPrefix(got, DefaultCmdline+" "+EmulatorCmdline+" ") {
 		t.Errorf("command line %q does not start with the defaults", got)
 	}
 	fields := strings.Fields(got)
@@ -32,19 +34,39 @@ func TestCmdline(t *testing.T) {
 		t.Errorf("extra parameters come before lpj= in %q", got)
 	}
 
-	if got := Cmdline(2600000, "  ferry.run=x  ", true); got != "ferry.run=x" {
+	if got := Cmdline(2600000, true, "  ferry.run=x  ", true); got != "ferry.run=x" {
 		t.Errorf("noDefaults: %q, want only the extra", got)
 	}
-	if got := Cmdline(2600000, "", true); got != "" {
+	if got := Cmdline(2600000, true, "", true); got != "" {
 		t.Errorf("noDefaults, no extra: %q, want empty", got)
 	}
-	if got := Cmdline(0, "", false); got != DefaultCmdline {
+	if got := Cmdline(0, false, "", false); got != DefaultCmdline {
 		t.Errorf("unknown TSC rate: %q, want the bare defaults", got)
 	}
-	if got := Cmdline(3000000, "", false); got != DefaultCmdline+" tsc_early_khz=3000000 lpj=30000000" {
+	if got := Cmdline(3000000, false, "", false); got != DefaultCmdline+" tsc_early_khz=3000000 lpj=30000000" {
 		t.Errorf("no extra: %q", got)
 	}
-	if len(Cmdline(5000000, strings.Repeat("x", 100), false)) > 2047 {
+	if len(Cmdline(5000000, true, strings.Repeat("x", 100), false)) > 2047 {
 		t.Error("defaults plus a short extra exceed the PVH command line limit")
+	}
+}
+
+// TestCmdlineMatchesGuestImage: the parameters ferry supplies on an
+// emulating KVM are exactly those the guest image documents and was
+// measured with (guest-images/cmdline.default).
+func TestCmdlineMatchesGuestImage(t *testing.T) {
+	b, err := os.ReadFile("../guest-images/cmdline.default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Fields(string(b))
+	got := strings.Fields(DefaultCmdline + " " + EmulatorCmdline)
+	sort.Strings(want)
+	sort.Strings(got)
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("ferry's defaults and guest-images/cmdline.default differ:\n ferry: %v\n image: %v", got, want)
+	}
+	if strings.Contains(DefaultCmdline, "noxsave") || strings.Contains(DefaultCmdline, "mitigations") {
+		t.Error("emulator-only parameters in the defaults used on hardware")
 	}
 }

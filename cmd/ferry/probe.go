@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/urfave/cli/v2"
 
@@ -47,11 +46,11 @@ var probeCommand = &cli.Command{
 		for _, c := range optionalCaps {
 			report(c.Capability, false, c.without)
 		}
-		if mod := emulatingModule(); mod != "" {
+		if mod := kvm.EmulatingModule(); mod != "" {
 			fmt.Fprintf(w, "note: KVM is provided by module %s, which runs guests in an instruction\n"+
 				"      emulator (about a million instructions per second): guests boot in\n"+
-				"      seconds to minutes, and ferry's default guest image and command line\n"+
-				"      are tuned for it. On VT-x/AMD-V hardware guests run at native speed.\n", mod)
+				"      seconds to minutes. ferry adds kernel parameters for it (see\n"+
+				"      'ferry run -v'), and its guest image is built for it. On VT-x/AMD-V hardware guests run at native speed.\n", mod)
 		}
 		if missing > 0 {
 			return fmt.Errorf("%d required KVM capabilities are missing", missing)
@@ -74,15 +73,4 @@ var optionalCaps = []struct {
 	{vmm.Capability{Cap: kvm.CapIRQFD, Name: "KVM_CAP_IRQFD"}, "not used yet"},
 	{vmm.Capability{Cap: kvm.CapIOEventFD, Name: "KVM_CAP_IOEVENTFD"}, "not used yet"},
 	{vmm.Capability{Cap: kvm.CapAdjustClock, Name: "KVM_CAP_ADJUST_CLOCK"}, "kvmclock not migrated"},
-}
-
-// emulatingModule names the loaded KVM module if it is one that emulates
-// guests instead of using hardware virtualisation.
-func emulatingModule() string {
-	for _, name := range []string{"kvm_pvm"} {
-		if _, err := os.Stat("/sys/module/" + name); err == nil {
-			return name
-		}
-	}
-	return ""
 }
