@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ferryvmm/ferry/kvm"
 	"github.com/ferryvmm/ferry/vmm"
 )
 
@@ -86,7 +87,7 @@ func runAction(c *cli.Context) error {
 		return err
 	}
 	defer m.Close()
-	cmdline := vmm.Cmdline(m.TSCKHz(), c.String("cmdline"), c.Bool("no-default-cmdline"))
+	cmdline := vmm.Cmdline(m.TSCKHz(), kvm.EmulatingModule() != "", c.String("cmdline"), c.Bool("no-default-cmdline"))
 	bi, err := m.Boot(kernel, initrd, cmdline)
 	if err != nil {
 		return err
