@@ -2,11 +2,9 @@ package vmm
 
 import "github.com/ferryvmm/ferry/kvm"
 
-// cpuidMask lists CPUID feature bits ferry hides from the guest: features a
-// guest must not use because they cannot move between hosts, or because
-// KVM's instruction emulator (which runs every guest instruction on nested,
-// emulating KVMs such as kvm_pvm) cannot execute them. On real hardware these
-// cost little: Linux falls back to the baseline instructions.
+// cpuidMask lists CPUID feature bits ferry hides from the guest when KVM
+// emulates guests (kvm.EmulatingModule): the instruction emulator of such a
+// KVM cannot execute them. On VT-x/AMD-V hardware the guest gets them all.
 var cpuidMask = []struct {
 	leaf, index uint32
 	reg         int // 0 eax, 1 ebx, 2 ecx, 3 edx
@@ -34,19 +32,21 @@ var cpuidMask = []struct {
 	{0x80000001, 0, 2, 1 << 5, "ABM/LZCNT: includes POPCNT on AMD"},
 }
 
-// guestCPUID derives vCPU id's CPUID from what KVM supports: masked
-// features removed, the hypervisor bit set, and the APIC id of this vCPU in
-// leaves 1 and 0xb.
-func guestCPUID(supported []kvm.CPUIDEntry, id, ncpu int) []kvm.CPUIDEntry {
+// guestCPUID derives vCPU id's CPUID from what KVM supports: on an
+// emulating KVM the masked features removed, always the hypervisor bit set
+// and the APIC id of this vCPU in leaves 1 and 0xb.
+func guestCPUID(supported []kvm.CPUIDEntry, id, ncpu int, emulated bool) []kvm.CPUIDEntry {
 	out := make([]kvm.CPUIDEntry, 0, len(supported))
 	for _, e := range supported {
-		if e.Function == 0xd {
-			continue // XSAVE state enumeration: no XSAVE
-		}
-		regs := [4]*uint32{&e.Eax, &e.Ebx, &e.Ecx, &e.Edx}
-		for _, m := range cpuidMask {
-			if m.leaf == e.Function && m.index == e.Index {
-				*regs[m.reg] &^= m.bits
+		if emulated {
+			if e.Function == 0xd {
+				continue // XSAVE state enumeration: no XSAVE
+			}
+			regs := [4]*uint32{&e.Eax, &e.Ebx, &e.Ecx, &e.Edx}
+			for _, m := range cpuidMask {
+				if m.leaf == e.Function && m.index == e.Index {
+					*regs[m.reg] &^= m.bits
+				}
 			}
 		}
 		switch e.Function {

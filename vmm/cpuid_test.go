@@ -33,7 +33,7 @@ func findLeaf(es []kvm.CPUIDEntry, fn, idx uint32) *kvm.CPUIDEntry {
 
 func TestGuestCPUIDMasks(t *testing.T) {
 	in := fullCPUID()
-	out := guestCPUID(in, 0, 1)
+	out := guestCPUID(in, 0, 1, true)
 	bits := []struct {
 		fn   uint32
 		reg  int
@@ -105,7 +105,7 @@ func TestGuestCPUIDMasks(t *testing.T) {
 func TestGuestCPUIDPerVCPU(t *testing.T) {
 	for _, ncpu := range []int{1, 2, 4} {
 		for id := 0; id < ncpu; id++ {
-			out := guestCPUID(fullCPUID(), id, ncpu)
+			out := guestCPUID(fullCPUID(), id, ncpu, true)
 			l1 := findLeaf(out, 1, 0)
 			if got := int(l1.Ebx >> 24); got != id {
 				t.Errorf("ncpu %d vCPU %d: leaf 1 EBX[31:24] APIC id = %d", ncpu, id, got)
@@ -138,7 +138,7 @@ func TestGuestCPUIDFromKVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := guestCPUID(sup, 1, 2)
+	out := guestCPUID(sup, 1, 2, true)
 	l1 := findLeaf(out, 1, 0)
 	if l1 == nil {
 		t.Fatal("KVM offers no leaf 1")
@@ -165,5 +165,26 @@ func requireKVM(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat(kvm.DevicePath); os.IsNotExist(err) {
 		t.Skipf("%s does not exist on this machine: skipping a test that needs KVM", kvm.DevicePath)
+	}
+}
+
+// TestGuestCPUIDHardware: on a KVM that does not emulate, nothing is hidden.
+func TestGuestCPUIDHardware(t *testing.T) {
+	in := fullCPUID()
+	out := guestCPUID(in, 0, 1, false)
+	if len(out) != len(in) {
+		t.Fatalf("%d leaves out of %d: none may be dropped on hardware", len(out), len(in))
+	}
+	for i, e := range out {
+		want := in[i]
+		if e.Function == 1 {
+			continue // hypervisor bit and APIC id are set on purpose
+		}
+		if e.Function == 0xb || e.Function == 0x1f {
+			want.Edx = e.Edx
+		}
+		if e != want {
+			t.Errorf("leaf %#x.%d changed on hardware: %+v, want %+v", e.Function, e.Index, e, want)
+		}
 	}
 }

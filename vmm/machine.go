@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferryvmm/ferry/devices"
 	"github.com/ferryvmm/ferry/kvm"
+	"github.com/ferryvmm/ferry/migrate"
 )
 
 // Config describes a machine.
@@ -31,6 +32,7 @@ type Exit struct {
 // Machine is one VM with its vCPUs and devices.
 type Machine struct {
 	cfg      Config
+	id       migrate.VMID // random; kept across migrations (resume)
 	sys      *kvm.System
 	vm       *kvm.VM
 	mem      *Memory
@@ -60,7 +62,7 @@ func New(cfg Config) (m *Machine, err error) {
 	if cfg.CPUs < 1 || cfg.CPUs > mpMaxCPUs {
 		return nil, fmt.Errorf("--cpus %d: ferry supports 1 to %d vCPUs", cfg.CPUs, mpMaxCPUs)
 	}
-	mc := &Machine{cfg: cfg, done: make(chan struct{})}
+	mc := &Machine{cfg: cfg, id: newVMID(), done: make(chan struct{})}
 	mc.cond = sync.NewCond(&mc.ctl)
 	m = mc
 	defer func() {
@@ -190,13 +192,14 @@ func (m *Machine) createVCPUs() error {
 	if err != nil {
 		return err
 	}
+	emulated := kvm.EmulatingModule() != ""
 	for i := 0; i < m.cfg.CPUs; i++ {
 		v, err := m.vm.CreateVCPU(i)
 		if err != nil {
 			return err
 		}
 		m.vcpus = append(m.vcpus, v)
-		if err := v.SetCPUID(guestCPUID(supported, i, m.cfg.CPUs)); err != nil {
+		if err := v.SetCPUID(guestCPUID(supported, i, m.cfg.CPUs, emulated)); err != nil {
 			return err
 		}
 	}
