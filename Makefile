@@ -70,7 +70,7 @@ test: build guest
 # Fuzz targets (package:function), each run for FUZZTIME on top of its seed
 # corpus in the package's testdata/fuzz.
 FUZZTIME ?= 20s
-FUZZ_TARGETS := migrate:FuzzRecordDecoder migrate:FuzzReceiver vmm:FuzzDecodeState
+FUZZ_TARGETS := migrate:FuzzRecordDecoder migrate:FuzzReceiver migrate:FuzzReadSnapshot vmm:FuzzDecodeState
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

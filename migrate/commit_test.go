@@ -205,7 +205,7 @@ func TestSenderStall(t *testing.T) {
 		if r, err := rr.next(); err != nil || r.Type != RecHello {
 			return
 		}
-		writeRecord(b, RecHelloAck, encodeHelloAck())
+		writeRecord(b, RecHelloAck, encodeHelloAck(false))
 		// then read nothing more
 	}()
 	start := time.Now()

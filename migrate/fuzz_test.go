@@ -81,12 +81,27 @@ func decodePayload(t *testing.T, rec record) {
 		if err := checkInfo(h.Info); err != nil {
 			t.Fatalf("decoded HELLO fails checkInfo: %v", err)
 		}
-		again, err := encodeHello(h.Info)
+		again, err := encodeHello(h.Info, h.Resume)
 		if err != nil || !bytes.Equal(again, p) {
 			t.Fatalf("HELLO does not re-encode to its input (%v)", err)
 		}
 	case RecHelloAck:
-		decodeHelloAck(p)
+		if resume, err := decodeHelloAck(p); err == nil && !bytes.Equal(encodeHelloAck(resume), p) {
+			t.Fatal("HELLO-ACK does not re-encode to its input")
+		}
+	case RecHeld:
+		first, n := binary.BigEndian.Uint64(p), uint64(binary.BigEndian.Uint32(p[8:]))
+		if n == 0 || n > MaxHeldPages || first+n < first {
+			return
+		}
+		tb := NewDigestTable(n)
+		if _, err := decodeHeld(p, first, first+n, func(page uint64, d Digest) { tb.Update(page-first, d, 0) }); err != nil {
+			return
+		}
+		again := encodeHeld(tb, 0, int(n))
+		if !bytes.Equal(again[8:], p[8:]) {
+			t.Fatal("HELD does not re-encode to its input")
+		}
 	case RecIterationStart:
 		k, final, err := decodeIterationStart(p)
 		if err == nil && !bytes.Equal(encodeIterationStart(k, final), p) {
@@ -216,6 +231,15 @@ func fuzzSeeds() []fuzzSeed {
 		return b
 	}
 	zeros := pagesRec(zeroEntry(0), zeroEntry(1), zeroEntry(2), zeroEntry(3))
+	resumeInfo := smallInfo()
+	resumeInfo.ID = VMID{7}
+	resumeHello, err := encodeHello(resumeInfo, true)
+	if err != nil {
+		panic(err)
+	}
+	heldTable := NewDigestTable(4)
+	heldTable.Update(1, ZeroDigest, 0)
+	heldTable.Update(2, HashPage(content(2)), 0)
 	return []fuzzSeed{
 		{"valid", join(hello, it0, allPages(), final, pagesRec(fullEntry(2, content(9))), state, endRec(5), commitRec())},
 		{"valid-zero-pages", join(hello, it0, zeros, iterRec(1, false), pagesRec(zeroEntry(3)), iterRec(2, true), state, endRec(5), commitRec())},
@@ -224,8 +248,10 @@ func fuzzSeeds() []fuzzSeed {
 		{"bad-state", join(hello, it0, zeros, final, rec(RecState, []byte("bad")), endRec(4), commitRec())},
 		{"missing-page", join(hello, it0, pagesRec(zeroEntry(0)), final, state, endRec(1), commitRec())},
 		{"hello-only", join(hello)},
-		{"ack-records", join(rec(RecHelloAck, encodeHelloAck()), rec(RecReady, nil), rec(RecDoneAck, nil))},
+		{"ack-records", join(rec(RecHelloAck, encodeHelloAck(false)), rec(RecReady, nil), rec(RecDoneAck, nil))},
 		{"crc-unsealed", append([]byte{0}, hello...)},
+		{"resume-refused", join(rec(RecHello, resumeHello), it0, zeros)},
+		{"held-records", join(rec(RecHelloAck, encodeHelloAck(true)), rec(RecHeld, encodeHeld(heldTable, 0, 4)))},
 	}
 }
 

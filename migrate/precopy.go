@@ -269,7 +269,7 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 	if isZeroPage(page) {
 		if s.table != nil {
 			if s.table.Match(g, ZeroDigest) {
-				s.cur.PagesFalseDirty++
+				s.skipped()
 				return nil
 			}
 			s.table.Update(g, ZeroDigest, s.iter)
@@ -281,7 +281,7 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 		if s.table != nil {
 			if s.table.Match(g, d) {
 				s.w.dropStaged()
-				s.cur.PagesFalseDirty++
+				s.skipped()
 				return nil
 			}
 			s.table.Update(g, d, s.iter)
@@ -294,4 +294,15 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 		s.w.endPages()
 	}
 	return nil
+}
+
+// skipped counts a page whose digest matched: in iteration 0 only the
+// destination's HELD records (a resumed migration) can have filled the
+// table, later it is a false-dirty page.
+func (s *sender) skipped() {
+	if s.iter == 0 {
+		s.cur.PagesHeld++
+	} else {
+		s.cur.PagesFalseDirty++
+	}
 }

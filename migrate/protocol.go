@@ -11,8 +11,10 @@ import (
 // Wire constants. PROTOCOL.md is the normative description; keep both in step.
 const (
 	// ProtocolVersion is the only version this package speaks. Version 2
-	// ends with the commit handshake (END, READY, COMMIT, DONE-ACK).
-	ProtocolVersion = 2
+	// ended with the commit handshake (END, READY, COMMIT, DONE-ACK);
+	// version 3 adds the VM id and the RESUME flag to HELLO, the flags of
+	// HELLO-ACK, and the HELD record (resuming a cut migration).
+	ProtocolVersion = 3
 
 	// Magic is the sync word that starts every record ("FRRY").
 	Magic uint32 = 0x46525259
@@ -68,6 +70,7 @@ const (
 	RecDoneAck        RecordType = 8  // destination → source
 	RecReady          RecordType = 9  // destination → source
 	RecCommit         RecordType = 10 // source → destination
+	RecHeld           RecordType = 11 // destination → source, after a RESUME HELLO-ACK
 )
 
 func (t RecordType) String() string {
@@ -92,6 +95,8 @@ func (t RecordType) String() string {
 		return "READY"
 	case RecCommit:
 		return "COMMIT"
+	case RecHeld:
+		return "HELD"
 	}
 	return fmt.Sprintf("type-%d", uint16(t))
 }
@@ -101,7 +106,9 @@ func (t RecordType) String() string {
 func payloadLimits(t RecordType) (minLen, maxLen int, ok bool) {
 	switch t {
 	case RecHello:
-		return helloFixedSize, MaxHelloSize, true
+		// The version comes first: a shorter fixed part from another
+		// version is answered with a version error, not a length error.
+		return 4, MaxHelloSize, true
 	case RecHelloAck:
 		return 4, 4, true
 	case RecError:
@@ -116,6 +123,8 @@ func payloadLimits(t RecordType) (minLen, maxLen int, ok bool) {
 		return 8, 8, true
 	case RecDoneAck, RecReady, RecCommit:
 		return 0, 0, true
+	case RecHeld:
+		return heldFixedSize + 2, maxHeldPayload, true
 	}
 	return 0, 0, false
 }

@@ -23,13 +23,13 @@ func testInfo() VMInfo {
 
 // Every record type survives a trip through net.Pipe.
 func TestRecordRoundTripOverPipe(t *testing.T) {
-	hp, err := encodeHello(testInfo())
+	hp, err := encodeHello(testInfo(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	recs := []record{
 		{RecHello, hp},
-		{RecHelloAck, encodeHelloAck()},
+		{RecHelloAck, encodeHelloAck(false)},
 		{RecIterationStart, encodeIterationStart(7, true)},
 		{RecState, bytes.Repeat([]byte("state"), 100000)},
 		{RecEnd, encodeEnd(123456789)},
@@ -205,7 +205,7 @@ func TestPagesIterRejects(t *testing.T) {
 }
 
 func TestHelloRejects(t *testing.T) {
-	good, _ := encodeHello(testInfo())
+	good, _ := encodeHello(testInfo(), false)
 	mod := func(f func(p []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
 	cases := []struct {
 		name string
@@ -228,7 +228,7 @@ func TestHelloRejects(t *testing.T) {
 	}
 	overlap := testInfo()
 	overlap.Regions[1].GPA = 1 << 30
-	if _, err := encodeHello(overlap); err == nil || !strings.Contains(err.Error(), "overlap") {
+	if _, err := encodeHello(overlap, false); err == nil || !strings.Contains(err.Error(), "overlap") {
 		t.Errorf("overlapping regions: %v", err)
 	}
 }

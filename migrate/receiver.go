@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/bits"
 	"sync/atomic"
 	"time"
 )
@@ -22,6 +21,15 @@ type ReceiveOptions struct {
 	// sends continuously until END, so a stall means it is gone. Zero: wait
 	// as long as ctx allows.
 	IdleTimeout time.Duration
+	// Keep, if set, keeps what a migration that fails before COMMIT has
+	// received (a Resumable destination and the digest of every page it
+	// holds) for the Keeper's window, and serves resumed migrations from
+	// it. One Keeper serves every connection of a receiver.
+	Keep *Keeper
+	// Peer identifies the authenticated source (e.g. the fingerprint of
+	// its TLS certificate): pages kept from one peer are resumed only by
+	// the same peer. Empty: no such check.
+	Peer string
 }
 
 func (o ReceiveOptions) normalize() ReceiveOptions {
@@ -64,7 +72,17 @@ type receiver struct {
 	mems     [][]byte
 	base     []uint64 // global index of each region's first page
 	total    uint64
-	seen     []uint64 // bitmap: pages received at least once
+	seen     []uint64 // bitmap: pages held (received at least once)
+	held     uint64   // bits set in seen
+
+	// Resume: the VM, the digest of every page held (nil when this
+	// receiver keeps nothing), and whether this migration resumes one.
+	info       VMInfo
+	table      *DigestTable
+	resumed    bool
+	sendHeld   bool // HELD records follow the reply
+	active     bool // counted in Keep's migrations in progress
+	committing bool // COMMIT arrived: the VM is never kept after this
 
 	iterStarted bool
 	iter        uint32
@@ -86,9 +104,12 @@ type receiver struct {
 // READY answer and the source's COMMIT, and returns after sending DONE-ACK.
 // On any failure before that (protocol violation, corrupt page, limit, an
 // error from dst, an ERROR from the source, cancellation, a silent source)
-// it calls dst.Discard if dst.Prepare had succeeded, then sends an ERROR
-// record with the reason when the connection still works, never calls
-// dst.Start, and returns the error. Once COMMIT arrived, cancellation is
+// it calls dst.Discard if dst.Prepare had succeeded (or, with opts.Keep
+// and a Resumable dst, keeps the VM and its pages for a resume: see
+// Keeper), then sends an ERROR record with the reason when the connection
+// still works, never calls dst.Start, and returns the error. A RESUME
+// HELLO continues in the VM opts.Keep kept instead of dst (which is then
+// not used). Once COMMIT arrived, cancellation is
 // ignored; if Start fails the guest is discarded before ERROR is sent, so an
 // ERROR always means "the guest does not run here". If only DONE-ACK cannot
 // be sent, the guest runs here, the source stays paused (outcome unknown on
@@ -108,6 +129,11 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 	rr := startReadAhead(cr, 3, beforeRead)
 	defer rr.close()
 
+	defer func() {
+		if r.active {
+			r.opts.Keep.end(r.info.ID)
+		}
+	}()
 	var err error
 	for r.state != stateDone {
 		var rec record
@@ -134,6 +160,12 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 				break
 			}
 			r.reply = RecInvalid
+			if r.sendHeld { // after HELLO-ACK{RESUME}
+				r.sendHeld = false
+				if err = r.writeHeld(conn); err != nil {
+					break
+				}
+			}
 		}
 	}
 	r.stats.BytesTotal = cr.n.Load()
@@ -144,18 +176,26 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 	return &r.stats, err
 }
 
-// abort moves to Failed, frees the destination VM, then tells the source
-// (after COMMIT the source resumes its guest on that ERROR, so the guest
-// must be gone here first).
+// abort moves to Failed, frees (or keeps, for a resume) the destination
+// VM, then tells the source (after COMMIT the source resumes its guest on
+// that ERROR, so the guest must be gone here first).
 func (r *receiver) abort(conn io.Writer, err error) {
 	r.state = stateFailed
+	note := ""
 	if r.prepared {
-		r.dst.Discard()
 		r.prepared = false
+		if r.table != nil && !r.committing && r.held > 0 {
+			// put discards the VM itself if the Keeper keeps nothing.
+			if r.opts.Keep.put(&kept{dst: r.dst.(Resumable), info: r.info, peer: r.opts.Peer, table: r.table, held: r.held, total: r.total}) {
+				note = fmt.Sprintf("; it keeps %d of %d pages for `ferry migrate --resume` for %v", r.held, r.total, r.opts.Keep.Window())
+			}
+		} else {
+			r.dst.Discard()
+		}
 	}
 	var re *RemoteError
 	if !r.remote && !errors.As(err, &re) {
-		sendErrorRecord(conn, "destination aborted the migration (no guest runs here): "+err.Error())
+		sendErrorRecord(conn, "destination aborted the migration (no guest runs here"+note+"): "+err.Error())
 	}
 }
 
@@ -212,10 +252,64 @@ func (r *receiver) onHello(p []byte) error {
 	if info.VCPUs > r.opts.MaxVCPUs {
 		return fmt.Errorf("%w: guest has %d vCPUs, this host accepts at most %d", ErrRefused, info.VCPUs, r.opts.MaxVCPUs)
 	}
+	if h.Resume {
+		return r.onResume(info)
+	}
+	// A new migration replaces whatever a failed one left here.
+	r.opts.Keep.drop(fmt.Sprintf("a new migration (VM %v) arrived", info.ID))
 	if err := r.dst.Prepare(info); err != nil {
 		return fmt.Errorf("%w: %v", ErrRefused, err)
 	}
 	r.prepared = true
+	if err := r.layout(info); err != nil {
+		return err
+	}
+	if _, ok := r.dst.(Resumable); ok && r.opts.Keep.enabled() && !info.ID.IsZero() {
+		r.table = NewDigestTable(r.total)
+	}
+	r.opts.Keep.begin(info.ID)
+	r.active = r.opts.Keep != nil
+	r.state = stateAwaitPagesOrState
+	r.reply, r.replyPayload = RecHelloAck, encodeHelloAck(false)
+	return nil
+}
+
+// onResume takes over the VM a failed migration of the same source left
+// here: its memory and the digests of its pages stay, the HELD records
+// that follow HELLO-ACK tell the source which pages it need not send.
+func (r *receiver) onResume(info VMInfo) error {
+	if !r.opts.Keep.enabled() {
+		return fmt.Errorf("%w: cannot resume: this receiver keeps no pages of failed migrations (ferry receive --resume-window)", ErrRefused)
+	}
+	kp, err := r.opts.Keep.take(info, r.opts.Peer)
+	if err != nil {
+		return fmt.Errorf("%w: cannot resume: %v", ErrRefused, err)
+	}
+	if err := kp.dst.Reclaim(); err != nil {
+		r.opts.Keep.putBack(kp)
+		return fmt.Errorf("%w: cannot resume: %v", ErrRefused, err)
+	}
+	r.dst, r.prepared, r.resumed, r.table = kp.dst, true, true, kp.table
+	if err := r.layout(info); err != nil {
+		return err
+	}
+	for p := range r.total {
+		if _, it := r.table.Lookup(p); it != NeverSent {
+			r.seen[p/64] |= 1 << (p % 64)
+			r.held++
+		}
+	}
+	r.stats.PagesHeld = r.held
+	r.opts.Keep.begin(info.ID)
+	r.active = true
+	r.state = stateAwaitPagesOrState
+	r.reply, r.replyPayload, r.sendHeld = RecHelloAck, encodeHelloAck(true), true
+	return nil
+}
+
+// layout maps the prepared VM's memory.
+func (r *receiver) layout(info VMInfo) error {
+	r.info = info
 	r.mems = make([][]byte, len(info.Regions))
 	r.base = make([]uint64, len(info.Regions))
 	for i, reg := range info.Regions {
@@ -228,8 +322,6 @@ func (r *receiver) onHello(p []byte) error {
 		r.total += reg.Size / PageSize
 	}
 	r.seen = make([]uint64, (r.total+63)/64)
-	r.state = stateAwaitPagesOrState
-	r.reply, r.replyPayload = RecHelloAck, encodeHelloAck()
 	return nil
 }
 
@@ -273,13 +365,22 @@ func (r *receiver) onPages(p []byte) error {
 			}
 			copy(page, e.Data)
 			r.stats.PagesFull++
+			if r.table != nil {
+				r.table.Update(e.Page, Digest(e.Digest), r.iter)
+			}
 		} else {
 			if !isZeroPage(page) {
 				clear(page)
 			}
 			r.stats.PagesZero++
+			if r.table != nil {
+				r.table.Update(e.Page, ZeroDigest, r.iter)
+			}
 		}
-		r.seen[e.Page/64] |= 1 << (e.Page % 64)
+		if bit := uint64(1) << (e.Page % 64); r.seen[e.Page/64]&bit == 0 {
+			r.seen[e.Page/64] |= bit
+			r.held++
+		}
 		r.entries++
 	}
 	return it.err
@@ -314,15 +415,7 @@ func (r *receiver) onEnd(p []byte) error {
 	if n := decodeEnd(p); n != r.entries {
 		return fmt.Errorf("%w: END says %d page entries were sent, %d arrived", ErrMalformed, n, r.entries)
 	}
-	var missing uint64
-	for w, x := range r.seen {
-		want := ^uint64(0)
-		if rest := r.total - uint64(w)*64; rest < 64 {
-			want = 1<<rest - 1
-		}
-		missing += uint64(64 - bits.OnesCount64(x|^want))
-	}
-	if missing != 0 {
+	if missing := r.total - r.held; missing != 0 {
 		return fmt.Errorf("%w: %d guest pages were never received", ErrMalformed, missing)
 	}
 	r.state = stateAwaitCommit
@@ -333,6 +426,7 @@ func (r *receiver) onEnd(p []byte) error {
 // onCommit starts the guest: the source will not resume its copy now
 // unless this side answers ERROR.
 func (r *receiver) onCommit() error {
+	r.committing = true // whatever happens now, this VM is never kept
 	// From here on the guest may run: cancellation must no longer cut the
 	// connection before DONE-ACK is out.
 	if r.unwatch != nil && !r.unwatch() {

@@ -22,7 +22,7 @@ func smallInfo() VMInfo {
 func rec(t RecordType, payload []byte) []byte { return appendRecord(nil, t, payload) }
 
 func helloRec(info VMInfo) []byte {
-	p, err := encodeHello(info)
+	p, err := encodeHello(info, false)
 	if err != nil {
 		panic(err)
 	}
@@ -67,11 +67,17 @@ func scripted(t *testing.T, ropts ReceiveOptions, dst *fakeDest, stream ...[]byt
 	t.Helper()
 	a, b := net.Pipe()
 	acked := make(chan struct{}) // closed when HELLO-ACK arrived
+	ready := make(chan struct{}) // closed when READY arrived
 	go func() {
+		sentEnd := false
 		for _, r := range stream {
-			if r == nil { // hang up, once the receiver has answered HELLO
+			if r == nil { // hang up, once the receiver has answered HELLO (and END)
+				answer := acked
+				if sentEnd {
+					answer = ready
+				}
 				select {
-				case <-acked:
+				case <-answer:
 				case <-time.After(2 * time.Second):
 				}
 				a.Close()
@@ -80,6 +86,7 @@ func scripted(t *testing.T, ropts ReceiveOptions, dst *fakeDest, stream ...[]byt
 			if _, err := a.Write(r); err != nil {
 				return
 			}
+			sentEnd = sentEnd || (len(r) >= HeaderSize && RecordType(binary.BigEndian.Uint16(r[4:])) == RecEnd)
 		}
 	}()
 	replies := make(chan []record)
@@ -93,8 +100,11 @@ func scripted(t *testing.T, ropts ReceiveOptions, dst *fakeDest, stream ...[]byt
 				return
 			}
 			got = append(got, record{r.Type, append([]byte(nil), r.Payload...)})
-			if r.Type == RecHelloAck {
+			switch r.Type {
+			case RecHelloAck:
 				close(acked)
+			case RecReady:
+				close(ready)
 			}
 		}
 	}()

@@ -12,18 +12,24 @@ import (
 // helloFixedSize is the fixed part of a HELLO payload:
 //
 //	0  version   uint16
-//	2  reserved  uint16 (zero)
+//	2  flags     uint16 (bit 0: RESUME; the others zero)
 //	4  page size uint32 (4096)
 //	8  vCPUs     uint32
 //	12 regions   uint16 (count)
 //	14 devices   uint16 (count)
-//	16 regions × {gpa uint64, size uint64}
+//	16 VM id     16 bytes
+//	32 regions × {gpa uint64, size uint64}
 //	   devices × {len uint16, UTF-8 name}
-const helloFixedSize = 16
+const helloFixedSize = 32
+
+// helloResume is HELLO's RESUME flag (and HELLO-ACK's): the source asks to
+// resume a cut migration into the pages the destination kept.
+const helloResume uint16 = 1
 
 // hello is the decoded HELLO payload.
 type hello struct {
 	Version  uint16
+	Resume   bool
 	PageSize uint32
 	Info     VMInfo
 }
@@ -63,16 +69,23 @@ func checkInfo(info VMInfo) error {
 	return nil
 }
 
-func encodeHello(info VMInfo) ([]byte, error) {
+func encodeHello(info VMInfo, resume bool) ([]byte, error) {
 	if err := checkInfo(info); err != nil {
 		return nil, err
 	}
+	if resume && info.ID.IsZero() {
+		return nil, fmt.Errorf("a VM without an id cannot resume a migration")
+	}
 	p := make([]byte, helloFixedSize, helloFixedSize+16*len(info.Regions)+64)
 	binary.BigEndian.PutUint16(p[0:], ProtocolVersion)
+	if resume {
+		binary.BigEndian.PutUint16(p[2:], helloResume)
+	}
 	binary.BigEndian.PutUint32(p[4:], PageSize)
 	binary.BigEndian.PutUint32(p[8:], uint32(info.VCPUs))
 	binary.BigEndian.PutUint16(p[12:], uint16(len(info.Regions)))
 	binary.BigEndian.PutUint16(p[14:], uint16(len(info.Devices)))
+	copy(p[16:32], info.ID[:])
 	for _, r := range info.Regions {
 		p = binary.BigEndian.AppendUint64(p, r.GPA)
 		p = binary.BigEndian.AppendUint64(p, r.Size)
@@ -91,20 +104,26 @@ func encodeHello(info VMInfo) ([]byte, error) {
 // rest does not parse, so a receiver can answer a newer sender precisely.
 func decodeHello(p []byte) (hello, error) {
 	var h hello
-	if len(p) < helloFixedSize {
+	if len(p) < 2 {
 		return h, fmt.Errorf("%w: HELLO of %d bytes", ErrMalformed, len(p))
 	}
 	h.Version = binary.BigEndian.Uint16(p[0:])
 	if h.Version != ProtocolVersion {
 		return h, fmt.Errorf("%w: peer speaks version %d, this side speaks %d", ErrVersion, h.Version, ProtocolVersion)
 	}
-	if binary.BigEndian.Uint16(p[2:]) != 0 {
-		return h, fmt.Errorf("%w: HELLO reserved field is not zero", ErrMalformed)
+	if len(p) < helloFixedSize {
+		return h, fmt.Errorf("%w: HELLO of %d bytes", ErrMalformed, len(p))
 	}
+	flags := binary.BigEndian.Uint16(p[2:])
+	if flags&^helloResume != 0 {
+		return h, fmt.Errorf("%w: HELLO flags %#x", ErrMalformed, flags)
+	}
+	h.Resume = flags&helloResume != 0
 	h.PageSize = binary.BigEndian.Uint32(p[4:])
 	h.Info.VCPUs = int(binary.BigEndian.Uint32(p[8:]))
 	nreg := int(binary.BigEndian.Uint16(p[12:]))
 	ndev := int(binary.BigEndian.Uint16(p[14:]))
+	copy(h.Info.ID[:], p[16:32])
 	if nreg > MaxRegions || ndev > MaxDevices {
 		return h, fmt.Errorf("%w: HELLO announces %d regions and %d devices (max %d and %d)", ErrMalformed, nreg, ndev, MaxRegions, MaxDevices)
 	}
@@ -138,23 +157,32 @@ func decodeHello(p []byte) (hello, error) {
 	if err := checkInfo(h.Info); err != nil {
 		return h, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
+	if h.Resume && h.Info.ID.IsZero() {
+		return h, fmt.Errorf("%w: RESUME HELLO without a VM id", ErrMalformed)
+	}
 	return h, nil
 }
 
-func encodeHelloAck() []byte {
+// HELLO-ACK: version uint16, flags uint16 (bit 0: RESUME, HELD records
+// follow; set exactly when the HELLO asked to resume).
+func encodeHelloAck(resume bool) []byte {
 	p := make([]byte, 4)
 	binary.BigEndian.PutUint16(p, ProtocolVersion)
+	if resume {
+		binary.BigEndian.PutUint16(p[2:], helloResume)
+	}
 	return p
 }
 
-func decodeHelloAck(p []byte) error {
+func decodeHelloAck(p []byte) (resume bool, err error) {
 	if v := binary.BigEndian.Uint16(p); v != ProtocolVersion {
-		return fmt.Errorf("%w: peer acknowledged version %d, this side speaks %d", ErrVersion, v, ProtocolVersion)
+		return false, fmt.Errorf("%w: peer acknowledged version %d, this side speaks %d", ErrVersion, v, ProtocolVersion)
 	}
-	if binary.BigEndian.Uint16(p[2:]) != 0 {
-		return fmt.Errorf("%w: HELLO-ACK reserved field is not zero", ErrMalformed)
+	f := binary.BigEndian.Uint16(p[2:])
+	if f&^helloResume != 0 {
+		return false, fmt.Errorf("%w: HELLO-ACK flags %#x", ErrMalformed, f)
 	}
-	return nil
+	return f&helloResume != 0, nil
 }
 
 // iterFinal marks the stop-and-copy iteration (the source guest is paused).

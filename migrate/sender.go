@@ -60,6 +60,12 @@ type Options struct {
 	NoClearBeforeSend bool
 	// Progress, if set, is called once per iteration with its statistics.
 	Progress func(IterationStats)
+	// Resume asks the destination to resume a cut migration of this VM
+	// (same VMInfo.ID) into the pages it kept: it answers with the digests
+	// of the pages it holds, and iteration 0 sends only the pages whose
+	// content differs. A destination that keeps nothing for this VM
+	// refuses (ERROR). Needs the digest filter.
+	Resume bool
 
 	// BatchPages is the number of page entries per PAGES record (default
 	// 64, at most MaxPagesPerBatch).
@@ -94,6 +100,9 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.MaxBandwidth < 0 {
 		return o, fmt.Errorf("migrate: negative MaxBandwidth")
+	}
+	if o.Resume && o.NoDigest {
+		return o, fmt.Errorf("migrate: a resumed migration needs the digest filter (Resume with NoDigest)")
 	}
 	if o.BatchPages <= 0 {
 		o.BatchPages = 64
@@ -158,8 +167,9 @@ type sender struct {
 	committed bool
 	stalled   atomic.Bool // the watchdog cut a connection that made no progress
 	peer      chan peerMsg
-	peerEnd   bool        // the reader goroutine delivered its last message
-	unwatch   func() bool // stops cancellation from breaking the connection
+	peerIn    *countingReader // what the destination sent
+	peerEnd   bool            // the reader goroutine delivered its last message
+	unwatch   func() bool     // stops cancellation from breaking the connection
 
 	iter    uint32
 	cur     IterationStats
@@ -216,6 +226,9 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 	}
 	s.stats.TotalSeconds = time.Since(s.start).Seconds()
 	s.stats.BytesTotal = s.w.written.Load()
+	if s.peerIn != nil {
+		s.stats.BytesReceived = s.peerIn.n.Load()
+	}
 	return &s.stats, err
 }
 
@@ -316,7 +329,7 @@ func (s *sender) setup() error {
 // handshake sends HELLO and waits for HELLO-ACK; it starts the goroutine
 // that reads everything the destination sends.
 func (s *sender) handshake() error {
-	p, err := encodeHello(s.info)
+	p, err := encodeHello(s.info, s.opts.Resume)
 	if err != nil {
 		return fmt.Errorf("migrate: %v", err)
 	}
@@ -328,15 +341,24 @@ func (s *sender) handshake() error {
 	}
 	s.helloOut = true
 	s.peer = make(chan peerMsg, 2)
-	go s.readPeer(newRecordReader(s.conn))
+	s.peerIn = &countingReader{r: s.conn}
+	go s.readPeer(newRecordReader(s.peerIn))
 
 	t := time.NewTimer(s.opts.HandshakeTimeout)
 	defer t.Stop()
 	select {
 	case m := <-s.peer:
 		if m.t == RecHelloAck {
-			if err := decodeHelloAck(m.payload); err != nil {
+			resumed, err := decodeHelloAck(m.payload)
+			if err != nil {
 				return err
+			}
+			if resumed != s.opts.Resume {
+				return fmt.Errorf("%w: HELLO-ACK with RESUME %v to a HELLO with RESUME %v", ErrUnexpected, resumed, s.opts.Resume)
+			}
+			if resumed {
+				s.stats.Resumed = true
+				return s.receiveHeld()
 			}
 			return nil
 		}
@@ -349,9 +371,9 @@ func (s *sender) handshake() error {
 	}
 }
 
-// readPeer delivers the destination's records: HELLO-ACK and READY, then
-// exactly one terminal message (DONE-ACK, ERROR, another record, or a read
-// error).
+// readPeer delivers the destination's records: HELLO-ACK, HELD and READY,
+// then exactly one terminal message (DONE-ACK, ERROR, another record, or a
+// read error).
 func (s *sender) readPeer(rr *recordReader) {
 	for {
 		rec, err := rr.next()
@@ -365,7 +387,7 @@ func (s *sender) readPeer(rr *recordReader) {
 			setWriteDeadline(s.conn, time.Unix(1, 0))
 		}
 		s.peer <- m
-		if rec.Type != RecHelloAck && rec.Type != RecReady {
+		if rec.Type != RecHelloAck && rec.Type != RecHeld && rec.Type != RecReady {
 			return
 		}
 	}

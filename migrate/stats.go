@@ -5,7 +5,7 @@ import "fmt"
 // IterationStats describes one pre-copy iteration (or the final
 // stop-and-copy pass). For every iteration
 //
-//	PagesDirty = PagesFalseDirty + PagesZero + PagesSent
+//	PagesDirty = PagesFalseDirty + PagesHeld + PagesZero + PagesSent
 //
 // In iteration 0 every page counts as dirty.
 type IterationStats struct {
@@ -17,6 +17,9 @@ type IterationStats struct {
 	// PagesFalseDirty counts dirty pages skipped because their digest matched
 	// the content already sent.
 	PagesFalseDirty uint64 `json:"pages_false_dirty"`
+	// PagesHeld counts pages not sent because the destination already
+	// held them with the same content (iteration 0 of a resumed migration).
+	PagesHeld uint64 `json:"pages_held,omitempty"`
 	// PagesZero counts ZERO records (no data) sent.
 	PagesZero uint64 `json:"pages_zero"`
 	// PagesSent counts FULL pages (data + digest) sent.
@@ -38,8 +41,15 @@ type Stats struct {
 	// DowntimeMS runs from pausing the source guest to receiving DONE-ACK.
 	DowntimeMS float64 `json:"downtime_ms"`
 	BytesTotal int64   `json:"bytes_total"`
+	// BytesReceived counts the bytes read from the destination (HELLO-ACK,
+	// READY, DONE-ACK, and the HELD records of a resumed migration).
+	BytesReceived int64 `json:"bytes_received"`
 	// Converged is false when stop-and-copy was forced by a limit.
 	Converged bool `json:"converged"`
+	// Resumed: the migration resumed into pages the destination kept;
+	// DestinationHeld is how many pages it held (HELD records).
+	Resumed         bool   `json:"resumed,omitempty"`
+	DestinationHeld uint64 `json:"destination_held,omitempty"`
 }
 
 const mib = 1 << 20
@@ -50,8 +60,12 @@ func FormatIteration(it IterationStats) string {
 	if it.StopAndCopy {
 		name = fmt.Sprintf("stop-and-copy (iter %d)", it.Iteration)
 	}
-	return fmt.Sprintf("%s: dirty %d, false-dirty skipped %d, zero %d, sent %d, %.1f MiB in %.3f s, dirty rate %.1f MiB/s",
-		name, it.PagesDirty, it.PagesFalseDirty, it.PagesZero, it.PagesSent,
+	held := ""
+	if it.PagesHeld > 0 {
+		held = fmt.Sprintf(", held by the destination %d", it.PagesHeld)
+	}
+	return fmt.Sprintf("%s: dirty %d, false-dirty skipped %d%s, zero %d, sent %d, %.1f MiB in %.3f s, dirty rate %.1f MiB/s",
+		name, it.PagesDirty, it.PagesFalseDirty, held, it.PagesZero, it.PagesSent,
 		float64(it.Bytes)/mib, it.Seconds, it.DirtyRate/mib)
 }
 
@@ -61,15 +75,22 @@ func (s *Stats) Summary() string {
 	if !s.Converged {
 		conv = "forced (did not converge)"
 	}
-	return fmt.Sprintf("migrated in %.3f s, downtime %.1f ms, %d iterations, %.1f MiB sent, %s",
-		s.TotalSeconds, s.DowntimeMS, len(s.Iterations), float64(s.BytesTotal)/mib, conv)
+	resumed := ""
+	if s.Resumed {
+		resumed = fmt.Sprintf(", resumed (the destination held %d pages, %.1f MiB of HELD records)", s.DestinationHeld, float64(s.BytesReceived)/mib)
+	}
+	return fmt.Sprintf("migrated in %.3f s, downtime %.1f ms, %d iterations, %.1f MiB sent, %s%s",
+		s.TotalSeconds, s.DowntimeMS, len(s.Iterations), float64(s.BytesTotal)/mib, conv, resumed)
 }
 
 // ReceiveStats is the result of a migration, as the destination saw it.
 type ReceiveStats struct {
-	Iterations int     `json:"iterations"`
-	PagesFull  uint64  `json:"pages_full"`
-	PagesZero  uint64  `json:"pages_zero"`
+	Iterations int    `json:"iterations"`
+	PagesFull  uint64 `json:"pages_full"`
+	PagesZero  uint64 `json:"pages_zero"`
+	// PagesHeld: the pages kept from a failed migration that this one
+	// resumed (0 for a new migration).
+	PagesHeld  uint64  `json:"pages_held,omitempty"`
 	StateBytes int     `json:"state_bytes"`
 	BytesTotal int64   `json:"bytes_total"`
 	Seconds    float64 `json:"seconds"`

@@ -6,6 +6,8 @@
 // tested against fake guest memory without KVM. vmm.Machine implements them.
 package migrate
 
+import "fmt"
+
 // PageSize is the guest page size tracked by KVM's dirty log.
 const PageSize = 4096
 
@@ -15,8 +17,19 @@ type Region struct {
 	Size uint64 // bytes, a multiple of PageSize
 }
 
+// VMID identifies one VM across migration attempts: a resumed migration
+// is accepted only into pages kept for the same id. The zero VMID means
+// "no id" (such a VM cannot resume a migration).
+type VMID [16]byte
+
+// IsZero reports whether id is the zero (absent) id.
+func (id VMID) IsZero() bool { return id == VMID{} }
+
+func (id VMID) String() string { return fmt.Sprintf("%x", id[:]) }
+
 // VMInfo is what the handshake compares between source and destination.
 type VMInfo struct {
+	ID      VMID
 	Regions []Region
 	VCPUs   int
 	Devices []string // device names in registration order
@@ -74,4 +87,20 @@ type Destination interface {
 	// Discard frees everything a successful Prepare allocated; the guest
 	// never runs. Called at most once, only after Prepare succeeded.
 	Discard()
+}
+
+// Resumable is a Destination whose prepared VM can outlive a failed
+// migration, so that the same source can resume it (see Keeper). Receive
+// keeps a Resumable destination instead of discarding it only when
+// ReceiveOptions.Keep is set.
+type Resumable interface {
+	Destination
+	// Suspend is called instead of Discard when the receiver keeps the
+	// prepared VM for a resume: its memory stays, nothing runs. It is
+	// later either reclaimed by a resumed migration or discarded.
+	Suspend()
+	// Reclaim is called when a resumed migration takes the kept VM over.
+	// An error refuses the resume (e.g. another migration is in progress
+	// here); the VM then stays kept.
+	Reclaim() error
 }

@@ -63,9 +63,10 @@ func (rw *recordWriter) startAsync() {
 	rw.free = make(chan []byte, 1)
 	rw.exited = make(chan struct{})
 	rw.free <- make([]byte, 0, cap(rw.buf))
+	jobs := rw.jobs // stop may set rw.jobs to nil before this goroutine runs
 	go func() {
 		defer close(rw.exited)
-		for j := range rw.jobs {
+		for j := range jobs {
 			if rw.firstErr() == nil {
 				if err := rw.output(j.b); err != nil {
 					rw.setErr(err)

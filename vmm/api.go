@@ -18,12 +18,14 @@ import (
 //	POST /v1/pause    → Status
 //	POST /v1/resume   → Status
 //	POST /v1/migrate  MigrateRequest → MigrateEvent lines (api_migrate.go)
+//	POST /v1/snapshot SnapshotRequest → SnapshotResult (api_snapshot.go)
 //
 // Errors are {"error": "..."} with a 4xx/5xx status.
 
 // Status is what GET /v1/status returns.
 type Status struct {
-	State       string `json:"state"` // running, paused, migrating, stopped
+	State       string `json:"state"` // running, paused, migrating, snapshot, stopped
+	ID          string `json:"id"`    // the VM id (kept across migrations)
 	VCPUs       int    `json:"vcpus"`
 	MemoryBytes uint64 `json:"memory_bytes"`
 	Migration   any    `json:"migration,omitempty"`
@@ -41,9 +43,9 @@ type APIServer struct {
 	// MigrationSource.LogMemoryHash).
 	LogMemoryHash func(hash string)
 
-	mu        sync.Mutex
-	migrating bool
-	progress  any
+	mu       sync.Mutex
+	op       string // "migrating" or "snapshot" while one runs, else ""
+	progress any
 }
 
 // ServeAPI listens on the unix socket path and serves the machine's API.
@@ -76,14 +78,22 @@ func ServeAPI(m *Machine, path string) (*APIServer, error) {
 		a.control(w, m.Resume)
 	})
 	a.mux.HandleFunc("POST /v1/migrate", a.handleMigrate)
+	a.mux.HandleFunc("POST /v1/snapshot", a.handleSnapshot)
 	a.srv = &http.Server{Handler: a.mux, ReadHeaderTimeout: 5 * time.Second}
 	go a.srv.Serve(ln)
 	return a, nil
 }
 
 func (a *APIServer) control(w http.ResponseWriter, op func() error) {
-	if a.Migrating() {
+	a.mu.Lock()
+	busy := a.op
+	a.mu.Unlock()
+	if busy == "migrating" {
 		WriteError(w, http.StatusConflict, errors.New("a migration is in progress"))
+		return
+	}
+	if busy != "" {
+		WriteError(w, http.StatusConflict, fmt.Errorf("a %s is in progress", busy))
 		return
 	}
 	if err := op(); err != nil {
@@ -97,23 +107,38 @@ func (a *APIServer) control(w http.ResponseWriter, op func() error) {
 // meanwhile, since the migration owns the vCPUs' run state). It fails if
 // one is already running.
 func (a *APIServer) SetMigrating(on bool) error {
+	if !on {
+		a.endOp()
+		return nil
+	}
+	return a.beginOp("migrating")
+}
+
+// beginOp marks a migration or snapshot in progress; only one at a time.
+func (a *APIServer) beginOp(op string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if on && a.migrating {
+	switch a.op {
+	case "":
+		a.op = op
+		return nil
+	case "migrating":
 		return errors.New("a migration is already in progress")
 	}
-	a.migrating = on
-	if !on {
-		a.progress = nil
-	}
-	return nil
+	return fmt.Errorf("a %s is already in progress", a.op)
+}
+
+func (a *APIServer) endOp() {
+	a.mu.Lock()
+	a.op, a.progress = "", nil
+	a.mu.Unlock()
 }
 
 // Migrating reports whether a migration is in progress.
 func (a *APIServer) Migrating() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.migrating
+	return a.op == "migrating"
 }
 
 // SetProgress records migration progress for status.
@@ -125,7 +150,7 @@ func (a *APIServer) SetProgress(p any) {
 
 // Status describes the machine now.
 func (a *APIServer) Status() Status {
-	s := Status{State: "running", VCPUs: a.m.CPUs(), MemoryBytes: a.m.Memory().Size()}
+	s := Status{State: "running", ID: a.m.ID().String(), VCPUs: a.m.CPUs(), MemoryBytes: a.m.Memory().Size()}
 	select {
 	case <-a.m.Done():
 		s.State = "stopped"
@@ -135,8 +160,8 @@ func (a *APIServer) Status() Status {
 		}
 	}
 	a.mu.Lock()
-	if a.migrating {
-		s.State = "migrating"
+	if a.op != "" {
+		s.State = a.op
 		s.Migration = a.progress
 	}
 	a.mu.Unlock()

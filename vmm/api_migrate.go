@@ -23,6 +23,8 @@ type MigrateRequest struct {
 	MaxBandwidth      int64   `json:"max_bandwidth,omitempty"` // bytes per second, 0 = unlimited
 	NoDigest          bool    `json:"no_digest,omitempty"`
 	NoClearBeforeSend bool    `json:"no_clear_before_send,omitempty"`
+	// Resume resumes a cut migration into the pages the destination kept.
+	Resume bool `json:"resume,omitempty"`
 	// TLS names the PEM files (absolute paths, read by this process) for a
 	// mutually authenticated TLS 1.3 connection; empty: plain TCP.
 	TLS migrate.TLSFiles `json:"tls,omitempty"`
@@ -54,6 +56,7 @@ func (r MigrateRequest) options() (migrate.Options, error) {
 		MaxBandwidth:      r.MaxBandwidth,
 		NoDigest:          r.NoDigest,
 		NoClearBeforeSend: r.NoClearBeforeSend,
+		Resume:            r.Resume,
 	}
 	switch r.OnTimeout {
 	case "", "abort":
@@ -62,6 +65,9 @@ func (r MigrateRequest) options() (migrate.Options, error) {
 		o.OnTimeout = migrate.ForceOnTimeout
 	default:
 		return o, fmt.Errorf("on_timeout %q: want abort or force", r.OnTimeout)
+	}
+	if r.Resume && r.NoDigest {
+		return o, errors.New("resume needs the digest filter: drop no_digest")
 	}
 	if r.To == "" {
 		return o, errors.New("no destination: give HOST:PORT of a `ferry receive`")

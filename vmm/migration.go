@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
@@ -24,7 +25,7 @@ func NewMigrationSource(m *Machine) *MigrationSource { return &MigrationSource{m
 func (s *MigrationSource) Info() migrate.VMInfo { return s.m.info() }
 
 func (m *Machine) info() migrate.VMInfo {
-	info := migrate.VMInfo{VCPUs: len(m.vcpus)}
+	info := migrate.VMInfo{ID: m.id, VCPUs: len(m.vcpus)}
 	for _, r := range m.mem.Regions {
 		info.Regions = append(info.Regions, migrate.Region{GPA: r.GPA, Size: r.Size()})
 	}
@@ -103,9 +104,25 @@ func (s *MigrationSource) State() ([]byte, error) {
 	return EncodeState(st)
 }
 
-// MigrationTarget builds a Machine for an incoming migration: it
-// implements migrate.Destination.
+// ID identifies the VM across migrations: random when the machine is
+// made, taken over by the machine a migration builds, new for a restored
+// snapshot. A resumed migration goes only into pages kept for the same id.
+func (m *Machine) ID() migrate.VMID { return m.id }
+
+func newVMID() migrate.VMID {
+	var id migrate.VMID
+	if _, err := rand.Read(id[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return id
+}
+
+// MigrationTarget builds a Machine for an incoming migration (or a
+// snapshot): it implements migrate.Destination and migrate.Resumable.
 type MigrationTarget struct {
+	// NewID gives the machine an id of its own instead of the source's
+	// (for a restored snapshot: it may be restored more than once).
+	NewID   bool
 	cfg     Config // Console and KVMPath; Memory and CPUs come from the source
 	mu      sync.Mutex
 	m       *Machine
@@ -141,12 +158,22 @@ func (t *MigrationTarget) Prepare(info migrate.VMInfo) error {
 	if err != nil {
 		return err
 	}
+	if !t.NewID {
+		m.id = info.ID
+	}
 	if err := sameLayout(m.info(), info); err != nil {
 		m.Close()
 		return err
 	}
 	t.m = m
 	return nil
+}
+
+// Machine is the machine being built, nil before Prepare or after Discard.
+func (t *MigrationTarget) Machine() *Machine {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.m
 }
 
 func sameLayout(have, want migrate.VMInfo) error {
@@ -186,6 +213,20 @@ func (t *MigrationTarget) Start() error {
 		return err
 	}
 	t.started <- t.m
+	return nil
+}
+
+// Suspend implements migrate.Resumable: the machine (never started) and
+// its memory stay as they are until Reclaim or Discard.
+func (t *MigrationTarget) Suspend() {}
+
+// Reclaim implements migrate.Resumable.
+func (t *MigrationTarget) Reclaim() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		return errors.New("the kept guest was discarded")
+	}
 	return nil
 }
 

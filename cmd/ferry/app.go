@@ -16,10 +16,10 @@ var version = "dev"
 
 func newApp() *cli.App {
 	return &cli.App{
-		Name:            "ferry",
-		Usage:           "run Linux guests on KVM and live-migrate them",
-		Version:         version,
-		HideVersion:     true,
+		Name:        "ferry",
+		Usage:       "run Linux guests on KVM and live-migrate them",
+		Version:     version,
+		HideVersion: true,
 		// ferry certs --host takes "name,ip" for one host itself.
 		DisableSliceFlagSeparator: true,
 		Commands: []*cli.Command{
@@ -29,6 +29,8 @@ func newApp() *cli.App {
 			resumeCommand,
 			migrateCommand,
 			receiveCommand,
+			snapshotCommand,
+			restoreCommand,
 			certsCommand,
 			probeCommand,
 			versionCommand,

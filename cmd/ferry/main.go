@@ -7,7 +7,7 @@ import (
 )
 
 func main() {
-	if err := newApp().Run(os.Args); err != nil {
+	if err := newApp().Run(flagsFirst(os.Args)); err != nil {
 		fmt.Fprintf(os.Stderr, "ferry: %v\n", err)
 		os.Exit(exitCode(err))
 	}

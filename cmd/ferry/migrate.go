@@ -26,6 +26,13 @@ With --tls-cert, --tls-key and --tls-ca (files from 'ferry certs') the
 connection is mutual TLS 1.3: the destination's certificate must come from
 the CA and name the host of --to. The paths are passed to the source ferry.
 
+With --resume, a migration that was cut goes on where it stopped: the
+destination ('ferry receive', still waiting) keeps what it received from
+this VM for its --resume-window, tells this side which pages it holds
+(with their digests), and only the pages whose content differs are sent
+again. A destination that keeps nothing for this VM refuses; then migrate
+without --resume.
+
 Exit status: 0 migrated; 1 failed, the guest keeps running on this host;
 3 outcome unknown: the connection broke after COMMIT (the last step), so the
 guest may be running on the destination; it stays paused here. Check the
@@ -41,6 +48,7 @@ destination, then 'ferry resume' here only if the guest does not run there.`,
 		&cli.BoolFlag{Name: "no-digest", Usage: "plain pre-copy: resend every dirty page (for comparison)"},
 		&cli.BoolFlag{Name: "no-clear-before-send", Usage: "clear the dirty log right after fetching it, as classic pre-copy (for comparison)"},
 		&cli.StringFlag{Name: "stats-json", Usage: "write the migration statistics to `FILE`"},
+		&cli.BoolFlag{Name: "resume", Usage: "resume a cut migration into the pages the destination kept (sends only the pages that differ)"},
 	}, tlsFlags("this host's")...),
 	Action: migrateAction,
 }
@@ -54,6 +62,10 @@ func migrateAction(c *cli.Context) error {
 		OnTimeout:         c.String("on-timeout"),
 		NoDigest:          c.Bool("no-digest"),
 		NoClearBeforeSend: c.Bool("no-clear-before-send"),
+		Resume:            c.Bool("resume"),
+	}
+	if req.Resume && req.NoDigest {
+		return usageError{fmt.Errorf("--resume needs the digest table: drop --no-digest")}
 	}
 	if req.DowntimeMS <= 0 {
 		return flagError("downtime", "%v: must be positive", c.Duration("downtime"))

@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +36,12 @@ sources with a certificate from the CA are accepted (mutual TLS 1.3).
 Without them ferry receive listens only on loopback addresses, unless
 --insecure is given: anyone who can reach the port could send it a guest.
 
+When a migration fails before its last step, ferry receive keeps the
+pages it received from that VM for --resume-window (default 10m, 0: keep
+nothing), so that 'ferry migrate --resume' from the same source sends
+only the pages that differ. A new migration (without --resume) drops
+them; so does the end of the window.
+
 --timeout bounds the whole wait: when it expires without a guest running
 here, ferry receive exits with status 1.`,
 	Flags: append([]cli.Flag{
@@ -43,6 +51,7 @@ here, ferry receive exits with status 1.`,
 		&cli.IntFlag{Name: "max-cpus", Value: 32, Usage: "most vCPUs accepted"},
 		&cli.DurationFlag{Name: "timeout", Usage: "give up (exit 1) if no guest runs here after this long (0: wait forever)"},
 		&cli.DurationFlag{Name: "idle-timeout", Value: 30 * time.Second, Usage: "drop a connected source that sends nothing for this long"},
+		&cli.DurationFlag{Name: "resume-window", Value: 10 * time.Minute, Usage: "keep the pages of a failed migration this long for 'ferry migrate --resume' (0: keep nothing)"},
 		&cli.BoolFlag{Name: "insecure", Usage: "allow a non-loopback --listen without TLS (trusted networks only)"},
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print unclaimed I/O ports at exit"},
@@ -71,8 +80,8 @@ func receiveAction(c *cli.Context) error {
 	if c.Int("max-cpus") < 1 {
 		return flagError("max-cpus", "%d: must be at least 1", c.Int("max-cpus"))
 	}
-	if c.Duration("timeout") < 0 || c.Duration("idle-timeout") <= 0 {
-		return usageError{errors.New("--timeout must not be negative, --idle-timeout must be positive")}
+	if c.Duration("timeout") < 0 || c.Duration("idle-timeout") <= 0 || c.Duration("resume-window") < 0 {
+		return usageError{errors.New("--timeout and --resume-window must not be negative, --idle-timeout must be positive")}
 	}
 	files, err := tlsFiles(c)
 	if err != nil {
@@ -106,14 +115,18 @@ func receiveAction(c *cli.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
+	keep := migrate.NewKeeper(c.Duration("resume-window"), logf)
 	l := &listener{
-		ln:   ln,
-		tls:  tlsCfg,
-		opts: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout")},
-		cfg:  vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm")},
-		hash: memoryHashLogger(c, "destination before start"),
+		ln:  ln,
+		tls: tlsCfg,
+		opts: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout"),
+			Keep: keep},
+		cfg:     vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm")},
+		hash:    memoryHashLogger(c, "destination before start"),
+		started: make(chan *vmm.Machine, 1),
 	}
 	m, err := l.run(ctx)
+	keep.Close() // a guest runs here, or ferry receive gives up
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("no guest arrived within --timeout %v", c.Duration("timeout"))
@@ -178,6 +191,9 @@ type listener struct {
 
 	mu   sync.Mutex
 	busy bool // a migration holds the single slot (from HELLO on)
+	// started receives the machine whose guest a migration started here
+	// (a resumed migration starts the machine an earlier one prepared).
+	started chan *vmm.Machine
 }
 
 // run serves connections, each in its own goroutine (so that a silent or
@@ -261,13 +277,15 @@ func (l *listener) handle(ctx context.Context, raw net.Conn) *vmm.Machine {
 	}
 	target := &slotTarget{l: l, t: vmm.NewMigrationTarget(l.cfg), peer: peer}
 	target.t.LogMemoryHash = l.hash
-	stats, err := migrate.Receive(ctx, conn, target, l.opts)
+	opts := l.opts
+	opts.Peer = peerIdentity(conn)
+	stats, err := migrate.Receive(ctx, conn, target, opts)
+	// Receive fails after starting the guest only when DONE-ACK is lost.
 	var m *vmm.Machine
-	select {
-	case m = <-target.t.Started():
-	default:
+	if err == nil || errors.Is(err, migrate.ErrDoneAckLost) {
+		m = <-l.started
 	}
-	if err != nil && m == nil {
+	if m == nil {
 		logf("incoming migration from %s failed: %v; no guest runs here; still waiting", peer, err)
 		lingerClose(raw)
 		return nil
@@ -276,14 +294,35 @@ func (l *listener) handle(ctx context.Context, raw net.Conn) *vmm.Machine {
 		// Started, but DONE-ACK was lost: the source stays paused.
 		logf("WARNING: %v", err)
 	}
-	logf("received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s",
-		stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds)
+	held := ""
+	if stats.PagesHeld > 0 {
+		held = fmt.Sprintf(" (resumed: %d pages were kept from the failed attempt)", stats.PagesHeld)
+	}
+	logf("received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s%s",
+		stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds, held)
 	logf("guest received from %s and running", peer)
 	return m
 }
 
-// slotTarget is the migrate.Destination of one connection: Prepare takes
-// the listener's single migration slot (or refuses), Discard gives it back.
+// peerIdentity names the authenticated source for the Keeper: the SHA-256
+// of its TLS certificate; "" without TLS (no check).
+func peerIdentity(conn net.Conn) string {
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		return ""
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return ""
+	}
+	sum := sha256.Sum256(certs[0].Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// slotTarget is the migrate.Destination (and migrate.Resumable) of one
+// connection: Prepare takes the listener's single migration slot (or
+// refuses), Discard gives it back. Suspend (kept for a resume) gives the
+// slot back and keeps the memory; Reclaim (a resume) takes the slot again.
 type slotTarget struct {
 	l    *listener
 	t    *vmm.MigrationTarget
@@ -321,7 +360,30 @@ func (s *slotTarget) release() {
 
 func (s *slotTarget) Memory(i int) []byte        { return s.t.Memory(i) }
 func (s *slotTarget) Restore(state []byte) error { return s.t.Restore(state) }
-func (s *slotTarget) Start() error               { return s.t.Start() }
+
+func (s *slotTarget) Start() error {
+	if err := s.t.Start(); err != nil {
+		return err
+	}
+	s.l.started <- <-s.t.Started()
+	return nil
+}
+
+func (s *slotTarget) Suspend() { s.release() }
+
+func (s *slotTarget) Reclaim() error {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	if s.l.busy {
+		return errors.New("another migration into this receiver is in progress")
+	}
+	if err := s.t.Reclaim(); err != nil {
+		return err
+	}
+	s.l.busy, s.held = true, true
+	logf("resuming the migration of the guest first received from %s", s.peer)
+	return nil
+}
 
 func (s *slotTarget) Discard() {
 	s.t.Discard()

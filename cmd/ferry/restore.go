@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ferryvmm/ferry/migrate"
+	"github.com/ferryvmm/ferry/vmm"
+)
+
+var restoreCommand = &cli.Command{
+	Name:      "restore",
+	Usage:     "boot a guest saved by ferry snapshot",
+	ArgsUsage: "FILE",
+	Description: `Loads a snapshot written by 'ferry snapshot' and runs the guest from where
+it was saved, exactly as with 'ferry run': console on this terminal
+(Ctrl-A x quits), control socket on --api-socket, exit status 0 when the
+guest powers off.
+
+Every record of the file is checked (checksum, page digests, order,
+limits) before the guest starts: a corrupted, truncated or foreign file is
+refused with the reason and its place in the file, and nothing runs.
+The restored VM gets a new VM id (the same file may be restored twice).`,
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate, snapshot) on this unix socket `PATH`"},
+		&cli.StringFlag{Name: "max-memory", Usage: "largest guest accepted (default: half of this host's memory, at most 64G)"},
+		&cli.IntFlag{Name: "max-cpus", Value: 32, Usage: "most vCPUs accepted"},
+		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print unclaimed I/O ports at exit"},
+		memoryHashFlag,
+	},
+	Action: restoreAction,
+}
+
+func restoreAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageError{errors.New("restore takes one argument: the snapshot FILE")}
+	}
+	file := c.Args().First()
+	maxMem := defaultMaxMemory()
+	if s := c.String("max-memory"); s != "" {
+		var err error
+		if maxMem, err = parseSize(s); err != nil {
+			return flagError("max-memory", "%v", err)
+		}
+	}
+	if c.Int("max-cpus") < 1 {
+		return flagError("max-cpus", "%d: must be at least 1", c.Int("max-cpus"))
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		return fmt.Errorf("restore: %s is a directory, not a snapshot file", file)
+	}
+	target := vmm.NewMigrationTarget(vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm")})
+	target.NewID = true
+	target.LogMemoryHash = memoryHashLogger(c, "restored before start")
+	opts := migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus")}
+	st, err := migrate.ReadSnapshot(context.Background(), bufio.NewReaderSize(f, 1<<20), target, opts)
+	if err != nil {
+		return fmt.Errorf("restore: snapshot %s refused, nothing was started: %w", file, err)
+	}
+	m := target.Machine()
+	fmt.Fprintf(os.Stderr, "ferry: restored %s: %d MiB, %d vCPUs, %d pages (%d zero), %d KiB of state, read in %.3f s\n",
+		file, m.Memory().Size()>>20, m.CPUs(), st.PagesFull+st.PagesZero, st.PagesZero, st.StateBytes>>10, st.Seconds)
+	if err := target.Start(); err != nil {
+		target.Discard()
+		return fmt.Errorf("restore: start the guest from %s: %w", file, err)
+	}
+	m = <-target.Started()
+	defer m.Close()
+	return serve(c, m)
+}
+
+// flagsFirst lets 'ferry restore FILE --flag ...' work as documented: the
+// CLI library stops parsing flags at the first argument, so the
+// arguments of restore are reordered, flags first, then "--" and FILE.
+func flagsFirst(args []string) []string {
+	if len(args) < 3 || args[1] != restoreCommand.Name {
+		return args
+	}
+	takesValue := map[string]bool{}
+	for _, f := range restoreCommand.Flags {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	var flags, rest []string
+	for i := 2; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			rest = append(rest, args[i+1:]...)
+			i = len(args)
+		case len(a) > 1 && a[0] == '-':
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if !strings.Contains(name, "=") && takesValue[name] && i+1 < len(args) {
+				i++
+				flags = append(flags, args[i])
+			}
+		default:
+			rest = append(rest, a)
+		}
+	}
+	out := append([]string{args[0], args[1]}, flags...)
+	return append(append(out, "--"), rest...)
+}
