@@ -71,12 +71,14 @@ type migStats struct {
 		PagesFalseDirty uint64 `json:"pages_false_dirty"`
 		PagesZero       uint64 `json:"pages_zero"`
 		PagesSent       uint64 `json:"pages_sent"`
+		PagesHeld       uint64 `json:"pages_held"`
 		Bytes           int64  `json:"bytes"`
 	} `json:"iterations"`
-	TotalSeconds float64 `json:"total_seconds"`
-	DowntimeMS   float64 `json:"downtime_ms"`
-	BytesTotal   int64   `json:"bytes_total"`
-	Converged    *bool   `json:"converged"`
+	TotalSeconds  float64 `json:"total_seconds"`
+	DowntimeMS    float64 `json:"downtime_ms"`
+	BytesTotal    int64   `json:"bytes_total"`
+	BytesReceived int64   `json:"bytes_received"`
+	Converged     *bool   `json:"converged"`
 }
 
 // migrateTo moves src's guest to dst over mutual TLS and checks everything

@@ -1,0 +1,81 @@
+package tests
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+var reKeeping = regexp.MustCompile(`keeping (\d+) of (\d+) pages of VM ([0-9a-f]+) for a resume`)
+
+// TestMigrateResume: a migration cut by the fault proxy after iteration 0
+// sent most of the guest is resumed with `ferry migrate --resume` into the
+// same, still waiting receiver: it succeeds (memory hashes equal, counter
+// continues) and sends far fewer bytes than a fresh migration of the same
+// guest, which the test measures first (host A → B) and logs next to the
+// resumed one (B → A).
+//
+// The guest runs the dirty workload of the other migration tests (counter
+// plus a writer rewriting a 16 MiB working set), so some of what the
+// destination kept is stale when the migration resumes and is sent again.
+// FERRY_RESUME_CMDLINE chooses another workload (e.g. ferry.run=counter).
+func TestMigrateResume(t *testing.T) {
+	needGuest(t)
+	cmdline := dirtyCmdline
+	if c := os.Getenv("FERRY_RESUME_CMDLINE"); c != "" {
+		cmdline = c
+	}
+	h := &hosts{addr: [2]string{"127.0.0.1", "127.0.0.1"}}
+	src := bootCounter(t, h, 0, cmdline)
+
+	t.Log("== fresh migration A → B (the baseline)")
+	dstB, addrB := receiverAt(t, h, 1, nil)
+	fresh := migratePlain(t, src, dstB, addrB)
+	src = dstB
+
+	t.Log("== migration B → A, cut after 3/4 of a fresh iteration 0")
+	dstA, addrA := receiverAt(t, h, 0, nil, "--idle-timeout", "5s")
+	cutAt := fresh.Iterations[0].Bytes * 3 / 4
+	px := newFaultProxy(t, addrA, fault{off: cutAt})
+	dstFrom := dstA.p.count()
+	out, code := runFerry(t, "migrate", "--api-socket", src.sock, "--to", px.addr())
+	if code != 1 || !px.didFire() || !strings.Contains(out, "keeps running") {
+		t.Fatalf("cut migration: exit %d (fault fired %v), want 1 with the guest kept:\n%s", code, px.didFire(), out)
+	}
+	t.Logf("ferry migrate (exit %d): %s", code, lastLine(out))
+	line, _ := dstA.p.waitFor(reKeeping, dstFrom, 30*time.Second)
+	m := reKeeping.FindStringSubmatch(line)
+	held, _ := strconv.Atoi(m[1])
+	total, _ := strconv.Atoi(m[2])
+	dstA.p.waitFor(reDstFailed, dstFrom, 30*time.Second)
+	noGuestSince(t, dstA, dstFrom)
+	px.close()
+	if st, _ := runFerry(t, "status", "--api-socket", src.sock); !strings.Contains(st, `"state":"running"`) || !strings.Contains(st, m[3]) {
+		t.Fatalf("source after the cut: %s (want running, VM id %s)", st, m[3])
+	}
+	if held < total/2 {
+		t.Fatalf("the receiver kept %d of %d pages: the cut came too early for this test", held, total)
+	}
+	t.Logf("destination: %s", line)
+
+	t.Log("== ferry migrate --resume B → A")
+	resumed := migratePlain(t, src, dstA, addrA, "--resume")
+	dstA.p.waitFor(regexp.MustCompile(`resumed: \d+ pages were kept from the failed attempt`), dstFrom, 10*time.Second)
+	it0 := resumed.Iterations[0]
+	if it0.PagesHeld == 0 || it0.PagesHeld > uint64(held) {
+		t.Fatalf("resumed iteration 0 skipped %d held pages (the destination kept %d)", it0.PagesHeld, held)
+	}
+	if resumed.BytesTotal*2 > fresh.BytesTotal {
+		t.Fatalf("the resumed migration sent %d bytes, a fresh one %d: not far fewer", resumed.BytesTotal, fresh.BytesTotal)
+	}
+	mb := func(b int64) string { return fmt.Sprintf("%.2f MiB", float64(b)/(1<<20)) }
+	t.Logf("RESUME RESULT (%s, 128 MiB guest, %d pages): fresh migration sent %s (%d iterations, iteration 0 %s); "+
+		"cut attempt sent ~%s before the cut, destination kept %d pages; resumed migration sent %s (%.1f%% of fresh; iteration 0: %d pages held, %d sent, %d zero), received %s of HELD records",
+		cmdline, total, mb(fresh.BytesTotal), len(fresh.Iterations), mb(fresh.Iterations[0].Bytes),
+		mb(cutAt), held, mb(resumed.BytesTotal), 100*float64(resumed.BytesTotal)/float64(fresh.BytesTotal),
+		it0.PagesHeld, it0.PagesSent, it0.PagesZero, mb(resumed.BytesReceived))
+}
