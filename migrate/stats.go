@@ -77,7 +77,7 @@ func (s *Stats) Summary() string {
 	}
 	resumed := ""
 	if s.Resumed {
-		resumed = fmt.Sprintf(", resumed (the destination held %d pages, %.1f MiB of HELD records)", s.DestinationHeld, float64(s.BytesReceived)/mib)
+		resumed = fmt.Sprintf(", resumed (the destination held %d pages; %.2f MiB received from it)", s.DestinationHeld, float64(s.BytesReceived)/mib)
 	}
 	return fmt.Sprintf("migrated in %.3f s, downtime %.1f ms, %d iterations, %.1f MiB sent, %s%s",
 		s.TotalSeconds, s.DowntimeMS, len(s.Iterations), float64(s.BytesTotal)/mib, conv, resumed)
