@@ -84,6 +84,18 @@ demo: build guest
 boot: build guest
 	$(BIN) run --memory 128M --cmdline "ferry.run=poweroff"
 
+# make bench: ferry vs QEMU live migration on the guest's false-dirty
+# workloads (bench/migbench, about 30 minutes here). Installs the Debian
+# packages (qemu-system-x86 among them) and builds ferry and the guest first.
+# Writes bench/results.json, bench/mix-iterations.svg and the complete
+# output to bench/results/migbench.txt. BENCH_FLAGS go to bench/migbench
+# (e.g. BENCH_FLAGS="-workloads mix -bws 32"; -h lists them).
+BENCH_FLAGS ?=
+.PHONY: bench
+bench: deps build guest
+	$(GO) build -o bin/migbench ./bench/migbench
+	bash -c 'set -o pipefail; bin/migbench $(BENCH_FLAGS) 2>&1 | tee bench/results/migbench.txt'
+
 clean:
 	rm -rf bin $(GUESTOUT)
 

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The ferry side: `ferry run` boots the guest, `ferry receive` waits on the
+// other host, `ferry migrate` (from the root namespace, through the source's
+// control socket) moves it.
+
+var (
+	reFerryIter     = regexp.MustCompile(`^(?:iter ([0-9]+)|stop-and-copy \(iter ([0-9]+)\)): dirty ([0-9]+), false-dirty skipped ([0-9]+), zero ([0-9]+), sent ([0-9]+), ([0-9.]+) MiB in ([0-9.]+) s`)
+	reFerryWaiting  = regexp.MustCompile(`waiting for a migration on`)
+	reFerryReceived = regexp.MustCompile(`guest received from .* and running`)
+)
+
+// ferryBoot starts `ferry run` on h with the workload's parameters.
+func (b *bench) ferryBoot(h *host, w workload) (*vm, error) {
+	b.seq++
+	sock := filepath.Join(b.tmp, fmt.Sprintf("ferry-%d.sock", b.seq))
+	argv := h.wrap(b.ferry, "run", "--memory", b.mem, "--kernel", b.kernel, "--initrd", b.initrd,
+		"--api-socket", sock, "--cmdline", w.cmdline(b))
+	p, err := startProc(fmt.Sprintf("ferry run #%d", b.seq), b.logPath(fmt.Sprintf("%02d-ferry-run", b.seq)), argv)
+	if err != nil {
+		return nil, err
+	}
+	return &vm{p: p, h: h, sock: sock, family: "ferry"}, nil
+}
+
+// ferryMigrate runs one migration from src to the other host. It returns the
+// VM that runs the guest afterwards (the destination's, or src when the
+// migration failed), or nil when the guest is lost or in doubt.
+func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) *vm {
+	b.seq++
+	port := b.nextPort()
+	sock := filepath.Join(b.tmp, fmt.Sprintf("ferry-%d.sock", b.seq))
+	rargs := []string{b.ferry, "receive", "--listen", fmt.Sprintf("%s:%d", dstHost.addr, port), "--api-socket", sock}
+	if dstHost.addr != "127.0.0.1" {
+		// plain TCP between our own two namespaces; TLS is not what is compared
+		rargs = append(rargs, "--insecure")
+	}
+	dp, err := startProc(fmt.Sprintf("ferry receive #%d", b.seq), b.logPath(fmt.Sprintf("%02d-ferry-receive", b.seq)), dstHost.wrap(rargs...))
+	if err != nil {
+		r.fail("start ferry receive: %v", err)
+		return src
+	}
+	dst := &vm{p: dp, h: dstHost, sock: sock, family: "ferry"}
+	if _, _, _, err := dp.waitFor(reFerryWaiting, 0, 30*time.Second); err != nil {
+		r.fail("ferry receive did not start: %v", err)
+		dp.stop()
+		return src
+	}
+
+	statsFile := filepath.Join(b.tmp, fmt.Sprintf("stats-%d.json", b.seq))
+	margs := []string{"migrate", "--api-socket", src.sock, "--to", fmt.Sprintf("%s:%d", dstHost.addr, port),
+		"--downtime", b.downtime.String(), "--max-iterations", strconv.Itoa(b.maxIter),
+		"--timeout", b.bound.String(), "--on-timeout", "abort", "--stats-json", statsFile}
+	if bw > 0 {
+		margs = append(margs, "--max-bandwidth", fmt.Sprintf("%dMiB/s", bw))
+	}
+	margs = append(margs, sys.ferryFlags...)
+	r.Command = "ferry " + shellQuote(margs)
+
+	srcMark := src.p.count()
+	tx0, _ := src.h.txBytes()
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), b.bound+3*time.Minute)
+	cmd := exec.CommandContext(ctx, b.ferry, margs...)
+	out, _ := cmd.CombinedOutput()
+	cancel()
+	r.WallSeconds = time.Since(t0).Seconds()
+	code := cmd.ProcessState.ExitCode()
+	os.WriteFile(b.logPath(fmt.Sprintf("%02d-ferry-migrate", b.seq)), out, 0o644)
+	tx1, _ := src.h.txBytes()
+	if tx0 >= 0 && tx1 >= 0 {
+		r.WireBytes = tx1 - tx0
+	}
+
+	// Per-iteration lines (printed whether or not the migration ends well).
+	var mib float64
+	for _, l := range strings.Split(string(out), "\n") {
+		m := reFerryIter.FindStringSubmatch(strings.TrimSpace(l))
+		if m == nil {
+			continue
+		}
+		it := IterStat{StopAndCopy: m[2] != ""}
+		it.Iteration = atoi(m[1] + m[2])
+		it.PagesDirty = u64p(m[3])
+		it.PagesFalseDirty = u64p(m[4])
+		it.PagesZero = u64p(m[5])
+		it.PagesSent = u64p(m[6])
+		f, _ := strconv.ParseFloat(m[7], 64)
+		mib += f
+		it.Bytes = int64(f * (1 << 20))
+		it.Seconds, _ = strconv.ParseFloat(m[8], 64)
+		r.PerIteration = append(r.PerIteration, it)
+	}
+	r.Iterations = len(r.PerIteration)
+
+	switch code {
+	case 0:
+		var st struct {
+			Iterations []struct {
+				Iteration       int     `json:"iteration"`
+				StopAndCopy     bool    `json:"stop_and_copy"`
+				PagesDirty      uint64  `json:"pages_dirty"`
+				PagesFalseDirty uint64  `json:"pages_false_dirty"`
+				PagesZero       uint64  `json:"pages_zero"`
+				PagesSent       uint64  `json:"pages_sent"`
+				Bytes           int64   `json:"bytes"`
+				Seconds         float64 `json:"seconds"`
+			} `json:"iterations"`
+			TotalSeconds float64 `json:"total_seconds"`
+			DowntimeMS   float64 `json:"downtime_ms"`
+			BytesTotal   int64   `json:"bytes_total"`
+			Converged    bool    `json:"converged"`
+		}
+		data, err := os.ReadFile(statsFile)
+		if err == nil {
+			err = json.Unmarshal(data, &st)
+		}
+		if err != nil {
+			r.fail("--stats-json: %v", err)
+		} else {
+			r.Migrated = true
+			r.Converged = st.Converged
+			r.TotalSeconds = st.TotalSeconds
+			r.DowntimeMS = &st.DowntimeMS
+			r.BytesReported = st.BytesTotal
+			r.PerIteration = r.PerIteration[:0]
+			for _, it := range st.Iterations {
+				r.PerIteration = append(r.PerIteration, IterStat{Iteration: it.Iteration, StopAndCopy: it.StopAndCopy,
+					PagesDirty: &it.PagesDirty, PagesFalseDirty: &it.PagesFalseDirty, PagesZero: &it.PagesZero,
+					PagesSent: &it.PagesSent, Bytes: it.Bytes, Seconds: it.Seconds})
+			}
+			r.Iterations = len(st.Iterations)
+		}
+	case 1:
+		// Failed before COMMIT: the guest keeps running on the source.
+		r.TotalSeconds = r.WallSeconds
+		r.BytesReported = int64(mib * (1 << 20))
+		if strings.Contains(string(out), "did not converge") {
+			r.Check = "not converged: aborted at the bound, guest kept on the source"
+		} else {
+			r.fail("ferry migrate exit 1: %s", lastLine(string(out)))
+		}
+	default:
+		r.fail("ferry migrate exit %d: %s", code, lastLine(string(out)))
+	}
+	if r.BytesTotal = r.WireBytes; r.WireBytes < 0 || src.h.dev == "" {
+		r.BytesTotal = r.BytesReported
+	}
+
+	if !r.Migrated {
+		dp.stop()
+		if code == 3 || code < 0 {
+			return nil // in doubt: start over with a fresh guest
+		}
+		if err := b.verifyRuns(src, srcMark); err != nil {
+			r.fail("source guest after the failed migration: %v", err)
+			return nil
+		}
+		return src
+	}
+	// The source ferry exits 0 once the guest is handed over.
+	if c := src.p.exitCode(60 * time.Second); c != 0 {
+		r.fail("source ferry exit status %d after the migration", c)
+	}
+	src.p.stop()
+	if _, _, _, err := dp.waitFor(reFerryReceived, 0, 30*time.Second); err != nil {
+		r.fail("destination: %v", err)
+		dp.stop()
+		return nil
+	}
+	b.counterCheck(src, dst, r)
+	return dst
+}
+
+func lastLine(s string) string {
+	ls := strings.Split(strings.TrimSpace(s), "\n")
+	return ls[len(ls)-1]
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
+}
+
+func u64p(s string) *uint64 {
+	n, _ := strconv.ParseUint(s, 10, 64)
+	return &n
+}

@@ -1,0 +1,338 @@
+// Command migbench compares ferry's live migration with QEMU's on the guest
+// image's false-dirty workloads (issue 4). See BENCHMARKS.md, section 3.
+//
+// For each workload it boots the guest under ferry on host A and migrates
+// it back and forth between the two hosts, once per ferry variant and
+// bandwidth cap; then the same under QEMU (-enable-kvm) for QEMU's default
+// migration and XBZRLE. Both peers get the same kernel, initramfs, kernel
+// command line (ferry's defaults plus the workload's parameters), memory,
+// vCPU count, bandwidth cap, downtime budget and time bound, and run in the
+// same two network namespaces joined by a veth pair (loopback without
+// root). Every migration is checked: the guest's counter and memory writer
+// must go on at the destination (or, after a migration that gave up, at
+// the source).
+//
+// Usage: go run ./bench/migbench [flags]   (make bench runs it)
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type workload struct {
+	Name  string
+	Mode  string
+	Same  int    // percent of writes that leave the page unchanged
+	Class string // target class: "filter" (>= 60% write-not-dirty), "no-filter", "idle", "" (none)
+	Note  string
+}
+
+var allWorkloads = []workload{
+	{"random", "random", 0, "no-filter", "every write changes its page"},
+	{"same", "same", 100, "filter", "every write stores the value already there"},
+	{"mix", "mix", 70, "filter", "70% unchanged rewrites (zeusmp ~70%)"},
+	{"mcf", "mix", 80, "filter", "80% unchanged rewrites (mcf ~80%)"},
+	{"memcached", "mix", 45, "", "45% unchanged rewrites (memcached, bzip2 ~45%)"},
+	{"hot", "hot", 0, "no-filter", "all writes in a 1 MiB hot set, every write changes its page"},
+	{"idle", "idle", 0, "idle", "working set filled, then no writes"},
+	{"zeusmp", "mix", 70, "filter", "= mix"},
+	{"bzip2", "mix", 45, "", "= memcached"},
+}
+
+func (w workload) cmdline(b *bench) string {
+	s := fmt.Sprintf("ferry.run=dirty ferry.mode=%s ferry.ws=%s ferry.rate=%d", w.Mode, b.ws, b.rate)
+	switch w.Mode {
+	case "mix":
+		s += fmt.Sprintf(" ferry.same=%d", w.Same)
+	case "hot":
+		s += " ferry.hot=" + b.hot
+	}
+	return s
+}
+
+type system struct {
+	name       string
+	family     string // ferry or qemu
+	ferryFlags []string
+	xbzrle     bool
+}
+
+var allSystems = []system{
+	{name: "ferry", family: "ferry"},
+	{name: "ferry-no-digest", family: "ferry", ferryFlags: []string{"--no-digest"}},
+	{name: "ferry-no-clear", family: "ferry", ferryFlags: []string{"--no-clear-before-send"}},
+	{name: "qemu", family: "qemu"},
+	{name: "qemu-xbzrle", family: "qemu", xbzrle: true},
+}
+
+// IterStat is one pre-copy iteration (or the stop-and-copy pass). Fields a
+// peer does not report are null. Approx marks QEMU rows whose sent/zero/
+// bytes come from 50 ms query-migrate polls. PagesSent counts full pages.
+type IterStat struct {
+	Iteration       int     `json:"iteration"`
+	StopAndCopy     bool    `json:"stop_and_copy"`
+	PagesDirty      *uint64 `json:"pages_dirty"`
+	PagesFalseDirty *uint64 `json:"pages_false_dirty"`
+	PagesZero       *uint64 `json:"pages_zero"`
+	PagesSent       *uint64 `json:"pages_sent"`
+	PagesXBZRLE     *uint64 `json:"pages_xbzrle,omitempty"` // QEMU: pages sent XBZRLE-encoded
+	Bytes           int64   `json:"bytes"`
+	Seconds         float64 `json:"seconds"`
+	Approx          bool    `json:"approx,omitempty"`
+}
+
+type QemuInfo struct {
+	Status         string  `json:"status"`
+	SetupMS        int64   `json:"setup_ms"`
+	DirtySyncCount int64   `json:"dirty_sync_count"`
+	Normal         int64   `json:"ram_normal"`
+	Duplicate      int64   `json:"ram_duplicate"`
+	Mbps           float64 `json:"mbps"`
+	XBZRLE         any     `json:"xbzrle_cache,omitempty"`
+}
+
+// Run is one migration.
+type Run struct {
+	N                int        `json:"run"`
+	Workload         string     `json:"workload"`
+	GuestParams      string     `json:"guest_params"`
+	System           string     `json:"system"`
+	MaxBandwidthMiBs int        `json:"max_bandwidth_mibs"`
+	TotalSeconds     float64    `json:"total_seconds"`
+	DowntimeMS       *float64   `json:"downtime_ms"`
+	BytesTotal       int64      `json:"bytes_total"`
+	WireBytes        int64      `json:"wire_bytes"`
+	BytesReported    int64      `json:"bytes_reported"`
+	Iterations       int        `json:"iterations"`
+	Converged        bool       `json:"converged"`
+	Migrated         bool       `json:"migrated"`
+	Check            string     `json:"check"`
+	CounterGapMS     *float64   `json:"counter_gap_ms"`
+	WallSeconds      float64    `json:"wall_seconds"`
+	GuestWritesPerS  int        `json:"guest_writes_per_s"`
+	GuestSamePct     int        `json:"guest_same_pct"`
+	From             string     `json:"from"`
+	To               string     `json:"to"`
+	ChainPos         int        `json:"chain_position"`
+	Started          string     `json:"started_utc"`
+	Load             string     `json:"loadavg"`
+	Command          string     `json:"command"`
+	PerIteration     []IterStat `json:"per_iteration"`
+	QEMU             *QemuInfo  `json:"qemu,omitempty"`
+	Error            string     `json:"error,omitempty"`
+
+	wl workload
+}
+
+func (r *Run) fail(format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	if r.Error != "" {
+		r.Error += "; "
+	}
+	r.Error += msg
+}
+
+// vm is a running guest: its VMM process and where to control it.
+type vm struct {
+	p      *proc
+	h      *host
+	sock   string // ferry control socket or QMP socket
+	family string
+	qmp    *qmpConn
+}
+
+func (v *vm) stop() {
+	if v == nil {
+		return
+	}
+	if v.qmp != nil {
+		v.qmp.close()
+	}
+	v.p.stop()
+}
+
+type bench struct {
+	ferry, qemu, kernel, initrd string
+	mem, ws, hot                string
+	rate                        int
+	downtime, bound             time.Duration
+	bootWait                    time.Duration
+	maxIter                     int
+	tmp, logs                   string
+	defaultCmdline              string
+	hosts                       [2]*host
+	seq, port                   int
+	runs                        []*Run
+	out                         string
+	cmdlines                    map[string]string // workload/family -> kernel "Command line:"
+}
+
+func (b *bench) nextPort() int { b.port++; return b.port }
+
+func (b *bench) logPath(name string) string { return filepath.Join(b.logs, name+".log") }
+
+func (b *bench) totalPages() uint64 {
+	n, _ := parseSize(b.mem)
+	return n / 4096
+}
+
+func parseSize(s string) (uint64, error) {
+	mult := uint64(1)
+	switch {
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1<<30, strings.TrimSuffix(s, "G")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "M")
+	case strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, strings.TrimSuffix(s, "K")
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	return n * mult, err
+}
+
+func main() {
+	root, _ := os.Getwd()
+	var (
+		ferryBin  = flag.String("ferry", filepath.Join(root, "bin/ferry"), "ferry binary")
+		qemuBin   = flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
+		guestDir  = flag.String("guest", filepath.Join(root, "guest-images/out"), "guest image directory (vmlinux, initramfs.cpio)")
+		wls       = flag.String("workloads", "same,mix,mcf,memcached,random,hot,idle", "workloads, comma-separated (also zeusmp = mix, bzip2 = memcached)")
+		syss      = flag.String("systems", "ferry,ferry-no-digest,ferry-no-clear,qemu,qemu-xbzrle", "systems, comma-separated")
+		bws       = flag.String("bws", "32,0", "bandwidth caps in MiB/s, comma-separated (0: unlimited)")
+		mem       = flag.String("mem", "128M", "guest memory")
+		ws        = flag.String("ws", "32M", "the writer's working set (ferry.ws)")
+		hot       = flag.String("hot", "1M", "hot set for the hot workload (ferry.hot)")
+		rate      = flag.Int("rate", 20000, "the writer's page writes per second (ferry.rate); 20000 in a 32 MiB working set dirties about as many distinct pages per second as a 32 MiB/s link carries")
+		downtime  = flag.Duration("downtime", 300*time.Millisecond, "downtime budget (both peers)")
+		bound     = flag.Duration("bound", 30*time.Second, "give a migration up after this long (ferry --timeout --on-timeout abort; QEMU migrate_cancel)")
+		maxIter   = flag.Int("max-iterations", 1000, "ferry --max-iterations (QEMU has no such limit: the time bound is the common one)")
+		bootWait  = flag.Duration("boot-wait", 400*time.Second, "wait this long for the guest's first FERRY-DIRTY line")
+		netns     = flag.String("netns", "auto", "two network namespaces (1), loopback (0), or auto (namespaces as root)")
+		out       = flag.String("out", filepath.Join(root, "bench"), "directory for results.json and the SVG plot")
+		logs      = flag.String("logs", "", "directory for the VMMs' logs (default: a new one under /tmp)")
+		reportDir = flag.String("report", "", "only print the report for an existing results.json in this directory")
+	)
+	flag.Parse()
+	if *reportDir != "" {
+		runs, err := loadRuns(filepath.Join(*reportDir, "results.json"))
+		if err != nil {
+			fatal("%v", err)
+		}
+		report(os.Stdout, runs, *reportDir)
+		return
+	}
+	b := &bench{qemu: *qemuBin, mem: *mem, ws: *ws, hot: *hot, rate: *rate, downtime: *downtime,
+		bound: *bound, bootWait: *bootWait, maxIter: *maxIter, out: *out, cmdlines: map[string]string{}}
+	b.port = 7600 + os.Getpid()%1000
+
+	var workloads []workload
+	for _, n := range strings.Split(*wls, ",") {
+		w, ok := findWorkload(strings.TrimSpace(n))
+		if !ok {
+			fatal("unknown workload %q", n)
+		}
+		workloads = append(workloads, w)
+	}
+	var systems []system
+	for _, n := range strings.Split(*syss, ",") {
+		found := false
+		for _, s := range allSystems {
+			if s.name == strings.TrimSpace(n) {
+				systems, found = append(systems, s), true
+			}
+		}
+		if !found {
+			fatal("unknown system %q", n)
+		}
+	}
+	var caps []int
+	for _, s := range strings.Split(*bws, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 0 {
+			fatal("bad -bws %q", *bws)
+		}
+		caps = append(caps, n)
+	}
+
+	var err error
+	if b.tmp, err = os.MkdirTemp("", "ferry-migbench."); err != nil {
+		fatal("%v", err)
+	}
+	b.logs = *logs
+	if b.logs == "" {
+		b.logs = filepath.Join(b.tmp, "logs")
+	}
+	os.MkdirAll(b.logs, 0o755)
+	// Private copies: other engineers may rebuild bin/ferry or the guest
+	// image while this runs.
+	b.ferry, b.kernel, b.initrd = filepath.Join(b.tmp, "ferry"), filepath.Join(b.tmp, "vmlinux"), filepath.Join(b.tmp, "initramfs.cpio")
+	for dst, src := range map[string]string{b.ferry: *ferryBin, b.kernel: filepath.Join(*guestDir, "vmlinux"), b.initrd: filepath.Join(*guestDir, "initramfs.cpio")} {
+		if err := copyFile(dst, src); err != nil {
+			fatal("%v (make build guest)", err)
+		}
+	}
+
+	useNetns := *netns == "1" || (*netns == "auto" && os.Geteuid() == 0)
+	if b.hosts, cleanupHosts, err = setupHosts(useNetns); err != nil {
+		fatal("%v", err)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		fmt.Fprintf(os.Stderr, "migbench: %v: stopping\n", s)
+		stopAll()
+		cleanupHosts()
+		os.Exit(130)
+	}()
+	defer cleanupHosts()
+	defer stopAll()
+
+	if b.defaultCmdline, err = b.probeCmdline(); err != nil {
+		fatal("%v", err)
+	}
+	b.header(workloads, systems, caps)
+
+	start := time.Now()
+	for _, w := range workloads {
+		for _, fam := range []string{"ferry", "qemu"} {
+			b.chain(w, fam, systems, caps)
+		}
+	}
+	fmt.Printf("\n== all runs done in %s\n", time.Since(start).Round(time.Second))
+	for k, v := range b.cmdlines {
+		fmt.Printf("kernel command line (%s): %s\n", k, v)
+	}
+	if err := b.save(); err != nil {
+		fatal("%v", err)
+	}
+	fmt.Println()
+	report(os.Stdout, b.runs, b.out)
+	fmt.Printf("\nlogs: %s\n", b.logs)
+}
+
+func findWorkload(name string) (workload, bool) {
+	for _, w := range allWorkloads {
+		if w.Name == name {
+			return w, true
+		}
+	}
+	return workload{}, false
+}
+
+var cleanupHosts = func() {}
+
+func fatal(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "migbench: "+format+"\n", a...)
+	stopAll()
+	cleanupHosts()
+	os.Exit(1)
+}

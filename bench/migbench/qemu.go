@@ -1,0 +1,373 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+// The QEMU side: qemu-system-x86_64 -enable-kvm (microvm, set up as
+// bench/boot-qemu.sh does), driven through QMP on a unix socket.
+
+// qemuArgs is the QEMU command line for a guest with kernel command line
+// cmdline, controlled through the QMP socket sock.
+func (b *bench) qemuArgs(cmdline, sock string) []string {
+	return []string{b.qemu,
+		"-M", "microvm,x-option-roms=off,acpi=off,rtc=on,auto-kernel-cmdline=off",
+		"-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", b.mem, "-smp", "1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+		"-device", "i8042", "-no-reboot",
+		"-kernel", b.kernel, "-initrd", b.initrd, "-append", cmdline,
+		"-qmp", "unix:" + sock + ",server=on,wait=off",
+		// Observation only (one line per dirty-bitmap sync, one per page
+		// XBZRLE finds unchanged); QEMU's migration itself is untouched.
+		"-trace", "migration_bitmap_sync_end", "-trace", "save_xbzrle_page_skipping",
+	}
+}
+
+func (b *bench) qemuBoot(h *host, w workload) (*vm, error) {
+	b.seq++
+	sock := filepath.Join(b.tmp, fmt.Sprintf("qmp-%d.sock", b.seq))
+	argv := h.wrap(b.qemuArgs(b.defaultCmdline+" "+w.cmdline(b), sock)...)
+	p, err := startProc(fmt.Sprintf("qemu #%d", b.seq), b.logPath(fmt.Sprintf("%02d-qemu", b.seq)), argv)
+	if err != nil {
+		return nil, err
+	}
+	v := &vm{p: p, h: h, sock: sock, family: "qemu"}
+	if v.qmp, err = dialQMP(sock, 30*time.Second); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return v, nil
+}
+
+type qmpConn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialQMP(path string, d time.Duration) (*qmpConn, error) {
+	deadline := time.Now().Add(d)
+	var c net.Conn
+	var err error
+	for {
+		if c, err = net.Dial("unix", path); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("QMP %s: %v", path, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	q := &qmpConn{c: c, r: bufio.NewReader(c)}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := q.r.ReadBytes('\n'); err != nil { // greeting
+		c.Close()
+		return nil, fmt.Errorf("QMP greeting: %v", err)
+	}
+	if _, err := q.cmd("qmp_capabilities", nil); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// cmd runs one QMP command and returns its "return" value (events are skipped).
+func (q *qmpConn) cmd(name string, args any) (json.RawMessage, error) {
+	q.c.SetDeadline(time.Now().Add(10 * time.Second))
+	req := map[string]any{"execute": name}
+	if args != nil {
+		req["arguments"] = args
+	}
+	data, _ := json.Marshal(req)
+	if _, err := q.c.Write(append(data, '\n')); err != nil {
+		return nil, fmt.Errorf("QMP %s: %v", name, err)
+	}
+	for {
+		l, err := q.r.ReadBytes('\n')
+		if err != nil {
+			return nil, fmt.Errorf("QMP %s: %v", name, err)
+		}
+		var resp struct {
+			Return json.RawMessage `json:"return"`
+			Error  *struct {
+				Class string `json:"class"`
+				Desc  string `json:"desc"`
+			} `json:"error"`
+			Event string `json:"event"`
+		}
+		if err := json.Unmarshal(l, &resp); err != nil {
+			return nil, fmt.Errorf("QMP %s: %v: %s", name, err, l)
+		}
+		switch {
+		case resp.Event != "":
+			continue
+		case resp.Error != nil:
+			return nil, fmt.Errorf("QMP %s: %s: %s", name, resp.Error.Class, resp.Error.Desc)
+		}
+		return resp.Return, nil
+	}
+}
+
+func (q *qmpConn) close() { q.c.Close() }
+
+// migInfo is the part of query-migrate the benchmark uses.
+type migInfo struct {
+	Status    string `json:"status"`
+	TotalTime int64  `json:"total-time"`
+	Downtime  *int64 `json:"downtime"`
+	SetupTime int64  `json:"setup-time"`
+	ErrorDesc string `json:"error-desc"`
+	RAM       *struct {
+		Transferred    int64   `json:"transferred"`
+		Remaining      int64   `json:"remaining"`
+		Total          int64   `json:"total"`
+		Duplicate      int64   `json:"duplicate"`
+		Normal         int64   `json:"normal"`
+		NormalBytes    int64   `json:"normal-bytes"`
+		DirtySyncCount int64   `json:"dirty-sync-count"`
+		Mbps           float64 `json:"mbps"`
+		DirtyPagesRate int64   `json:"dirty-pages-rate"`
+	} `json:"ram"`
+	XBZRLE *struct {
+		CacheSize     int64   `json:"cache-size"`
+		Bytes         int64   `json:"bytes"`
+		Pages         int64   `json:"pages"`
+		CacheMiss     int64   `json:"cache-miss"`
+		CacheMissRate float64 `json:"cache-miss-rate"`
+		EncodingRate  float64 `json:"encoding-rate"`
+		Overflow      int64   `json:"overflow"`
+	} `json:"xbzrle-cache"`
+}
+
+type migSample struct {
+	t          time.Time
+	sync       int64
+	normal     int64
+	duplicate  int64
+	xbzrle     int64
+	transfered int64
+}
+
+var (
+	reSyncEnd    = regexp.MustCompile(`migration_bitmap_sync_end dirty_pages ([0-9]+)`)
+	reXBZRLESkip = regexp.MustCompile(`save_xbzrle_page_skipping`)
+)
+
+func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) *vm {
+	b.seq++
+	port := b.nextPort()
+	sock := filepath.Join(b.tmp, fmt.Sprintf("qmp-%d.sock", b.seq))
+	argv := b.qemuArgs(b.defaultCmdline+" "+r.wl.cmdline(b), sock)
+	argv = append(argv, "-incoming", fmt.Sprintf("tcp:%s:%d", dstHost.addr, port))
+	dp, err := startProc(fmt.Sprintf("qemu incoming #%d", b.seq), b.logPath(fmt.Sprintf("%02d-qemu-incoming", b.seq)), dstHost.wrap(argv...))
+	if err != nil {
+		r.fail("start QEMU -incoming: %v", err)
+		return src
+	}
+	dst := &vm{p: dp, h: dstHost, sock: sock, family: "qemu"}
+	if dst.qmp, err = dialQMP(sock, 30*time.Second); err != nil {
+		r.fail("QEMU -incoming: %v", err)
+		dp.stop()
+		return src
+	}
+	abandon := func(format string, a ...any) *vm {
+		r.fail(format, a...)
+		dst.qmp.close()
+		dp.stop()
+		return src
+	}
+	q := src.qmp
+	caps := []map[string]any{{"capability": "xbzrle", "state": sys.xbzrle}}
+	if _, err := q.cmd("migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
+		return abandon("%v", err)
+	}
+	// max-bandwidth 0: no rate limit (QEMU's own default is 128 MiB/s).
+	params := map[string]any{"max-bandwidth": int64(bw) << 20, "downtime-limit": b.downtime.Milliseconds()}
+	if _, err := q.cmd("migrate-set-parameters", params); err != nil {
+		return abandon("%v", err)
+	}
+	uri := fmt.Sprintf("tcp:%s:%d", dstHost.addr, port)
+	r.Command = fmt.Sprintf(`QMP: migrate-set-capabilities xbzrle=%v; migrate-set-parameters max-bandwidth=%d downtime-limit=%d; migrate uri=%s`,
+		sys.xbzrle, int64(bw)<<20, b.downtime.Milliseconds(), uri)
+
+	srcMark := src.p.count()
+	tx0, _ := src.h.txBytes()
+	t0 := time.Now()
+	if _, err := q.cmd("migrate", map[string]any{"uri": uri}); err != nil {
+		return abandon("%v", err)
+	}
+	var info migInfo
+	var samples []migSample
+	cancelled := false
+	for {
+		raw, err := q.cmd("query-migrate", nil)
+		if err == nil {
+			err = json.Unmarshal(raw, &info)
+		}
+		if err != nil {
+			return abandon("query-migrate: %v", err)
+		}
+		if info.RAM != nil {
+			s := migSample{t: time.Now(), sync: info.RAM.DirtySyncCount, normal: info.RAM.Normal,
+				duplicate: info.RAM.Duplicate, transfered: info.RAM.Transferred}
+			if info.XBZRLE != nil {
+				s.xbzrle = info.XBZRLE.Pages
+			}
+			samples = append(samples, s)
+		}
+		if info.Status == "completed" || info.Status == "failed" || info.Status == "cancelled" {
+			break
+		}
+		if !cancelled && time.Since(t0) >= b.bound {
+			// The same bound as ferry's --timeout with --on-timeout abort.
+			if _, err := q.cmd("migrate_cancel", nil); err != nil {
+				return abandon("%v", err)
+			}
+			cancelled = true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.WallSeconds = time.Since(t0).Seconds()
+	time.Sleep(200 * time.Millisecond) // the last trace lines
+	tx1, _ := src.h.txBytes()
+	if tx0 >= 0 && tx1 >= 0 {
+		r.WireBytes = tx1 - tx0
+	}
+	qi := &QemuInfo{Status: info.Status, SetupMS: info.SetupTime}
+	if info.RAM != nil {
+		r.BytesReported = info.RAM.Transferred
+		r.Iterations = int(info.RAM.DirtySyncCount)
+		qi.DirtySyncCount = info.RAM.DirtySyncCount
+		qi.Normal, qi.Duplicate, qi.Mbps = info.RAM.Normal, info.RAM.Duplicate, info.RAM.Mbps
+	}
+	if info.XBZRLE != nil {
+		x := *info.XBZRLE
+		qi.XBZRLE = &x
+	}
+	r.QEMU = qi
+	r.PerIteration = qemuIterations(src.p, srcMark, t0, samples, b.totalPages())
+	r.BytesTotal = r.WireBytes
+	if r.WireBytes < 0 || src.h.dev == "" {
+		r.BytesTotal = r.BytesReported
+	}
+
+	switch info.Status {
+	case "completed":
+		r.Migrated, r.Converged = true, !cancelled
+		r.TotalSeconds = float64(info.TotalTime) / 1000
+		if info.Downtime != nil {
+			d := float64(*info.Downtime)
+			r.DowntimeMS = &d
+		}
+		if cancelled {
+			r.Check = "completed while being cancelled at the bound"
+		}
+	case "cancelled":
+		r.TotalSeconds = r.WallSeconds
+		r.Check = "not converged: cancelled at the bound, guest kept on the source"
+	default:
+		return abandon("migration %s: %s", info.Status, info.ErrorDesc)
+	}
+
+	if !r.Migrated {
+		if n := len(r.PerIteration); n > 0 {
+			r.PerIteration[n-1].StopAndCopy = false
+		}
+		dst.qmp.close()
+		dp.stop()
+		if err := b.verifyRuns(src, srcMark); err != nil {
+			r.fail("source guest after migrate_cancel: %v", err)
+			return nil
+		}
+		return src
+	}
+	// The destination runs the guest; the source is stopped for good.
+	var st struct {
+		Status string `json:"status"`
+	}
+	if raw, err := dst.qmp.cmd("query-status", nil); err != nil || json.Unmarshal(raw, &st) != nil || st.Status != "running" {
+		r.fail("destination QEMU status %q (%v)", st.Status, err)
+	}
+	q.cmd("quit", nil)
+	q.close()
+	src.qmp = nil
+	if src.p.exitCode(10*time.Second) < 0 {
+		src.p.stop()
+	}
+	b.counterCheck(src, dst, r)
+	return dst
+}
+
+// qemuIterations builds per-iteration rows: the pages each dirty-bitmap
+// sync found newly dirty and the pages XBZRLE skipped as unchanged come from
+// QEMU's trace lines (exact); pages and bytes sent come from the
+// query-migrate polls (50 ms apart), interpolated linearly to the time each
+// sync's trace line was read (approximate).
+func qemuIterations(p *proc, from int, t0 time.Time, samples []migSample, totalPages uint64) []IterStat {
+	var its []IterStat
+	var starts []time.Time
+	p.mu.Lock()
+	for _, l := range p.lines[from:] {
+		if m := reSyncEnd.FindStringSubmatch(l.s); m != nil {
+			n, _ := strconv.ParseUint(m[1], 10, 64)
+			if len(its) == 0 {
+				n = totalPages // the first sync: every page is pending already
+			}
+			zero := uint64(0)
+			its = append(its, IterStat{Iteration: len(its), PagesDirty: &n, PagesFalseDirty: &zero, Approx: true})
+			starts = append(starts, l.t)
+		} else if reXBZRLESkip.MatchString(l.s) && len(its) > 0 {
+			*its[len(its)-1].PagesFalseDirty++
+		}
+	}
+	p.mu.Unlock()
+	if len(its) == 0 || len(samples) == 0 {
+		return its
+	}
+	starts[0] = t0
+	// at interpolates the counters at time t.
+	at := func(t time.Time) [4]float64 {
+		prev := migSample{t: t0}
+		for _, s := range samples {
+			if !s.t.Before(t) {
+				span := s.t.Sub(prev.t).Seconds()
+				f := 1.0
+				if span > 0 {
+					f = t.Sub(prev.t).Seconds() / span
+				}
+				lerp := func(a, b int64) float64 { return float64(a) + f*float64(b-a) }
+				return [4]float64{lerp(prev.normal, s.normal), lerp(prev.duplicate, s.duplicate),
+					lerp(prev.xbzrle, s.xbzrle), lerp(prev.transfered, s.transfered)}
+			}
+			prev = s
+		}
+		return [4]float64{float64(prev.normal), float64(prev.duplicate), float64(prev.xbzrle), float64(prev.transfered)}
+	}
+	last := samples[len(samples)-1]
+	for k := range its {
+		begin := at(starts[k])
+		end := [4]float64{float64(last.normal), float64(last.duplicate), float64(last.xbzrle), float64(last.transfered)}
+		endT := last.t
+		if k+1 < len(its) {
+			end, endT = at(starts[k+1]), starts[k+1]
+		}
+		sent, zero, xb := uint64(math.Round(end[0]-begin[0])), uint64(math.Round(end[1]-begin[1])), uint64(math.Round(end[2]-begin[2]))
+		its[k].PagesSent, its[k].PagesZero = &sent, &zero
+		if xb > 0 {
+			its[k].PagesXBZRLE = &xb
+		}
+		its[k].Bytes = int64(end[3] - begin[3])
+		its[k].Seconds = endT.Sub(starts[k]).Seconds()
+	}
+	if n := len(its); n > 1 {
+		its[n-1].StopAndCopy = true
+	}
+	return its
+}
