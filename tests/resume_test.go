@@ -74,7 +74,7 @@ func TestMigrateResume(t *testing.T) {
 	}
 	mb := func(b int64) string { return fmt.Sprintf("%.2f MiB", float64(b)/(1<<20)) }
 	t.Logf("RESUME RESULT (%s, 128 MiB guest, %d pages): fresh migration sent %s (%d iterations, iteration 0 %s); "+
-		"cut attempt sent ~%s before the cut, destination kept %d pages; resumed migration sent %s (%.1f%% of fresh; iteration 0: %d pages held, %d sent, %d zero), received %s of HELD records",
+		"cut attempt sent ~%s before the cut, destination kept %d pages; resumed migration sent %s (%.1f%% of fresh; iteration 0: %d pages held, %d sent, %d zero), received %s from the destination (HELD records and answers)",
 		cmdline, total, mb(fresh.BytesTotal), len(fresh.Iterations), mb(fresh.Iterations[0].Bytes),
 		mb(cutAt), held, mb(resumed.BytesTotal), 100*float64(resumed.BytesTotal)/float64(fresh.BytesTotal),
 		it0.PagesHeld, it0.PagesSent, it0.PagesZero, mb(resumed.BytesReceived))
