@@ -266,9 +266,10 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 			return s.ioError("send pages", err)
 		}
 	}
+	force := s.table != nil && s.quiet()
 	if isZeroPage(page) {
 		if s.table != nil {
-			if s.table.Match(g, ZeroDigest) {
+			if !force && s.table.Match(g, ZeroDigest) {
 				s.skipped()
 				return nil
 			}
@@ -279,7 +280,7 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 	} else {
 		d := s.w.stageFull(g, page)
 		if s.table != nil {
-			if s.table.Match(g, d) {
+			if !force && s.table.Match(g, d) {
 				s.w.dropStaged()
 				s.skipped()
 				return nil
@@ -290,10 +291,44 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 		s.cur.PagesSent++
 	}
 	s.entries++
-	if _, n := s.w.pagesOpen(); n >= s.opts.BatchPages {
+	if _, n := s.w.pagesOpen(); n >= s.opts.BatchPages || force {
 		s.w.endPages()
 	}
+	if force {
+		if err := s.w.flush(); err != nil {
+			return s.ioError("send pages", err)
+		}
+	}
 	return nil
+}
+
+// The destination drops a source that sends nothing for its idle timeout
+// (30 s by default). An iteration that skips almost every page (a resumed
+// iteration 0, or false-dirty pages) can go that long without filling the
+// output buffer, so every keepaliveCheck pages the sender checks that
+// something went out within keepaliveEvery; if nothing did, it sends the
+// page at hand even though it could skip it (the destination stores the
+// same content again), and flushes.
+var (
+	keepaliveCheck = 1024
+	keepaliveEvery = time.Second
+)
+
+// quiet reports whether the connection has been idle too long.
+func (s *sender) quiet() bool {
+	if s.visited++; s.visited < keepaliveCheck {
+		return false
+	}
+	s.visited = 0
+	if q := s.w.queued; q != s.outMark || s.outAt.IsZero() {
+		s.outMark, s.outAt = q, time.Now()
+		return false
+	}
+	if time.Since(s.outAt) < keepaliveEvery {
+		return false
+	}
+	s.outAt = time.Now()
+	return true
 }
 
 // skipped counts a page whose digest matched: in iteration 0 only the

@@ -111,12 +111,15 @@ func decodeHeld(p []byte, want, total uint64, held func(page uint64, d Digest)) 
 
 // writeHeld sends the HELD records describing r.table, in page order.
 func (r *receiver) writeHeld(conn io.Writer) error {
-	if idle := r.opts.IdleTimeout; idle > 0 {
-		// A source that stops reading must not block this side forever.
-		setWriteDeadline(conn, time.Now().Add(idle))
+	idle := r.opts.IdleTimeout
+	if idle > 0 {
 		defer setWriteDeadline(conn, time.Time{})
 	}
 	for first := uint64(0); first < r.total; first += MaxHeldPages {
+		if idle > 0 {
+			// A source that stops reading must not block this side forever.
+			setWriteDeadline(conn, time.Now().Add(idle))
+		}
 		n := int(min(MaxHeldPages, r.total-first))
 		if err := writeRecord(conn, RecHeld, encodeHeld(r.table, first, n)); err != nil {
 			return fmt.Errorf("migrate: send HELD: %w", err)

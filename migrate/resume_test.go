@@ -444,3 +444,27 @@ func TestReceiverResumeStrict(t *testing.T) {
 		t.Fatalf("HELLO with unknown flags: %v", err)
 	}
 }
+
+// A resumed iteration 0 that skips nearly every page still sends
+// something regularly (keepalive), so that the destination's idle timeout
+// does not drop it; the pages it sends again are harmless.
+func TestResumeKeepalive(t *testing.T) {
+	oldCheck, oldEvery := keepaliveCheck, keepaliveEvery
+	keepaliveCheck, keepaliveEvery = 16, 0
+	defer func() { keepaliveCheck, keepaliveEvery = oldCheck, oldEvery }()
+	src := resumeSource(5)
+	keep := NewKeeper(time.Minute, nil)
+	defer keep.Close()
+	kd := keepFirst(t, src, keep, 20, "") // 304 of 320 pages kept
+	opts := resumeOpts
+	opts.Resume = true
+	res := migrateVia(t, src, newKeptDest(), opts, ReceiveOptions{Keep: keep}, nil)
+	mustSucceed(t, res)
+	sameMemory(t, src, kd.fakeDest)
+	it0 := res.stats.Iterations[0]
+	forced := it0.PagesSent + it0.PagesZero - 16 // 16 pages were never kept
+	if it0.PagesHeld+it0.PagesSent+it0.PagesZero != r0Pages+r1Pages || forced < 5 {
+		t.Fatalf("iteration 0: %+v: want held pages sent regularly as keepalives", it0)
+	}
+	t.Logf("%d held pages sent as keepalives", forced)
+}

@@ -172,6 +172,9 @@ type sender struct {
 	unwatch   func() bool     // stops cancellation from breaking the connection
 
 	iter    uint32
+	visited int       // pages visited since the last keepalive check
+	outMark int64     // w.queued at outAt
+	outAt   time.Time // when output last moved
 	cur     IterationStats
 	curAt   time.Time
 	curOut  int64
