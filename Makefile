@@ -20,7 +20,7 @@ VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # benchmark peer, and the tools the integration tests use.
 DEB_PACKAGES := make gcc libc6-dev bc flex bison libelf-dev patch diffutils \
 	xz-utils lz4 binutils linux-source-6.1 musl-tools busybox-static cpio \
-	qemu-system-x86 iproute2
+	qemu-system-x86 iproute2 e2fsprogs
 
 # Go test timeouts: integration tests boot real guests on an emulating KVM.
 TEST_TIMEOUT ?= 40m

@@ -377,3 +377,25 @@ func (t *VirtioMMIO) Restore(data []byte) error {
 	t.setIRQ(t.s.InterruptStatus != 0)
 	return nil
 }
+
+// Pausable is a device with activity of its own (a goroutine writing guest
+// memory) that must stop while the VM is paused, so that the paused
+// guest's memory and device state stay as saved.
+type Pausable interface {
+	Pause()
+	Resume()
+}
+
+// Pause implements Pausable for backends that are.
+func (t *VirtioMMIO) Pause() {
+	if p, ok := t.backend.(Pausable); ok {
+		p.Pause()
+	}
+}
+
+// Resume implements Pausable for backends that are.
+func (t *VirtioMMIO) Resume() {
+	if p, ok := t.backend.(Pausable); ok {
+		p.Resume()
+	}
+}

@@ -16,10 +16,12 @@ import (
 
 // Config describes a machine.
 type Config struct {
-	Memory  uint64    // bytes of RAM
-	CPUs    int       // vCPUs
-	Console io.Writer // guest serial output (nil: discarded)
-	KVMPath string    // "" for /dev/kvm
+	Memory  uint64       // bytes of RAM
+	CPUs    int          // vCPUs
+	Console io.Writer    // guest serial output (nil: discarded)
+	KVMPath string       // "" for /dev/kvm
+	Disks   []DiskConfig // virtio-blk disks (virtio.go)
+	Nets    []NetConfig  // virtio-net devices on taps (virtio.go)
 }
 
 // Exit says how a machine stopped. Err is nil for a guest that powered off
@@ -42,6 +44,10 @@ type Machine struct {
 	tscKHz   uint64
 
 	ports   devices.PortBus
+	mmio    devices.MMIOBus
+	virtio  []virtioSlot
+	disks   []*devices.Blk
+	nets    []*devices.Net
 	serial  *devices.Serial
 	devices []devices.Device // in registration order
 
@@ -180,7 +186,7 @@ func (m *Machine) addDevices() error {
 			m.devices = append(m.devices, r.dev)
 		}
 	}
-	return nil
+	return m.addVirtio()
 }
 
 func (m *Machine) createVCPUs() error {
@@ -250,6 +256,7 @@ func (m *Machine) Close() {
 		v.Close()
 	}
 	m.vcpus = nil
+	m.closeVirtio() // before the VM: the net receiver raises its interrupt through it
 	if m.serial != nil {
 		m.serial.Close()
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -168,7 +169,7 @@ func waitExit(t *testing.T, m *Machine) Exit {
 func TestMachinePauseSaveResume(t *testing.T) {
 	for _, ncpu := range []int{1, 2} {
 		t.Run(fmt.Sprintf("%dcpu", ncpu), func(t *testing.T) {
-			m := bootMachine(t, Config{Memory: 16 << 20, CPUs: ncpu}, counterLoop)
+			m := bootMachine(t, Config{Memory: 16 << 20, CPUs: ncpu, Disks: testDisks(t), Nets: testNets(t)}, counterLoop)
 			if m.CPUs() != ncpu {
 				t.Fatalf("CPUs() = %d, want %d", m.CPUs(), ncpu)
 			}
@@ -333,7 +334,11 @@ func checkState(t *testing.T, m *Machine, s *State, ncpu int, count uint32) {
 	if strings.Join(got, ",") != strings.Join(order, ",") {
 		t.Errorf("saved devices %v, want the stateful devices in registration order %v", got, order)
 	}
-	for _, want := range []string{"serial0", "i8042", "cmos"} {
+	want := []string{"serial0", "i8042", "cmos", "virtio-blk0"}
+	if os.Geteuid() == 0 {
+		want = append(want, "virtio-net0") // testNets made one
+	}
+	for _, want := range want {
 		if saved[want] != 1 {
 			t.Errorf("device %q missing from the snapshot (have %v)", want, got)
 		}
@@ -346,7 +351,7 @@ func checkState(t *testing.T, m *Machine, s *State, ncpu int, count uint32) {
 func TestMachineRestore(t *testing.T) {
 	for _, ncpu := range []int{1, 2} {
 		t.Run(fmt.Sprintf("%dcpu", ncpu), func(t *testing.T) {
-			cfg := Config{Memory: 16 << 20, CPUs: ncpu}
+			cfg := Config{Memory: 16 << 20, CPUs: ncpu, Disks: testDisks(t)}
 			src := bootMachine(t, cfg, counterLoop)
 			// SaveState of a machine that never ran works too.
 			if _, err := src.SaveState(); err != nil {

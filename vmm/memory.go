@@ -45,6 +45,7 @@ func (r Region) Contains(gpa, n uint64) bool {
 // Memory is the guest's RAM.
 type Memory struct {
 	Regions []Region
+	dirty   [][]uint64 // per region: pages ferry's devices wrote (dirty.go)
 }
 
 // layout returns the RAM ranges for a guest of size bytes.
@@ -68,6 +69,7 @@ func NewMemory(size uint64) (*Memory, error) {
 			return nil, fmt.Errorf("map %d MiB of guest memory: %w", r[1]>>20, err)
 		}
 		m.Regions = append(m.Regions, Region{Slot: uint32(i), GPA: r[0], Mem: mem})
+		m.dirty = append(m.dirty, make([]uint64, (r[1]/pageSize+63)/64))
 	}
 	return m, nil
 }

@@ -65,11 +65,15 @@ func (m *Machine) setLogging(on bool) error {
 	return nil
 }
 
-// DirtyLog implements migrate.Source. Pages that ferry's own devices write
-// into guest memory would be OR-ed in here; none of the current devices
-// (UART, i8042, CMOS) writes guest memory.
+// DirtyLog implements migrate.Source: KVM's log of guest writes, OR-ed
+// with the pages ferry's own devices wrote (virtio rings and disk reads;
+// see dirty.go).
 func (s *MigrationSource) DirtyLog(i int, bitmap []uint64) error {
-	return s.m.vm.GetDirtyLog(s.m.mem.Regions[i].Slot, bitmap)
+	if err := s.m.vm.GetDirtyLog(s.m.mem.Regions[i].Slot, bitmap); err != nil {
+		return err
+	}
+	s.m.mem.takeDirty(i, bitmap)
+	return nil
 }
 
 // ClearDirtyLog implements migrate.Source.
@@ -186,10 +190,31 @@ func sameLayout(have, want migrate.VMInfo) error {
 				want.Regions[i].GPA, want.Regions[i].Size, have.Regions[i].GPA, have.Regions[i].Size)
 		}
 	}
+	// Devices match by name (and order: a device's name is its position
+	// among its kind, virtio-blk0, virtio-blk1, ...).
 	if fmt.Sprint(have.Devices) != fmt.Sprint(want.Devices) {
-		return fmt.Errorf("source has devices %v, this ferry has %v", want.Devices, have.Devices)
+		hint := ""
+		if missing := missingNames(want.Devices, have.Devices); len(missing) > 0 {
+			hint = fmt.Sprintf(" (missing here: %v; give ferry receive the source's --disk and --net devices)", missing)
+		}
+		return fmt.Errorf("source has devices %v, this ferry has %v%s", want.Devices, have.Devices, hint)
 	}
 	return nil
+}
+
+// missingNames lists the names in want that have lacks.
+func missingNames(want, have []string) []string {
+	set := map[string]bool{}
+	for _, n := range have {
+		set[n] = true
+	}
+	var missing []string
+	for _, n := range want {
+		if !set[n] {
+			missing = append(missing, n)
+		}
+	}
+	return missing
 }
 
 // Memory implements migrate.Destination.

@@ -17,6 +17,7 @@ func (m *Machine) Start() error {
 		return errors.New("machine already started")
 	}
 	m.started = true
+	m.resumeDevices()
 	for _, v := range m.vcpus {
 		m.wg.Add(1)
 		go m.runVCPU(v)
@@ -125,10 +126,10 @@ func (m *Machine) handleExit(v *kvm.VCPU) *Exit {
 		}
 	case kvm.ExitMMIO:
 		mm := v.MMIO()
-		if !mm.Write {
-			for i := range mm.Data {
-				mm.Data[i] = 0xff // nothing is mapped there
-			}
+		if mm.Write {
+			m.mmio.Write(mm.Addr, mm.Data)
+		} else {
+			m.mmio.Read(mm.Addr, mm.Data) // all ones where nothing is mapped
 		}
 	case kvm.ExitHLT:
 		// Only without an in-kernel LAPIC; ours has one, so a HLT exit
@@ -209,6 +210,7 @@ func (m *Machine) Pause() error {
 			return errors.New("machine stopped while pausing")
 		}
 		if all {
+			m.pauseDevices()
 			return nil
 		}
 	}
@@ -221,6 +223,7 @@ func (m *Machine) Resume() error {
 	if m.stopping {
 		return errors.New("machine is stopped")
 	}
+	m.resumeDevices()
 	m.pauseReq = false
 	m.cond.Broadcast()
 	return nil

@@ -43,7 +43,12 @@ only the pages that differ. A new migration (without --resume) drops
 them; so does the end of the window.
 
 --timeout bounds the whole wait: when it expires without a guest running
-here, ferry receive exits with status 1.`,
+here, ferry receive exits with status 1.
+
+--disk gives the guest's disks, in the order the source has them: the
+same raw image files (storage both hosts see at the same path). Requests
+in flight are completed on the source before it pauses. --net gives the
+guest's network devices, in the source's order, on this host's taps.`,
 	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "listen", Usage: "`HOST:PORT` to accept the migration on", Required: true},
 		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API on this unix socket `PATH` once the guest runs"},
@@ -56,6 +61,8 @@ here, ferry receive exits with status 1.`,
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print unclaimed I/O ports at exit"},
 		memoryHashFlag,
+		diskFlag,
+		netFlag,
 	}, tlsFlags("this host's")...),
 	Action: receiveAction,
 }
@@ -84,6 +91,12 @@ func receiveAction(c *cli.Context) error {
 		return usageError{errors.New("--timeout and --resume-window must not be negative, --idle-timeout must be positive")}
 	}
 	files, err := tlsFiles(c)
+	if err != nil {
+		return err
+	}
+	// The guest's disks (the same image files as on the source: shared
+	// storage) and network devices (this host's taps), in the same order.
+	disks, nets, err := deviceFlags(c)
 	if err != nil {
 		return err
 	}
@@ -121,7 +134,7 @@ func receiveAction(c *cli.Context) error {
 		tls: tlsCfg,
 		opts: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout"),
 			Keep: keep},
-		cfg:     vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm")},
+		cfg:     vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets},
 		hash:    memoryHashLogger(c, "destination before start"),
 		started: make(chan *vmm.Machine, 1),
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -36,6 +37,8 @@ kernel parameters (see --no-default-cmdline).`,
 		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate) on this unix socket `PATH`"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print boot details and unclaimed I/O ports"},
 		memoryHashFlag,
+		diskFlag,
+		netFlag,
 	},
 	Action: runAction,
 }
@@ -52,8 +55,41 @@ func machineFlags(c *cli.Context) (vmm.Config, error) {
 	if n := c.Int("cpus"); n < 1 || n > 32 {
 		return vmm.Config{}, flagError("cpus", "%d: ferry runs 1 to 32 vCPUs", n)
 	}
-	return vmm.Config{Memory: mem, CPUs: c.Int("cpus"), Console: os.Stdout, KVMPath: c.String("kvm")}, nil
+	disks, nets, err := deviceFlags(c)
+	if err != nil {
+		return vmm.Config{}, err
+	}
+	return vmm.Config{Memory: mem, CPUs: c.Int("cpus"), Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets}, nil
 }
+
+// deviceFlags parses the --disk and --net flags.
+func deviceFlags(c *cli.Context) ([]vmm.DiskConfig, []vmm.NetConfig, error) {
+	var disks []vmm.DiskConfig
+	for _, v := range c.StringSlice("disk") {
+		d, err := vmm.ParseDisk(v)
+		if err != nil {
+			return nil, nil, flagError("disk", "%v", err)
+		}
+		disks = append(disks, d)
+	}
+	var nets []vmm.NetConfig
+	for i, v := range c.StringSlice("net") {
+		n, err := vmm.ParseNet(v, i)
+		if err != nil {
+			return nil, nil, flagError("net", "%v", err)
+		}
+		nets = append(nets, n)
+	}
+	return disks, nets, nil
+}
+
+// diskFlag attaches virtio-blk disks (run and receive: a migrated guest's
+// disks must be the same files on both hosts).
+var diskFlag = &cli.StringSliceFlag{Name: "disk", Usage: "virtio-blk disk: a raw image `PATH[,readonly]` (repeatable; /dev/vda, /dev/vdb, ... in the guest)"}
+
+// netFlag attaches virtio-net devices on tap interfaces (on a migration's
+// destination: that host's taps).
+var netFlag = &cli.StringSliceFlag{Name: "net", Usage: "virtio-net on a tap interface: `tap=NAME[,mac=MAC]` (repeatable; eth0, eth1, ... in the guest)"}
 
 func runAction(c *cli.Context) error {
 	if c.NArg() > 0 {
@@ -87,7 +123,9 @@ func runAction(c *cli.Context) error {
 		return err
 	}
 	defer m.Close()
-	cmdline := vmm.Cmdline(m.TSCKHz(), kvm.EmulatingModule() != "", c.String("cmdline"), c.Bool("no-default-cmdline"))
+	// The virtio-mmio device parameters go before the user's, which win.
+	extra := strings.TrimSpace(m.KernelParams() + " " + c.String("cmdline"))
+	cmdline := vmm.Cmdline(m.TSCKHz(), kvm.EmulatingModule() != "", extra, c.Bool("no-default-cmdline"))
 	bi, err := m.Boot(kernel, initrd, cmdline)
 	if err != nil {
 		return err

@@ -543,6 +543,145 @@ static void run_dirty(void)
 	counter_loop();
 }
 
+/* ------------------------------------------------------------- disk ---- */
+
+/* FNV-1a 64: the checksum the tests recompute on the host. */
+static uint64_t fnv64(const unsigned char *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < n; i++) {
+		h ^= p[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+static int disk_fail(const char *what, const char *path)
+{
+	say("FERRY-DISK error %s %s: %s\n", what, path, strerror(errno));
+	return -1;
+}
+
+/*
+ * ferry.run=disk: mount /dev/vda (ext2) on /mnt, write ferry.files files of
+ * ferry.fsize bytes (each fsync'ed, then "FERRY-DISK wrote <name> <size>
+ * <fnv64>"), unmount, mount again and read every file back ("FERRY-DISK
+ * verified <n> files" or "FERRY-DISK mismatch <name>"), unmount, then
+ * "FERRY-DISK done" and restart the machine.
+ */
+static void run_disk(void)
+{
+	long files = parse_long(param("ferry.files", "8"), 8, 1, 100000);
+	long fsize = parse_long(param("ferry.fsize", "65536"), 65536, 1, 16 << 20);
+	static uint64_t sums[100000];
+	unsigned char *buf = malloc((size_t)fsize);
+	char path[64];
+	int ok = 1, mounted = 0;
+
+	mkdir("/mnt", 0755);
+	/* The disk may be probed after init starts: retry for a while. */
+	for (int i = 0; i < 50 && !mounted; i++) {
+		if (mount("/dev/vda", "/mnt", "ext2", 0, NULL) == 0)
+			mounted = 1;
+		else
+			sleep_until(now_ns() + 100 * 1000 * 1000ULL);
+	}
+	if (!buf || !mounted) {
+		disk_fail("mount", "/dev/vda");
+		ok = 0;
+		goto out;
+	}
+	say("FERRY-DISK mounted files=%ld size=%ld\n", files, fsize);
+	rng_state ^= now_ns();
+	for (long n = 0; n < files && ok; n++) {
+		for (long i = 0; i < fsize; i += 8) {
+			uint64_t r = rng();
+			memcpy(buf + i, &r, (size_t)(fsize - i < 8 ? fsize - i : 8));
+		}
+		snprintf(path, sizeof(path), "/mnt/f%05ld", n);
+		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (fd < 0 || write(fd, buf, (size_t)fsize) != fsize || fsync(fd) < 0) {
+			ok = 0;
+			disk_fail("write", path);
+		}
+		if (fd >= 0)
+			close(fd);
+		sums[n] = fnv64(buf, (size_t)fsize);
+		if (ok)
+			say("FERRY-DISK wrote %s %ld %016llx\n", path + 5, fsize,
+			    (unsigned long long)sums[n]);
+	}
+	sync();
+	if (umount("/mnt") < 0 || mount("/dev/vda", "/mnt", "ext2", 0, NULL) < 0) {
+		disk_fail("remount", "/mnt");
+		ok = 0;
+		goto out;
+	}
+	long verified = 0;
+	for (long n = 0; n < files && ok; n++) {
+		snprintf(path, sizeof(path), "/mnt/f%05ld", n);
+		int fd = open(path, O_RDONLY);
+		ssize_t r = fd < 0 ? -1 : read(fd, buf, (size_t)fsize);
+		if (fd >= 0)
+			close(fd);
+		if (r != fsize || fnv64(buf, (size_t)fsize) != sums[n]) {
+			say("FERRY-DISK mismatch %s\n", path + 5);
+			ok = 0;
+		} else {
+			verified++;
+		}
+	}
+	say("FERRY-DISK verified %ld files\n", verified);
+	if (umount("/mnt") < 0)
+		disk_fail("umount", "/mnt");
+	sync();
+out:
+	say("FERRY-DISK done %s\n", ok ? "ok" : "failed");
+	machine_restart();
+}
+
+/* -------------------------------------------------------------- net ---- */
+
+/* Runs busybox with argv and returns its exit status (-1: did not run). */
+static int busybox(char *const argv[])
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		execv("/bin/busybox", argv);
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) < 0)
+		return -1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/*
+ * ferry.run=net: eth0 up with address ferry.ip (default 10.0.2.2/24),
+ * "FERRY-NET up <addr>", then busybox ping of ferry.peer (default
+ * 10.0.2.1) every ferry.interval seconds (default 0.2) for ever; its
+ * "64 bytes from ... seq=N" lines are the output. A shell if ping ends.
+ */
+static void run_net(void)
+{
+	char *ip = (char *)param("ferry.ip", "10.0.2.2/24");
+	char *peer = (char *)param("ferry.peer", "10.0.2.1");
+	char *interval = (char *)param("ferry.interval", "0.2");
+	int up = busybox((char *[]){ "ip", "link", "set", "eth0", "up", NULL });
+	int addr = busybox((char *[]){ "ip", "addr", "add", ip, "dev", "eth0", NULL });
+
+	if (up != 0 || addr != 0) {
+		say("FERRY-NET error: ip link up %d, ip addr add %d\n", up, addr);
+		run_shell();
+	}
+	say("FERRY-NET up %s\n", ip);
+	int st = busybox((char *[]){ "ping", "-i", interval, peer, NULL });
+	say("FERRY-NET ping exited with %d\n", st);
+	run_shell();
+}
+
 /* ------------------------------------------------------------- main ---- */
 
 int main(void)
@@ -585,6 +724,10 @@ int main(void)
 		counter_loop();
 	} else if (strcmp(run, "dirty") == 0) {
 		run_dirty();
+	} else if (strcmp(run, "disk") == 0) {
+		run_disk();
+	} else if (strcmp(run, "net") == 0) {
+		run_net();
 	} else {
 		if (*run)
 			say("ferry-init: unknown ferry.run=%s; starting a shell\n", run);

@@ -1,0 +1,36 @@
+package vmm
+
+import "testing"
+
+func TestMemoryMarkDirty(t *testing.T) {
+	m, err := NewMemory(pciHoleStart + 64<<20) // two regions
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.MarkDirty(0x1000, 1)                   // page 1
+	m.MarkDirty(0x3fff, 2)                   // pages 3 and 4
+	m.MarkDirty(pciHoleStart-10, 0x2000)     // last page of region 0; the hole is ignored
+	m.MarkDirty(highRAMStart+65*pageSize, 8) // page 65 of region 1
+	m.MarkDirty(1<<50, 4096)                 // not RAM
+	b0 := make([]uint64, len(m.dirty[0]))
+	b1 := make([]uint64, len(m.dirty[1]))
+	b0[0] = 1 // KVM's own bits stay
+	m.takeDirty(0, b0)
+	m.takeDirty(1, b1)
+	last := pciHoleStart/pageSize - 1
+	if b0[0] != 1|1<<1|1<<3|1<<4 || b0[last/64] != 1<<(last%64) {
+		t.Fatalf("region 0 bitmap %#x ... %#x", b0[0], b0[last/64])
+	}
+	if b1[1] != 1<<1 || b1[0] != 0 {
+		t.Fatalf("region 1 bitmap %#x %#x", b1[0], b1[1])
+	}
+	// Taken pages are forgotten.
+	clear(b0)
+	m.takeDirty(0, b0)
+	for _, w := range b0 {
+		if w != 0 {
+			t.Fatal("dirty pages reported twice")
+		}
+	}
+}
