@@ -68,6 +68,9 @@ const (
 	virtioCommonFeatures = VirtioFVersion1 | VirtioFIndirectDesc
 )
 
+// virtioLogf reports a device the guest broke (a variable for tests).
+var virtioLogf = log.Printf
+
 // VirtioBackend is the device type behind a virtio-mmio transport.
 type VirtioBackend interface {
 	DeviceID() uint32
@@ -318,7 +321,7 @@ func (t *VirtioMMIO) fail(err error) {
 	if !errors.Is(err, ErrRing) {
 		err = fmt.Errorf("%w: %v", ErrRing, err)
 	}
-	log.Printf("%s: %v: device needs reset", t.name, err)
+	virtioLogf("%s: %v: device needs reset", t.name, err)
 	t.s.Broken = 1
 	if t.s.Status&VirtioStatusDriverOK != 0 {
 		t.s.Status |= VirtioStatusNeedsReset

@@ -26,7 +26,11 @@ guest powers off.
 Every record of the file is checked (checksum, page digests, order,
 limits) before the guest starts: a corrupted, truncated or foreign file is
 refused with the reason and its place in the file, and nothing runs.
-The restored VM gets a new VM id (the same file may be restored twice).`,
+The restored VM gets a new VM id (the same file may be restored twice).
+
+A guest saved with --disk or --net needs the same --disk and --net flags
+here. The snapshot does not contain disk contents: restore it with the
+disk image as it was when the snapshot was taken (a copy made then).`,
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate, snapshot) on this unix socket `PATH`"},
 		&cli.StringFlag{Name: "max-memory", Usage: "largest guest accepted (default: half of this host's memory, at most 64G)"},
@@ -34,6 +38,8 @@ The restored VM gets a new VM id (the same file may be restored twice).`,
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print unclaimed I/O ports at exit"},
 		memoryHashFlag,
+		diskFlag,
+		netFlag,
 	},
 	Action: restoreAction,
 }
@@ -61,7 +67,13 @@ func restoreAction(c *cli.Context) error {
 	if st, err := f.Stat(); err == nil && st.IsDir() {
 		return fmt.Errorf("restore: %s is a directory, not a snapshot file", file)
 	}
-	target := vmm.NewMigrationTarget(vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm")})
+	// Disks and taps as the saved guest had them. A snapshot holds no disk
+	// contents: the image must be as it was when the snapshot was taken.
+	disks, nets, err := deviceFlags(c)
+	if err != nil {
+		return err
+	}
+	target := vmm.NewMigrationTarget(vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets})
 	target.NewID = true
 	target.LogMemoryHash = memoryHashLogger(c, "restored before start")
 	opts := migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus")}
