@@ -224,7 +224,11 @@ func plotMix(runs []*Run, path string) error {
 	for pi, r := range panels {
 		ox := float64(pi%cols)*(pw+ml+20) + ml
 		oy := float64(pi/cols)*(ph+mt+mb) + mt + legendHeight + 20
-		title := fmt.Sprintf("%s, %s MiB/s: %s, %.2f s, %.1f MiB", r.System, capName(r.MaxBandwidthMiBs),
+		link := "unlimited"
+		if r.MaxBandwidthMiBs > 0 {
+			link = fmt.Sprintf("%d MiB/s", r.MaxBandwidthMiBs)
+		}
+		title := fmt.Sprintf("%s, %s: %s, %.2f s, %.1f MiB", r.System, link,
 			map[bool]string{true: "converged", false: "not converged"}[r.Converged], r.TotalSeconds, float64(r.BytesTotal)/(1<<20))
 		fmt.Fprintf(&s, `<text x="%.0f" y="%.0f" font-size="13">%s</text>`+"\n", ox, oy-8, title)
 		fmt.Fprintf(&s, `<rect x="%.0f" y="%.0f" width="%.0f" height="%.0f" fill="none" stroke="#444"/>`+"\n", ox, oy, pw, ph)
@@ -256,7 +260,7 @@ func plotMix(runs []*Run, path string) error {
 			if it.StopAndCopy {
 				lab = "S&amp;C"
 			}
-			if n <= 40 || i%((n+39)/40) == 0 {
+			if n <= 16 || i%5 == 0 || it.StopAndCopy {
 				fmt.Fprintf(&s, `<text x="%.1f" y="%.0f" text-anchor="middle">%s</text>`+"\n", ox+float64(i)*slot+slot/2, oy+ph+15, lab)
 			}
 		}
