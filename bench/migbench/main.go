@@ -295,6 +295,12 @@ func main() {
 	}()
 	defer cleanupHosts()
 	defer stopAll()
+	// The logs stay (their path is printed at the end); the copies go.
+	defer func() {
+		for _, f := range []string{b.ferry, b.kernel, b.initrd} {
+			os.Remove(f)
+		}
+	}()
 
 	if b.defaultCmdline, err = b.probeCmdline(); err != nil {
 		fatal("%v", err)
