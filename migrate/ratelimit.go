@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 )
 
@@ -16,7 +17,11 @@ type tokenBucket struct {
 	last   time.Time
 	now    func() time.Time
 	sleep  func(ctx context.Context, d time.Duration) error
+	lifted atomic.Bool // no cap any more (stop-and-copy)
 }
+
+// lift removes the cap for good. It may be called from any goroutine.
+func (b *tokenBucket) lift() { b.lifted.Store(true) }
 
 func newTokenBucket(rate int64) *tokenBucket {
 	r := float64(rate)
@@ -32,10 +37,18 @@ func newTokenBucket(rate int64) *tokenBucket {
 
 // chunk is the largest write the limiter lets through at once, so that the
 // traffic stays smooth at low rates.
-func (b *tokenBucket) chunk() int { return int(b.burst) }
+func (b *tokenBucket) chunk() int {
+	if b.lifted.Load() {
+		return maxWrite
+	}
+	return int(b.burst)
+}
 
 // take accounts n bytes and sleeps as long as the balance is negative.
 func (b *tokenBucket) take(ctx context.Context, n int) error {
+	if b.lifted.Load() {
+		return nil
+	}
 	now := b.now()
 	b.tokens += now.Sub(b.last).Seconds() * b.rate
 	if b.tokens > b.burst {

@@ -49,7 +49,8 @@ type Options struct {
 	// OnTimeout chooses between giving up and forcing stop-and-copy when
 	// MaxIterations or Timeout is reached.
 	OnTimeout TimeoutAction
-	// MaxBandwidth caps the bytes written per second; 0 means unlimited.
+	// MaxBandwidth caps the bytes written per second during pre-copy; 0
+	// means unlimited. Stop-and-copy, with the guest paused, is not capped.
 	MaxBandwidth int64
 	// NoDigest disables the digest filter (plain pre-copy: every dirty page
 	// is sent). Pages still carry their digest on the wire.
@@ -457,6 +458,10 @@ func (s *sender) stopAndCopy(converged bool) error {
 		return fmt.Errorf("migrate: pause source: %w", err)
 	}
 	s.paused = true
+	// The guest is paused: every millisecond now is downtime, so the
+	// bandwidth cap, which protects the guest's own traffic during
+	// pre-copy, no longer applies (QEMU lifts it at completion too).
+	s.w.liftLimit()
 	if err := s.beginIteration(true); err != nil {
 		return err
 	}

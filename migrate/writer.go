@@ -97,6 +97,14 @@ func (rw *recordWriter) setErr(err error) {
 // is seen at least every maxWrite bytes.
 const maxWrite = 1 << 20
 
+// liftLimit ends the bandwidth cap: the rest goes out as fast as the
+// connection takes it.
+func (rw *recordWriter) liftLimit() {
+	if rw.lim != nil {
+		rw.lim.lift()
+	}
+}
+
 // output writes p to the connection, in bucket-sized chunks when limited.
 func (rw *recordWriter) output(p []byte) error {
 	for len(p) > 0 {
