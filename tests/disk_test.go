@@ -139,21 +139,7 @@ func TestDiskMigrate(t *testing.T) {
 	src.p.waitFor(regexp.MustCompile(`^FERRY-DISK wrote f00003 `), 0, bootTimeout)
 	dst, addr := receiver(t, h, 1, "--disk", img)
 	statsFile := filepath.Join(t.TempDir(), "stats.json")
-	args := append([]string{"migrate", "--api-socket", src.sock, "--to", addr, "--stats-json", statsFile}, h.tls(0)...)
-	out, code := runFerry(t, args...)
-	if code != 0 {
-		t.Fatalf("ferry migrate: exit %d:\n%s", code, out)
-	}
-	t.Logf("ferry migrate:\n%s", out)
-	if c := src.p.wait(time.Minute); c != 0 {
-		t.Fatalf("source ferry exited %d after the migration, want 0", c)
-	}
-	hs, _ := src.p.waitFor(reHashSrc, 0, time.Second)
-	dst.p.waitFor(reRunning, 0, 30*time.Second)
-	hd, _ := dst.p.waitFor(reHashDst, 0, time.Second)
-	if a, b := reHashSrc.FindStringSubmatch(hs)[1], reHashDst.FindStringSubmatch(hd)[1]; a != b {
-		t.Fatalf("guest memory differs: paused source %s, destination %s", a, b)
-	}
+	migrateChecked(t, src, dst, addr, append([]string{"--stats-json", statsFile}, h.tls(0)...)...)
 	onSrc := len(diskLines(t, src.p.output()))
 	line, _ := dst.p.waitFor(reDiskDone, 0, 5*time.Minute)
 	if line != "FERRY-DISK done ok" {

@@ -243,11 +243,7 @@ func doneAckLost(t *testing.T, src, dst *guest, addr string) {
 	dst.p.waitFor(reRunning, 0, 30*time.Second)
 	expectPaused(t, src)
 	last := lastCounter(t, src.p)
-	hs, _ := src.p.waitFor(reHashSrc, srcFrom, time.Second)
-	hd, _ := dst.p.waitFor(reHashDst, 0, time.Second)
-	if a, b := reHashSrc.FindStringSubmatch(hs)[1], reHashDst.FindStringSubmatch(hd)[1]; a != b {
-		t.Fatalf("guest memory differs: paused source %s, destination %s", a, b)
-	}
+	sameMemory(t, src, srcFrom, dst)
 	line, _ := dst.p.waitFor(reCounter, 0, time.Minute)
 	if first := counterValue(t, line); first <= last || first > last+10 {
 		t.Fatalf("counter %d on the source, %d first on the destination", last, first)

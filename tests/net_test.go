@@ -92,21 +92,7 @@ func TestNetMigratePing(t *testing.T) {
 	}
 	addTap(t, h, 1)
 	dst, addr := receiver(t, h, 1, "--net", "tap="+netTap)
-	args := append([]string{"migrate", "--api-socket", src.sock, "--to", addr}, h.tls(0)...)
-	out, code := runFerry(t, args...)
-	if code != 0 {
-		t.Fatalf("ferry migrate: exit %d:\n%s", code, out)
-	}
-	t.Logf("ferry migrate:\n%s", out)
-	if c := src.p.wait(time.Minute); c != 0 {
-		t.Fatalf("source ferry exited %d after the migration, want 0", c)
-	}
-	hs, _ := src.p.waitFor(reHashSrc, 0, time.Second)
-	dst.p.waitFor(reRunning, 0, 30*time.Second)
-	hd, _ := dst.p.waitFor(reHashDst, 0, time.Second)
-	if a, b := reHashSrc.FindStringSubmatch(hs)[1], reHashDst.FindStringSubmatch(hd)[1]; a != b {
-		t.Fatalf("guest memory differs: paused source %s, destination %s", a, b)
-	}
+	migrateChecked(t, src, dst, addr, h.tls(0)...)
 	before := pingSeqs(src.p.output())
 	last := before[len(before)-1]
 	// The guest's ping goes on: 25 more replies on host B.

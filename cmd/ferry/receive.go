@@ -77,15 +77,9 @@ func receiveAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usageError{fmt.Errorf("receive takes no arguments (got %q)", c.Args().First())}
 	}
-	maxMem := defaultMaxMemory()
-	if s := c.String("max-memory"); s != "" {
-		var err error
-		if maxMem, err = parseSize(s); err != nil {
-			return flagError("max-memory", "%v", err)
-		}
-	}
-	if c.Int("max-cpus") < 1 {
-		return flagError("max-cpus", "%d: must be at least 1", c.Int("max-cpus"))
+	maxMem, err := guestLimits(c)
+	if err != nil {
+		return err
 	}
 	if c.Duration("timeout") < 0 || c.Duration("idle-timeout") <= 0 || c.Duration("resume-window") < 0 {
 		return usageError{errors.New("--timeout and --resume-window must not be negative, --idle-timeout must be positive")}
@@ -172,6 +166,22 @@ func loopbackOnly(addr string) error {
 	return fmt.Errorf("%s: without TLS, ferry receive listens only on loopback addresses (127.0.0.1, ::1, localhost): "+
 		"anyone who can reach the port could send it a guest, or read guest memory on the wire. "+
 		"Give --tls-cert, --tls-key and --tls-ca (make them with 'ferry certs'), or --insecure on a network you trust", addr)
+}
+
+// guestLimits reads --max-memory and --max-cpus, the bounds on a guest
+// that arrives from outside (receive, restore).
+func guestLimits(c *cli.Context) (uint64, error) {
+	maxMem := defaultMaxMemory()
+	if s := c.String("max-memory"); s != "" {
+		var err error
+		if maxMem, err = parseSize(s); err != nil {
+			return 0, flagError("max-memory", "%v", err)
+		}
+	}
+	if c.Int("max-cpus") < 1 {
+		return 0, flagError("max-cpus", "%d: must be at least 1", c.Int("max-cpus"))
+	}
+	return maxMem, nil
 }
 
 // defaultMaxMemory is half of this host's memory, at most 64 GiB.

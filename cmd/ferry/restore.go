@@ -49,15 +49,9 @@ func restoreAction(c *cli.Context) error {
 		return usageError{errors.New("restore takes one argument: the snapshot FILE")}
 	}
 	file := c.Args().First()
-	maxMem := defaultMaxMemory()
-	if s := c.String("max-memory"); s != "" {
-		var err error
-		if maxMem, err = parseSize(s); err != nil {
-			return flagError("max-memory", "%v", err)
-		}
-	}
-	if c.Int("max-cpus") < 1 {
-		return flagError("max-cpus", "%d: must be at least 1", c.Int("max-cpus"))
+	maxMem, err := guestLimits(c)
+	if err != nil {
+		return err
 	}
 	f, err := os.Open(file)
 	if err != nil {
