@@ -9,21 +9,46 @@ import (
 // ioctl issues one ioctl whose argument is a pointer. The pointer stays an
 // unsafe.Pointer until this call, so the object it points to stays alive
 // and unmoved for the duration of the system call.
+//
+// A signal can interrupt a slow ioctl (KVM_CREATE_VM allocating, say) with
+// EINTR, and the Go runtime sends its threads SIGURG for preemption at any
+// time, so every ioctl but KVM_RUN is simply retried (see runIoctl).
 func ioctl(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
-	if errno != 0 {
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+		switch errno {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		}
 		return r, errno
 	}
-	return r, nil
 }
 
-// ioctlVal issues one ioctl whose argument is a plain integer.
+// ioctlVal issues one ioctl whose argument is a plain integer, retrying
+// on EINTR like ioctl.
 func ioctlVal(fd int, req uintptr, arg uintptr) (uintptr, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-	if errno != 0 {
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		switch errno {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		}
 		return r, errno
 	}
-	return r, nil
+}
+
+// runIoctl issues KVM_RUN once: its EINTR is how a kicked vCPU leaves the
+// guest, so it is returned, never retried.
+func runIoctl(fd int) error {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), reqRun, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // mmapRun maps a vCPU's kvm_run area.

@@ -64,8 +64,7 @@ func (v *VCPU) BindThread() { v.tid.Store(int32(unix.Gettid())) }
 // KVM_RUN returns EINTR (gokvm's Run returns nil there and leaves a stale
 // exit reason); the caller must then not dispatch ExitReason.
 func (v *VCPU) Run() error {
-	_, err := ioctlVal(v.fd, reqRun, 0)
-	if err != nil {
+	if err := runIoctl(v.fd); err != nil {
 		if errors.Is(err, unix.EINTR) {
 			return ErrInterrupted
 		}
