@@ -54,28 +54,6 @@ func relayProxy(a, b net.Conn, decide func(toDst bool, t RecordType) proxyAction
 	go pipe(b, a, false)
 }
 
-// runRelayed runs a migration through relayProxy.
-func runRelayed(t *testing.T, src Source, dst Destination, opts Options, ropts ReceiveOptions,
-	decide func(toDst bool, t RecordType) proxyAction) result {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s1, p1 := net.Pipe()
-	p2, r1 := net.Pipe()
-	relayProxy(p1, p2, decide)
-	var res result
-	done := make(chan struct{})
-	go func() {
-		res.rstats, res.recvErr = Receive(ctx, r1, dst, ropts)
-		r1.Close()
-		close(done)
-	}()
-	res.stats, res.sendErr = Send(ctx, src, s1, opts)
-	s1.Close()
-	<-done
-	return res
-}
-
 // at returns a decide function acting on the first record of type rt in
 // the given direction.
 func at(toDst bool, rt RecordType, act proxyAction) func(bool, RecordType) proxyAction {
@@ -116,7 +94,7 @@ func TestCommitHandshake(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			src := newTestSource(true)
 			dst := &fakeDest{}
-			res := runRelayed(t, src, dst, quick, idle, c.decide)
+			res := migrateVia(t, src, dst, quick, idle, c.decide)
 			if res.sendErr == nil || !strings.Contains(res.sendErr.Error(), c.sendMsg) {
 				t.Fatalf("sender error %v, want one mentioning %q", res.sendErr, c.sendMsg)
 			}
