@@ -14,23 +14,27 @@ import (
 // EINTR, and the Go runtime sends its threads SIGURG for preemption at any
 // time, so every ioctl but KVM_RUN is simply retried (see runIoctl).
 func ioctl(fd int, req uintptr, arg unsafe.Pointer) (uintptr, error) {
-	for {
+	return retryEINTR(func() (uintptr, unix.Errno) {
 		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
-		switch errno {
-		case 0:
-			return r, nil
-		case unix.EINTR:
-			continue
-		}
 		return r, errno
-	}
+	})
 }
 
 // ioctlVal issues one ioctl whose argument is a plain integer, retrying
 // on EINTR like ioctl.
 func ioctlVal(fd int, req uintptr, arg uintptr) (uintptr, error) {
-	for {
+	return retryEINTR(func() (uintptr, unix.Errno) {
 		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		return r, errno
+	})
+}
+
+// retryEINTR repeats call while it fails with EINTR. (The pointer to
+// uintptr conversion stays inside each Syscall call expression, as the
+// unsafe.Pointer rules require; the closure keeps the pointer alive.)
+func retryEINTR(call func() (uintptr, unix.Errno)) (uintptr, error) {
+	for {
+		r, errno := call()
 		switch errno {
 		case 0:
 			return r, nil
