@@ -41,6 +41,7 @@ type Machine struct {
 	vcpus    []*kvm.VCPU
 	msrs     []uint32 // MSRs saved with each vCPU
 	hasXSave bool
+	emulated bool // KVM runs guests in an instruction emulator
 	tscKHz   uint64
 
 	ports   devices.PortBus
@@ -146,6 +147,7 @@ func (m *Machine) checkCaps() error {
 	}
 	n, _ := m.sys.CheckExtension(kvm.CapXSave)
 	m.hasXSave = n > 0
+	m.emulated = kvm.EmulatingModule() != ""
 	return nil
 }
 
@@ -198,14 +200,13 @@ func (m *Machine) createVCPUs() error {
 	if err != nil {
 		return err
 	}
-	emulated := kvm.EmulatingModule() != ""
 	for i := 0; i < m.cfg.CPUs; i++ {
 		v, err := m.vm.CreateVCPU(i)
 		if err != nil {
 			return err
 		}
 		m.vcpus = append(m.vcpus, v)
-		if err := v.SetCPUID(guestCPUID(supported, i, m.cfg.CPUs, emulated)); err != nil {
+		if err := v.SetCPUID(guestCPUID(supported, i, m.cfg.CPUs, m.emulated)); err != nil {
 			return err
 		}
 	}
@@ -232,6 +233,10 @@ func (m *Machine) Boot(kernel, initrd, cmdline string) (*BootInfo, error) {
 	return bi, nil
 }
 
+// Emulated reports whether this KVM emulates guests (kvm.EmulatingModule):
+// the guest then gets a reduced CPUID and needs EmulatorCmdline.
+func (m *Machine) Emulated() bool { return m.emulated }
+
 // TSCKHz is the guest TSC frequency.
 func (m *Machine) TSCKHz() uint64 { return m.tscKHz }
 
@@ -248,7 +253,7 @@ func (m *Machine) Serial() *devices.Serial { return m.serial }
 func (m *Machine) Devices() []devices.Device { return m.devices }
 
 // UnclaimedPorts returns how often the guest touched ports no device claims.
-func (m *Machine) UnclaimedPorts() map[uint16]int { return m.ports.Unclaimed }
+func (m *Machine) UnclaimedPorts() map[uint16]int { return m.ports.Unclaimed() }
 
 // Close releases the VM. The machine must be stopped.
 func (m *Machine) Close() {

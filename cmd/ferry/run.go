@@ -10,7 +10,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/ferryvmm/ferry/kvm"
 	"github.com/ferryvmm/ferry/vmm"
 )
 
@@ -125,7 +124,7 @@ func runAction(c *cli.Context) error {
 	defer m.Close()
 	// The virtio-mmio device parameters go before the user's, which win.
 	extra := strings.TrimSpace(m.KernelParams() + " " + c.String("cmdline"))
-	cmdline := vmm.Cmdline(m.TSCKHz(), kvm.EmulatingModule() != "", extra, c.Bool("no-default-cmdline"))
+	cmdline := vmm.Cmdline(m.TSCKHz(), m.Emulated(), extra, c.Bool("no-default-cmdline"))
 	bi, err := m.Boot(kernel, initrd, cmdline)
 	if err != nil {
 		return err
