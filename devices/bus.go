@@ -12,7 +12,7 @@ import (
 type PortBus struct {
 	mu        sync.Mutex
 	ranges    []portRange
-	Unclaimed map[uint16]int
+	unclaimed map[uint16]int
 }
 
 type portRange struct {
@@ -45,10 +45,10 @@ func (b *PortBus) find(port uint16) PortDevice {
 	if i < len(b.ranges) && b.ranges[i].base <= port {
 		return b.ranges[i].dev
 	}
-	if b.Unclaimed == nil {
-		b.Unclaimed = map[uint16]int{}
+	if b.unclaimed == nil {
+		b.unclaimed = map[uint16]int{}
 	}
-	b.Unclaimed[port]++
+	b.unclaimed[port]++
 	return nil
 }
 
@@ -68,4 +68,15 @@ func (b *PortBus) Write(port uint16, data []byte) {
 	if d := b.find(port); d != nil {
 		d.PortWrite(port, data)
 	}
+}
+
+// Unclaimed returns a copy of the access counts of ports no device claims.
+func (b *PortBus) Unclaimed() map[uint16]int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[uint16]int, len(b.unclaimed))
+	for p, n := range b.unclaimed {
+		out[p] = n
+	}
+	return out
 }

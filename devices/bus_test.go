@@ -89,10 +89,10 @@ func TestPortBusUnclaimed(t *testing.T) {
 	}
 	b.Write(0x2f8, []byte{1})
 	b.Write(0xcf8, []byte{0, 0, 0, 0x80})
-	if got := b.Unclaimed[0x2f8]; got != 4 {
+	if got := b.Unclaimed()[0x2f8]; got != 4 {
 		t.Errorf("Unclaimed[0x2f8] = %d, want 4 (3 reads, 1 write)", got)
 	}
-	if got := b.Unclaimed[0xcf8]; got != 1 {
+	if got := b.Unclaimed()[0xcf8]; got != 1 {
 		t.Errorf("Unclaimed[0xcf8] = %d, want 1", got)
 	}
 	d := []byte{0xff}
@@ -100,11 +100,11 @@ func TestPortBusUnclaimed(t *testing.T) {
 	if d[0] != 0 {
 		t.Errorf("claimed read = %#x, want the device's 0", d[0])
 	}
-	if _, ok := b.Unclaimed[0x60]; ok {
+	if _, ok := b.Unclaimed()[0x60]; ok {
 		t.Error("a claimed port was counted as unclaimed")
 	}
-	if len(b.Unclaimed) != 2 {
-		t.Errorf("Unclaimed = %v, want two ports", b.Unclaimed)
+	if len(b.Unclaimed()) != 2 {
+		t.Errorf("Unclaimed = %v, want two ports", b.Unclaimed())
 	}
 }
 
