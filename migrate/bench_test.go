@@ -81,7 +81,7 @@ func BenchmarkSenderCPU(b *testing.B) {
 		if err := s.beginIteration(false); err != nil {
 			b.Fatal(err)
 		}
-		if err := s.sendAll(false); err != nil {
+		if _, err := s.sendAll(false, false); err != nil {
 			b.Fatal(err)
 		}
 		if err := s.endIteration(); err != nil {

@@ -16,6 +16,7 @@ func (s *sender) beginIteration(final bool) error {
 	s.cur = IterationStats{Iteration: int(s.iter), StopAndCopy: final}
 	s.curAt = time.Now()
 	s.curOut = s.w.queued + int64(len(s.w.buf))
+	s.curWritten = s.w.written.Load()
 	if err := s.w.record(RecIterationStart, encodeIterationStart(s.iter, final)); err != nil {
 		return s.ioError("send ITERATION-START", err)
 	}
@@ -81,6 +82,9 @@ func (s *sender) bandwidth() float64 {
 // the filter will skip would still count against the downtime budget.
 func (s *sender) sendFraction() float64 {
 	const minSample = 64
+	if len(s.stats.Iterations) == 0 {
+		return 1
+	}
 	last := s.stats.Iterations[len(s.stats.Iterations)-1]
 	if s.table == nil || last.Iteration == 0 || last.PagesDirty < minSample {
 		return 1
@@ -123,6 +127,85 @@ func (s *sender) decide(dirty uint64) (stop, converged bool, err error) {
 		ErrNotConverged, limit, dirty, left/mib, est.Round(time.Millisecond), s.opts.Downtime, bw/mib)
 }
 
+// midPass is the convergence check between two chunks of a pre-copy pass,
+// left being the pages of the pass not visited yet. Checking only after
+// complete passes would send a whole pass (all of memory in iteration 0)
+// even when the budget could take the rest at once; QEMU checks after every
+// chunk too (migration_iteration_run).
+//
+// The cheap test comes first: if the pages left in this pass, plus what is
+// still buffered, fit in bandwidth × downtime, the dirty log is read
+// without clearing it (peek) and the test is repeated with the pages
+// written behind the pass added. Only if that fits too does the pass stop:
+// the caller goes to stop-and-copy, whose fetch merges the log into the
+// pending bitmap that still holds the unvisited pages, so nothing is lost.
+// The byte estimate is the one decide uses (pages × PageSize × the last
+// iteration's send fraction; 1 in iteration 0).
+func (s *sender) midPass(left uint64) (bool, error) {
+	if !s.manual {
+		// Reading the log would clear it: only whole passes then.
+		return false, nil
+	}
+	bw := s.passBandwidth()
+	if bw <= 0 {
+		return false, nil
+	}
+	budget := bw * s.opts.Downtime.Seconds()
+	frac := s.sendFraction()
+	buffered := float64(s.w.queued + int64(len(s.w.buf)) - s.w.written.Load())
+	if float64(left*PageSize)*frac+buffered > budget {
+		return false, nil
+	}
+	n, err := s.peek()
+	if err != nil {
+		return false, err
+	}
+	if float64(n*PageSize)*frac+buffered > budget {
+		return false, nil
+	}
+	return true, nil
+}
+
+// passBandwidth is the link rate measured in the pass under way once it
+// has written enough to tell, else the estimate from earlier iterations
+// (0 when there is none yet: no early stop in the first moments).
+func (s *sender) passBandwidth() float64 {
+	const minBytes, minTime = 1 << 20, 50 * time.Millisecond
+	wrote := s.w.written.Load() - s.curWritten
+	el := time.Since(s.curAt)
+	if wrote >= minBytes && el >= minTime {
+		bw := float64(wrote) / el.Seconds()
+		if s.opts.MaxBandwidth > 0 && bw > float64(s.opts.MaxBandwidth) {
+			bw = float64(s.opts.MaxBandwidth)
+		}
+		return bw
+	}
+	if len(s.stats.Iterations) > 0 {
+		return s.bandwidth()
+	}
+	return 0
+}
+
+// peek counts the pages pending or logged dirty, without clearing the log
+// (manual-protect mode only) or changing the pending bitmaps.
+func (s *sender) peek() (uint64, error) {
+	var n uint64
+	for i := range s.mems {
+		tmp := s.scratch[i]
+		clear(tmp)
+		if err := s.src.DirtyLog(i, tmp); err != nil {
+			return 0, fmt.Errorf("migrate: dirty log of region %d: %w", i, err)
+		}
+		if r := s.pages[i] % 64; r != 0 {
+			tmp[len(tmp)-1] &= 1<<r - 1
+		}
+		for w, x := range tmp {
+			n += uint64(bits.OnesCount64(x | s.pending[i][w]))
+		}
+	}
+	return n, nil
+}
+
 // fetch ORs the dirty log of every region into the pending bitmaps and
 // returns the number of pending pages.
 func (s *sender) fetch() (uint64, error) {
@@ -155,42 +238,24 @@ func (s *sender) clearAll() error {
 	return nil
 }
 
-// sendAll is iteration 0: every page of every region. With clearFirst, each
-// chunk's dirty bits are cleared right before the chunk is read, exactly as
-// in later iterations: a page written during iteration 0 before its chunk is
-// sent goes out with its new content and is not reported dirty afterwards.
-// (This also makes KVM_DIRTY_LOG_INITIALLY_SET, where logging starts with
-// every bit set, work as intended.)
-func (s *sender) sendAll(clearFirst bool) error {
-	cw := s.opts.ChunkPages / 64
-	ones := make([]uint64, cw)
-	for i, mem := range s.mems {
-		base, pages := s.base[i], s.pages[i]
-		for first := uint64(0); first < pages; first += uint64(s.opts.ChunkPages) {
-			end := min(first+uint64(s.opts.ChunkPages), pages)
-			if clearFirst {
-				bits := ones[:(end-first+63)/64]
-				for w := range bits {
-					bits[w] = ^uint64(0)
-				}
-				if r := (end - first) % 64; r != 0 {
-					bits[len(bits)-1] = 1<<r - 1
-				}
-				if err := s.src.ClearDirtyLog(i, first, bits); err != nil {
-					return fmt.Errorf("migrate: clear dirty log of region %d: %w", i, err)
-				}
-			}
-			for p := first; p < end; p++ {
-				if err := s.sendPage(base+p, mem[p*PageSize:(p+1)*PageSize]); err != nil {
-					return err
-				}
-			}
-			if err := s.check(); err != nil {
-				return err
-			}
+// sendAll is iteration 0: every page of every region, sent as a pass over
+// a pending bitmap with every bit set. With clearFirst, each chunk's dirty
+// bits are cleared right before the chunk is read, exactly as in later
+// iterations: a page written during iteration 0 before its chunk is sent
+// goes out with its new content and is not reported dirty afterwards. (This
+// also makes KVM_DIRTY_LOG_INITIALLY_SET, where logging starts with every
+// bit set, work as intended.) With midCheck the pass may end early (see
+// midPass); the pages it did not reach stay pending.
+func (s *sender) sendAll(clearFirst, midCheck bool) (stopped bool, err error) {
+	for i, bm := range s.pending {
+		for w := range bm {
+			bm[w] = ^uint64(0)
+		}
+		if r := s.pages[i] % 64; r != 0 {
+			bm[len(bm)-1] = 1<<r - 1
 		}
 	}
-	return nil
+	return s.sendPending(clearFirst, midCheck)
 }
 
 // clearEverything re-arms every page of every region.
@@ -215,8 +280,15 @@ func (s *sender) clearEverything() error {
 // chunk's dirty bits are cleared in the kernel right before its pages are
 // read: a write after that point is logged again and sent next iteration,
 // while a write between the fetch and the clear is simply included now.
-func (s *sender) sendPending(clearFirst bool) error {
+//
+// With midCheck, the convergence check (midPass) runs after every chunk;
+// when it says stop, sendPending returns stopped = true at once, and the
+// pages of later chunks are left in the pending bitmap for stop-and-copy.
+// s.cur.PagesLeft counts them.
+func (s *sender) sendPending(clearFirst, midCheck bool) (stopped bool, err error) {
 	cw := s.opts.ChunkPages / 64
+	left := popcount(s.pending)
+	defer func() { s.cur.PagesLeft = left }()
 	for i, bm := range s.pending {
 		mem, base := s.mems[i], s.base[i]
 		for c := 0; c < len(bm); c += cw {
@@ -226,7 +298,7 @@ func (s *sender) sendPending(clearFirst bool) error {
 			}
 			if clearFirst {
 				if err := s.src.ClearDirtyLog(i, uint64(c)*64, words); err != nil {
-					return fmt.Errorf("migrate: clear dirty log of region %d: %w", i, err)
+					return false, fmt.Errorf("migrate: clear dirty log of region %d: %w", i, err)
 				}
 			}
 			for w := range words {
@@ -235,17 +307,34 @@ func (s *sender) sendPending(clearFirst bool) error {
 				for x != 0 {
 					p := uint64(c+w)*64 + uint64(bits.TrailingZeros64(x))
 					x &= x - 1
+					left--
 					if err := s.sendPage(base+p, mem[p*PageSize:(p+1)*PageSize]); err != nil {
-						return err
+						return false, err
 					}
 				}
 			}
 			if err := s.check(); err != nil {
-				return err
+				return false, err
+			}
+			if midCheck && left > 0 {
+				stop, err := s.midPass(left)
+				if err != nil || stop {
+					return stop, err
+				}
 			}
 		}
 	}
-	return nil
+	return false, nil
+}
+
+func popcount(bms [][]uint64) uint64 {
+	var n uint64
+	for _, bm := range bms {
+		for _, w := range bm {
+			n += uint64(bits.OnesCount64(w))
+		}
+	}
+	return n
 }
 
 func allZero(ws []uint64) bool {

@@ -38,7 +38,9 @@ type Options struct {
 	// left, divided by the bandwidth measured in the last iteration, fit in
 	// it. Bytes left = dirty pages × PageSize × the share of dirty pages the
 	// last iteration really sent (1 in iteration 0 and with NoDigest).
-	// Default 300 ms.
+	// The check also runs between chunks of a pass (in manual dirty-log
+	// mode), counting the pages the pass has not reached yet, so that a
+	// pass ends as soon as its rest fits the budget. Default 300 ms.
 	Downtime time.Duration
 	// MaxIterations limits pre-copy iterations, iteration 0 included.
 	// Default 30.
@@ -179,6 +181,8 @@ type sender struct {
 	cur     IterationStats
 	curAt   time.Time
 	curOut  int64
+	// curWritten is w.written when the iteration began (its measured rate).
+	curWritten int64
 	entries uint64 // page entries sent, for END
 	stats   Stats
 	start   time.Time
@@ -261,7 +265,8 @@ func (s *sender) run() error {
 		return err
 	}
 	s.cur.PagesDirty = s.total
-	if err := s.sendAll(clearFirst); err != nil {
+	stopped, err := s.sendAll(clearFirst, true)
+	if err != nil {
 		return err
 	}
 	if err := s.endIteration(); err != nil {
@@ -269,6 +274,10 @@ func (s *sender) run() error {
 	}
 
 	for {
+		if stopped {
+			// The budget took the rest of the pass (midPass).
+			return s.stopAndCopy(true)
+		}
 		dirty, err := s.fetch()
 		if err != nil {
 			return err
@@ -290,7 +299,7 @@ func (s *sender) run() error {
 				return err
 			}
 		}
-		if err := s.sendPending(clearFirst); err != nil {
+		if stopped, err = s.sendPending(clearFirst, true); err != nil {
 			return err
 		}
 		if err := s.endIteration(); err != nil {
@@ -469,8 +478,13 @@ func (s *sender) stopAndCopy(converged bool) error {
 	if err != nil {
 		return err
 	}
+	if last := s.stats.Iterations[len(s.stats.Iterations)-1]; last.PagesLeft > 0 {
+		// The pass before stopped early (midPass) and was not reported: its
+		// dirty rate counts what this fetch found beyond the pages it left.
+		s.reportLast(dirty - min(dirty, last.PagesLeft))
+	}
 	s.cur.PagesDirty = dirty
-	if err := s.sendPending(false); err != nil {
+	if _, err := s.sendPending(false, false); err != nil {
 		return err
 	}
 	s.w.endPages()

@@ -494,7 +494,7 @@ func TestProgressAndStatsJSON(t *testing.T) {
 		if it.Iteration != i || it != res.stats.Iterations[i] {
 			t.Fatalf("progress %d: %+v, stats %+v", i, it, res.stats.Iterations[i])
 		}
-		if it.PagesDirty != it.PagesFalseDirty+it.PagesZero+it.PagesSent {
+		if it.PagesDirty != it.PagesFalseDirty+it.PagesZero+it.PagesSent+it.PagesLeft {
 			t.Fatalf("iteration %d does not add up: %+v", i, it)
 		}
 	}

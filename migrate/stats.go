@@ -5,7 +5,7 @@ import "fmt"
 // IterationStats describes one pre-copy iteration (or the final
 // stop-and-copy pass). For every iteration
 //
-//	PagesDirty = PagesFalseDirty + PagesHeld + PagesZero + PagesSent
+//	PagesDirty = PagesFalseDirty + PagesHeld + PagesZero + PagesSent + PagesLeft
 //
 // In iteration 0 every page counts as dirty.
 type IterationStats struct {
@@ -24,6 +24,10 @@ type IterationStats struct {
 	PagesZero uint64 `json:"pages_zero"`
 	// PagesSent counts FULL pages (data + digest) sent.
 	PagesSent uint64 `json:"pages_sent"`
+	// PagesLeft counts dirty pages the iteration did not reach because the
+	// sender went to stop-and-copy in the middle of the pass (the downtime
+	// budget could take the rest); the stop-and-copy pass sends them.
+	PagesLeft uint64 `json:"pages_left,omitempty"`
 	// Bytes is every byte written to the connection during the iteration,
 	// record headers included.
 	Bytes   int64   `json:"bytes"`
@@ -63,6 +67,9 @@ func FormatIteration(it IterationStats) string {
 	held := ""
 	if it.PagesHeld > 0 {
 		held = fmt.Sprintf(", held by the destination %d", it.PagesHeld)
+	}
+	if it.PagesLeft > 0 {
+		held += fmt.Sprintf(", left to stop-and-copy %d", it.PagesLeft)
 	}
 	return fmt.Sprintf("%s: dirty %d, false-dirty skipped %d%s, zero %d, sent %d, %.1f MiB in %.3f s, dirty rate %.1f MiB/s",
 		name, it.PagesDirty, it.PagesFalseDirty, held, it.PagesZero, it.PagesSent,

@@ -1,0 +1,97 @@
+package migrate
+
+import (
+	"testing"
+	"time"
+)
+
+// midPassSource is 8 MiB of non-zero pages (one zero page in ten).
+func midPassSource(manual bool) *fakeSource {
+	src := newFakeSource(manual, 8<<20)
+	randomFill(src.mem[0], 7)
+	for p := uint64(0); p < 8<<20/PageSize; p += 10 {
+		clear(src.page(0, p))
+	}
+	return src
+}
+
+// midPassOptions: at 8 MiB/s a pass over 8 MiB takes ~1 s, while a 500 ms
+// budget can take half of it: the pass should stop about half way.
+func midPassOptions() Options {
+	return Options{Downtime: 500 * time.Millisecond, MaxBandwidth: 8 << 20, BufferSize: 256 << 10}
+}
+
+// When the rest of a pass fits in the downtime budget, the sender stops the
+// pass and goes to stop-and-copy, which sends the pages the pass did not
+// reach and the pages written behind it; nothing is lost and nothing goes
+// twice for nothing.
+func TestMidPassStop(t *testing.T) {
+	src := midPassSource(true)
+	wrote := false
+	src.onClear = func(region int, first uint64) {
+		// The guest writes page 3 again once the pass is beyond it.
+		if first >= 1024 && !wrote {
+			wrote = true
+			src.fillPage(0, 3, 0xab)
+		}
+	}
+	dst := &fakeDest{}
+	var seen []IterationStats
+	opts := midPassOptions()
+	opts.Progress = func(it IterationStats) { seen = append(seen, it) }
+	res := runMigration(t, src, dst, opts, ReceiveOptions{})
+	mustSucceed(t, res)
+	sameMemory(t, src, dst)
+	its := res.stats.Iterations
+	if !res.stats.Converged || len(its) != 2 || !its[1].StopAndCopy {
+		t.Fatalf("converged %v, iterations %+v", res.stats.Converged, its)
+	}
+	it0, sc := its[0], its[1]
+	total := uint64(8 << 20 / PageSize)
+	if it0.PagesLeft == 0 || it0.PagesLeft >= total*3/4 {
+		t.Fatalf("iteration 0 left %d of %d pages to stop-and-copy, want some but not most", it0.PagesLeft, total)
+	}
+	if it0.PagesDirty != it0.PagesFalseDirty+it0.PagesZero+it0.PagesSent+it0.PagesLeft {
+		t.Fatalf("iteration 0 does not add up: %+v", it0)
+	}
+	if !wrote || sc.PagesDirty != it0.PagesLeft+1 {
+		t.Fatalf("stop-and-copy dirty %d, want the %d pages left + page 3 (written: %v)", sc.PagesDirty, it0.PagesLeft, wrote)
+	}
+	if sent := it0.PagesSent + it0.PagesZero + sc.PagesSent + sc.PagesZero; sent != total+1 {
+		t.Fatalf("%d page entries sent, want each of %d pages once and page 3 twice", sent, total)
+	}
+	if len(seen) != 2 || seen[0].PagesLeft != it0.PagesLeft {
+		t.Fatalf("progress saw %+v", seen)
+	}
+	t.Logf("%s\n%s\n%s", FormatIteration(it0), FormatIteration(sc), res.stats.Summary())
+}
+
+// Without manual dirty-log protection, reading the log clears it, so the
+// sender does not look mid-pass: every pass runs to its end.
+func TestMidPassNeedsManualMode(t *testing.T) {
+	src := midPassSource(false)
+	dst := &fakeDest{}
+	res := runMigration(t, src, dst, midPassOptions(), ReceiveOptions{})
+	mustSucceed(t, res)
+	sameMemory(t, src, dst)
+	for _, it := range res.stats.Iterations {
+		if it.PagesLeft != 0 {
+			t.Fatalf("iteration %d left %d pages", it.Iteration, it.PagesLeft)
+		}
+	}
+}
+
+// A budget too small for the rest of the pass never stops it early.
+func TestMidPassBudgetTooSmall(t *testing.T) {
+	src := midPassSource(true)
+	dst := &fakeDest{}
+	opts := midPassOptions()
+	opts.Downtime = 20 * time.Millisecond
+	res := runMigration(t, src, dst, opts, ReceiveOptions{})
+	mustSucceed(t, res)
+	sameMemory(t, src, dst)
+	// 20 ms at 8 MiB/s is 40 pages, less than one 512-page chunk.
+	if left := res.stats.Iterations[0].PagesLeft; left != 0 {
+		t.Fatalf("iteration 0 left %d pages with a 20 ms budget", left)
+	}
+}
