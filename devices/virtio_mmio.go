@@ -62,10 +62,11 @@ const (
 	// Feature bits every ferry device offers.
 	VirtioFVersion1      = 1 << 32
 	VirtioFIndirectDesc  = 1 << 28
+	VirtioFEventIdx      = 1 << 29
 	virtioIntUsed        = 1
 	virtioIntConfig      = 2
 	VirtioMaxQueues      = 2
-	virtioCommonFeatures = VirtioFVersion1 | VirtioFIndirectDesc
+	virtioCommonFeatures = VirtioFVersion1 | VirtioFIndirectDesc | VirtioFEventIdx
 )
 
 // virtioLogf reports a device the guest broke (a variable for tests).
@@ -123,6 +124,7 @@ func (t *VirtioMMIO) syncQueues() {
 	for i := range t.queues {
 		t.queues[i].Mem = t.mem
 		t.queues[i].Indirect = t.s.DriverFeatures&VirtioFIndirectDesc != 0
+		t.queues[i].EventIdx = t.s.DriverFeatures&VirtioFEventIdx != 0
 	}
 }
 
@@ -262,7 +264,7 @@ func (t *VirtioMMIO) setReady(q *QueueState, ready bool) {
 	}
 	i := int(t.s.QueueSel)
 	q.Ready = 1
-	q.LastAvail, q.UsedIdx = 0, 0
+	q.LastAvail, q.UsedIdx, q.SignalledUsed = 0, 0, 0
 	t.syncQueues()
 	qq := t.Queue(i)
 	if err := qq.validate(); err != nil {
@@ -309,8 +311,9 @@ func (t *VirtioMMIO) commit(i int) { t.s.Queues[i] = t.queues[i].S }
 // Used is called by Process after it pushed chains to queue i: the
 // positions are kept, and the driver interrupted unless it asked not to be.
 func (t *VirtioMMIO) Used(i int) {
+	want := t.queues[i].WantInterrupt() // before commit: it updates the queue's state
 	t.commit(i)
-	if t.queues[i].WantInterrupt() {
+	if want {
 		t.raise(virtioIntUsed)
 	}
 }

@@ -49,6 +49,9 @@ type QueueState struct {
 	Desc      uint64 // descriptor table
 	Avail     uint64 // driver area (available ring)
 	Used      uint64 // device area (used ring)
+	// SignalledUsed is UsedIdx as it was when the device last decided
+	// whether to interrupt (the "old" of vring_need_event; EVENT_IDX only).
+	SignalledUsed uint16
 }
 
 // Queue is a split virtqueue over guest memory.
@@ -56,6 +59,7 @@ type Queue struct {
 	S        QueueState
 	Mem      GuestMemory
 	Indirect bool // VIRTIO_F_INDIRECT_DESC was negotiated
+	EventIdx bool // VIRTIO_F_EVENT_IDX was negotiated
 }
 
 // Buf is one guest buffer of a descriptor chain.
@@ -126,6 +130,16 @@ func (q *Queue) Pop() (*Chain, error) {
 		return nil, nil
 	}
 	n, err := q.Pending()
+	if err == nil && n == 0 && q.EventIdx {
+		// The ring looks empty: ask for a notification when the driver
+		// makes entry LastAvail available, then look once more, since the
+		// driver may have added it before it could see avail_event
+		// (2.7.10). The store is a full barrier before the second load.
+		var wrote bool
+		if wrote, err = q.setAvailEvent(q.S.LastAvail); wrote {
+			n, err = q.Pending()
+		}
+	}
 	if err != nil || n == 0 {
 		return nil, err
 	}
@@ -238,11 +252,69 @@ func (q *Queue) Push(head uint16, written uint32) error {
 	return nil
 }
 
-// WantInterrupt reports whether the driver wants an interrupt for used
-// buffers (it has not set VIRTQ_AVAIL_F_NO_INTERRUPT).
+// WantInterrupt reports whether the driver wants an interrupt for the
+// buffers used since the last call. Without EVENT_IDX: unless it set
+// VIRTQ_AVAIL_F_NO_INTERRUPT. With EVENT_IDX: if the used idx moved past
+// the driver's used_event since the last decision; the decision point is
+// recorded in S, so the caller must save S after this call.
 func (q *Queue) WantInterrupt() bool {
-	_, flags, err := q.avail()
-	return err != nil || flags&vringAvailFNoInt == 0
+	if !q.EventIdx {
+		_, flags, err := q.avail()
+		return err != nil || flags&vringAvailFNoInt == 0
+	}
+	old, now := q.S.SignalledUsed, q.S.UsedIdx
+	q.S.SignalledUsed = now
+	// Push stored the used idx with a full barrier, so used_event is read
+	// after the driver can see the new entries (2.7.10).
+	event, err := q.load16(q.usedEventAddr())
+	return err != nil || needEvent(event, now, old)
+}
+
+// needEvent is the spec's vring_need_event: moving an index from old to
+// now crossed event, that is event is in [old, now) modulo 2^16.
+func needEvent(event, now, old uint16) bool {
+	return now-event-1 < now-old
+}
+
+// used_event is the u16 after the avail ring's entries, avail_event the
+// u16 after the used ring's (2.7.10, "virtq_avail"/"virtq_used").
+func (q *Queue) usedEventAddr() uint64  { return q.S.Avail + 4 + 2*uint64(q.S.Num) }
+func (q *Queue) availEventAddr() uint64 { return q.S.Used + 4 + vringUsedElem*uint64(q.S.Num) }
+
+// setAvailEvent stores v in avail_event unless it is there already, and
+// reports whether it wrote. The u16 is replaced inside its aligned 32-bit
+// word by compare-and-swap: the other half, which may be outside the ring,
+// is written back unchanged even if the driver changes it meanwhile. A
+// 4-byte aligned word never crosses a page, so it is in RAM if the ring is.
+func (q *Queue) setAvailEvent(v uint16) (bool, error) {
+	addr := q.availEventAddr()
+	w, err := q.Mem.Slice(addr&^3, 4)
+	if err != nil {
+		return false, ringErr("used ring: %v", err)
+	}
+	p := (*uint32)(unsafe.Pointer(&w[0]))
+	sh := 8 * (addr & 2)
+	for {
+		old := atomic.LoadUint32(p)
+		if uint16(old>>sh) == v {
+			return false, nil
+		}
+		if atomic.CompareAndSwapUint32(p, old, old&^(0xffff<<sh)|uint32(v)<<sh) {
+			break
+		}
+	}
+	q.Mem.MarkDirty(addr, 2)
+	return true, nil
+}
+
+// load16 reads the u16 at the even address addr with one atomic load of
+// its aligned 32-bit word.
+func (q *Queue) load16(addr uint64) (uint16, error) {
+	w, err := q.Mem.Slice(addr&^3, 4)
+	if err != nil {
+		return 0, ringErr("ring: %v", err)
+	}
+	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&w[0]))) >> (8 * (addr & 2))), nil
 }
 
 // ReadFrom copies the chain's readable bytes from offset off into p and
