@@ -60,7 +60,7 @@ func TestIOEventFD(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(efd)
-	if err := tv.vm.IOEventFD(efd, 0x20, 1, true); err != nil {
+	if err := tv.vm.IOEventFD(IOEvent{FD: efd, Addr: 0x20, Len: 1, PIO: true}); err != nil {
 		t.Fatalf("IOEventFD: %v", err)
 	}
 	a := newAsm()

@@ -30,6 +30,8 @@ const (
 	CapPITState2              = gokvm.CapPITState2
 	CapIRQFD                  = gokvm.CapIRQFD
 	CapIOEventFD              = gokvm.CapIOEventFD
+	CapIRQFDResample          = gokvm.CapIRQFDResample
+	CapIOEventFDAnyLength     = gokvm.CapIOEventFDAnyLength
 	CapAdjustClock            = gokvm.CapAdjustClock
 	CapVCPUEvents             = gokvm.CapVCPUEvents
 	CapDebugRegs              = gokvm.CapDebugRegs

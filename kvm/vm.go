@@ -138,28 +138,6 @@ func (vm *VM) IRQLine(gsi uint32, high bool) error {
 	return nil
 }
 
-// IRQFD makes a write to the eventfd efd raise gsi.
-func (vm *VM) IRQFD(efd int, gsi uint32) error {
-	r := irqfd{FD: uint32(efd), GSI: gsi}
-	if _, err := ioctl(vm.fd, reqIRQFD, unsafe.Pointer(&r)); err != nil {
-		return fmt.Errorf("KVM_IRQFD gsi %d: %w", gsi, err)
-	}
-	return nil
-}
-
-// IOEventFD makes a guest write of size bytes at addr (port I/O when pio)
-// signal efd instead of exiting to user space.
-func (vm *VM) IOEventFD(efd int, addr uint64, size uint32, pio bool) error {
-	r := ioeventfd{Addr: addr, Len: size, FD: int32(efd)}
-	if pio {
-		r.Flags |= 1 << 1 // KVM_IOEVENTFD_FLAG_PIO
-	}
-	if _, err := ioctl(vm.fd, reqIOEventFD, unsafe.Pointer(&r)); err != nil {
-		return fmt.Errorf("KVM_IOEVENTFD %#x: %w", addr, err)
-	}
-	return nil
-}
-
 // IRQChip reads one in-kernel interrupt controller (IRQChipPIC*, IRQChipIOAPIC).
 func (vm *VM) IRQChip(id uint32) (IRQChip, error) {
 	c := IRQChip{ChipID: id}
