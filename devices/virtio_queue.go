@@ -376,3 +376,47 @@ func (c *Chain) Len(write bool) uint64 {
 	}
 	return n
 }
+
+// queueStateV1 and virtioMMIOStateV1 are the virtio-mmio transport's state
+// as VM state format 1 saved it: QueueState without SignalledUsed.
+type queueStateV1 struct {
+	Num       uint16
+	Ready     uint8
+	_         uint8
+	LastAvail uint16
+	UsedIdx   uint16
+	Desc      uint64
+	Avail     uint64
+	Used      uint64
+}
+
+type virtioMMIOStateV1 struct {
+	Status          uint32
+	DevFeatSel      uint32
+	DrvFeatSel      uint32
+	QueueSel        uint32
+	InterruptStatus uint32
+	Broken          uint32
+	DriverFeatures  uint64
+	Queues          [VirtioMaxQueues]queueStateV1
+}
+
+// UpgradeVirtioStateV1 converts a virtio-mmio transport's state saved in
+// VM state format 1 to the current layout. Format 1 devices offered no
+// EVENT_IDX and decided on an interrupt after every batch of used
+// buffers, so at a pause the last decision was at the current used idx.
+func UpgradeVirtioStateV1(name string, data []byte) ([]byte, error) {
+	var o virtioMMIOStateV1
+	if err := decodeFixed(name, data, &o); err != nil {
+		return nil, err
+	}
+	s := VirtioMMIOState{
+		Status: o.Status, DevFeatSel: o.DevFeatSel, DrvFeatSel: o.DrvFeatSel, QueueSel: o.QueueSel,
+		InterruptStatus: o.InterruptStatus, Broken: o.Broken, DriverFeatures: o.DriverFeatures,
+	}
+	for i, q := range o.Queues {
+		s.Queues[i] = QueueState{Num: q.Num, Ready: q.Ready, LastAvail: q.LastAvail, UsedIdx: q.UsedIdx,
+			Desc: q.Desc, Avail: q.Avail, Used: q.Used, SignalledUsed: q.UsedIdx}
+	}
+	return encodeFixed(name, &s)
+}

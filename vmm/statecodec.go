@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"strings"
 
+	"github.com/ferryvmm/ferry/devices"
 	"github.com/ferryvmm/ferry/kvm"
 )
 
@@ -26,9 +28,13 @@ import (
 // their kernel layout (encoding/binary). Every count is checked against a
 // cap before anything is allocated, so a hostile blob cannot make the
 // decoder allocate more than the blob's own (capped) size.
+//
+// Version 2 added QueueState.SignalledUsed (VIRTIO_F_EVENT_IDX) to the
+// virtio-mmio devices' state; a version 1 blob is still read, its virtio
+// devices' states converted (devices.UpgradeVirtioStateV1).
 const (
 	stateMagic   = "FERRYVM\x00"
-	stateVersion = 1
+	stateVersion = 2
 	stateHdrLen  = 28
 
 	// MaxStateSize caps a whole encoded state.
@@ -151,8 +157,9 @@ func DecodeState(b []byte) (*State, error) {
 	if len(b) < stateHdrLen || string(b[:8]) != stateMagic {
 		return nil, fmt.Errorf("%w: no FERRYVM header", ErrBadState)
 	}
-	if v := binary.LittleEndian.Uint32(b[8:]); v != stateVersion {
-		return nil, fmt.Errorf("%w: format version %d, this ferry reads %d", ErrBadState, v, stateVersion)
+	version := binary.LittleEndian.Uint32(b[8:])
+	if version != 1 && version != stateVersion {
+		return nil, fmt.Errorf("%w: format version %d, this ferry reads 1 to %d", ErrBadState, version, stateVersion)
 	}
 	if r := binary.LittleEndian.Uint32(b[24:]); r != 0 {
 		return nil, fmt.Errorf("%w: reserved header field is %#x, not 0", ErrBadState, r)
@@ -221,8 +228,27 @@ func DecodeState(b []byte) (*State, error) {
 	if d.err == nil && d.r.Len() != 0 {
 		d.err = fmt.Errorf("%w: %d bytes after the last device", ErrBadState, d.r.Len())
 	}
+	if d.err == nil && version == 1 {
+		d.err = upgradeDevicesV1(s.Devices)
+	}
 	if d.err != nil {
 		return nil, d.err
 	}
 	return s, nil
+}
+
+// upgradeDevicesV1 converts the virtio-mmio devices' states (named
+// virtio-blk0, virtio-net0, ...; see addVirtio) of a version 1 blob.
+func upgradeDevicesV1(list []DeviceState) error {
+	for i, d := range list {
+		if !strings.HasPrefix(d.Name, "virtio-") {
+			continue
+		}
+		data, err := devices.UpgradeVirtioStateV1(d.Name, d.Data)
+		if err != nil {
+			return fmt.Errorf("%w: format 1: %v", ErrBadState, err)
+		}
+		list[i].Data = data
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/ferryvmm/ferry/devices"
 	"github.com/ferryvmm/ferry/kvm"
 )
 
@@ -111,10 +112,65 @@ func FuzzDecodeState(f *testing.F) {
 		if err != nil {
 			return
 		}
+		if binary.LittleEndian.Uint32(b[8:]) == 1 {
+			// Upgraded from format 1: its encoding in the current
+			// format must round-trip.
+			if b, err = EncodeState(s); err != nil {
+				t.Fatalf("upgraded state does not encode: %v", err)
+			}
+			if s, err = DecodeState(b); err != nil {
+				t.Fatalf("upgraded state does not decode: %v", err)
+			}
+		}
 		// Whatever decodes must encode back to the same bytes.
 		again, err := EncodeState(s)
 		if err != nil || !bytes.Equal(again, b) {
 			t.Fatalf("decoded state does not re-encode to its input (err %v)", err)
 		}
 	})
+}
+
+// TestStateCodecVersion1 reads a format 1 state: the virtio devices'
+// queues gain SignalledUsed (their used idx), other devices are unchanged.
+func TestStateCodecVersion1(t *testing.T) {
+	var old bytes.Buffer
+	for _, v := range []uint32{0xf, 0, 0, 1, 1, 0} { // status ... broken
+		binary.Write(&old, binary.LittleEndian, v)
+	}
+	binary.Write(&old, binary.LittleEndian, uint64(devices.VirtioFVersion1))
+	for q := 0; q < devices.VirtioMaxQueues; q++ {
+		binary.Write(&old, binary.LittleEndian, []uint16{16, 1, 7 + uint16(q), 5 + uint16(q)}) // num, ready, last avail, used idx
+		binary.Write(&old, binary.LittleEndian, []uint64{0x1000, 0x2000, 0x3000})
+	}
+	s := sampleState()
+	s.Devices = append(s.Devices, DeviceState{Name: "virtio-blk0", Data: old.Bytes()})
+	b, err := EncodeState(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binary.LittleEndian.PutUint32(b[8:], 1)
+	got, err := DecodeState(reseal(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.Devices[:2], s.Devices[:2]) {
+		t.Error("other devices changed")
+	}
+	want := devices.VirtioMMIOState{Status: 0xf, QueueSel: 1, InterruptStatus: 1, DriverFeatures: devices.VirtioFVersion1}
+	for q := range want.Queues {
+		want.Queues[q] = devices.QueueState{Num: 16, Ready: 1, LastAvail: 7 + uint16(q), UsedIdx: 5 + uint16(q),
+			Desc: 0x1000, Avail: 0x2000, Used: 0x3000, SignalledUsed: 5 + uint16(q)}
+	}
+	var w bytes.Buffer
+	binary.Write(&w, binary.LittleEndian, &want)
+	if !bytes.Equal(got.Devices[2].Data, w.Bytes()) {
+		t.Errorf("virtio-blk0 upgraded to\n%x, want\n%x", got.Devices[2].Data, w.Bytes())
+	}
+	// A format 1 virtio state of the wrong size is refused.
+	s.Devices[2].Data = old.Bytes()[1:]
+	b, _ = EncodeState(s)
+	binary.LittleEndian.PutUint32(b[8:], 1)
+	if _, err := DecodeState(reseal(b)); !errors.Is(err, ErrBadState) {
+		t.Errorf("short format 1 virtio state: err = %v, want ErrBadState", err)
+	}
 }
