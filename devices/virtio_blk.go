@@ -27,8 +27,10 @@ const (
 )
 
 // Blk is a virtio-blk disk backed by a raw image file. Requests are done
-// synchronously in the driver's notify (on the vCPU thread that wrote
-// QueueNotify), so none is ever in flight when the VM is paused.
+// synchronously in the driver's notify: on the vCPU thread that wrote
+// QueueNotify, or on the VMM's notifier goroutine when the write went to
+// an ioeventfd (vmm/notify.go drains it before the VM is saved), so none
+// is in flight when a paused VM is saved.
 type Blk struct {
 	path     string
 	f        *os.File

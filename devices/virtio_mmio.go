@@ -295,6 +295,33 @@ func (t *VirtioMMIO) reset() {
 	t.setIRQ(false)
 }
 
+// NumQueues is how many queues the device has.
+func (t *VirtioMMIO) NumQueues() int { return t.backend.NumQueues() }
+
+// Notify handles the driver's notification of queue q when it did not
+// come through MMIOWrite: the VMM saw the driver's write of q to
+// QueueNotify on an ioeventfd. Process runs under t.mu either way.
+func (t *VirtioMMIO) Notify(q int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if q >= 0 {
+		t.notify(uint32(q))
+	}
+}
+
+// Kick processes every ready queue once, as if the driver had notified
+// each. After a restore, or a resume, it takes what the driver made
+// available before the pause and the device had not yet taken (a notify
+// that was in flight when the VM was paused). Only new chains are taken:
+// the queue positions say what was done.
+func (t *VirtioMMIO) Kick() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for q := 0; q < t.backend.NumQueues(); q++ {
+		t.notify(uint32(q))
+	}
+}
+
 func (t *VirtioMMIO) notify(qi uint32) {
 	if t.s.Broken != 0 || t.s.Status&VirtioStatusDriverOK == 0 || int(qi) >= t.backend.NumQueues() || t.s.Queues[qi].Ready == 0 {
 		return
@@ -350,8 +377,10 @@ func (t *VirtioMMIO) setIRQ(high bool) {
 	}
 }
 
-// Save implements Stateful. Requests are processed synchronously when the
-// driver notifies, so at a pause none is in flight: the state is complete.
+// Save implements Stateful. Requests are processed under t.mu, on the
+// vCPU thread's MMIO exit or on the VMM's ioeventfd notifier, which the
+// VMM drains before a save (vmm/notify.go): at a pause none is in flight,
+// and the state is complete.
 func (t *VirtioMMIO) Save() ([]byte, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
