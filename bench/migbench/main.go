@@ -33,27 +33,39 @@ type workload struct {
 	Same  int    // percent of writes that leave the page unchanged
 	Class string // target class: "filter" (>= 60% write-not-dirty), "no-filter", "idle", "" (none)
 	Note  string
+	// SamePages > 0 makes the share per page (ferry.samepages) instead of
+	// per write; Chg > 8 is the bytes a changing write alters (ferry.chg).
+	SamePages int
+	Chg       int
 }
 
 var allWorkloads = []workload{
-	{"random", "random", 0, "no-filter", "every write changes its page"},
-	{"same", "same", 100, "filter", "every write stores the value already there"},
-	{"mix", "mix", 70, "filter", "70% unchanged rewrites (zeusmp ~70%)"},
-	{"mcf", "mix", 80, "filter", "80% unchanged rewrites (mcf ~80%)"},
-	{"memcached", "mix", 45, "", "45% unchanged rewrites (memcached, bzip2 ~45%)"},
-	{"hot", "hot", 0, "no-filter", "all writes in a 1 MiB hot set, every write changes its page"},
-	{"idle", "idle", 0, "idle", "working set filled, then no writes"},
-	{"zeusmp", "mix", 70, "filter", "= mix"},
-	{"bzip2", "mix", 45, "", "= memcached"},
+	{"random", "random", 0, "no-filter", "every write changes its page", 0, 0},
+	{"same", "same", 100, "filter", "every write stores the value already there", 0, 0},
+	{"mix", "mix", 70, "filter", "70% unchanged rewrites (zeusmp ~70%)", 0, 0},
+	{"mcf", "mix", 80, "filter", "80% unchanged rewrites (mcf ~80%)", 0, 0},
+	{"memcached", "mix", 45, "", "45% unchanged rewrites (memcached, bzip2 ~45%)", 0, 0},
+	{"hot", "hot", 0, "no-filter", "all writes in a 1 MiB hot set, every write changes its page", 0, 0},
+	{"idle", "idle", 0, "idle", "working set filled, then no writes", 0, 0},
+	{"mixpages", "mix", 70, "filter", "70% of the pages only rewritten unchanged, the rest change 256 bytes per write", 70, 256},
+	{"zeusmp", "mix", 70, "filter", "= mix", 0, 0},
+	{"bzip2", "mix", 45, "", "= memcached", 0, 0},
 }
 
 func (w workload) cmdline(b *bench) string {
 	s := fmt.Sprintf("ferry.run=dirty ferry.mode=%s ferry.ws=%s ferry.rate=%d", w.Mode, b.ws, b.rate)
 	switch w.Mode {
 	case "mix":
-		s += fmt.Sprintf(" ferry.same=%d", w.Same)
+		if w.SamePages > 0 {
+			s += fmt.Sprintf(" ferry.samepages=%d", w.SamePages)
+		} else {
+			s += fmt.Sprintf(" ferry.same=%d", w.Same)
+		}
 	case "hot":
 		s += " ferry.hot=" + b.hot
+	}
+	if w.Chg > 8 {
+		s += fmt.Sprintf(" ferry.chg=%d", w.Chg)
 	}
 	return s
 }
@@ -204,7 +216,7 @@ func main() {
 		ferryBin  = flag.String("ferry", filepath.Join(root, "bin/ferry"), "ferry binary")
 		qemuBin   = flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 		guestDir  = flag.String("guest", filepath.Join(root, "guest-images/out"), "guest image directory (vmlinux, initramfs.cpio)")
-		wls       = flag.String("workloads", "same,mix,mcf,memcached,random,hot,idle", "workloads, comma-separated (also zeusmp = mix, bzip2 = memcached)")
+		wls       = flag.String("workloads", "same,mix,mixpages,mcf,memcached,random,hot,idle", "workloads, comma-separated (also zeusmp = mix, bzip2 = memcached)")
 		syss      = flag.String("systems", "ferry,ferry-no-digest,ferry-no-clear,qemu,qemu-xbzrle", "systems, comma-separated")
 		bws       = flag.String("bws", "32,0", "bandwidth caps in MiB/s, comma-separated (0: unlimited)")
 		mem       = flag.String("mem", "128M", "guest memory")

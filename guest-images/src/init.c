@@ -373,7 +373,38 @@ struct dirty_cfg {
 	uint64_t hot;		/* hot set (mode hot), bytes */
 	long rate;		/* page writes per second */
 	long same;		/* percent of writes that store the value already there */
+	long samepages;		/* percent of pages only ever rewritten unchanged; -1: off */
+	long chg;		/* bytes a changing write alters */
 };
+
+/*
+ * With ferry.samepages=P the choice between an unchanged rewrite and a
+ * change is made per page, not per write: page p (a fixed hash of its
+ * index) is either one of the P% "same" pages, which are only ever
+ * rewritten with the bytes already there, or one of the others, which
+ * change at every write. The share of false-dirty pages then stays P% however
+ * often a page is written during an iteration (with a per-write share it
+ * falls, since one changing write among several dirties the page).
+ */
+static int same_page(uint64_t p, long samepages)
+{
+	return (long)(((p * 0x9e3779b97f4a7c15ULL) >> 40) % 100) < samepages;
+}
+
+/*
+ * A changing write of n bytes at b: every byte becomes the first byte's
+ * old value + 1 (never 0), so the first byte always changes and the
+ * others almost always. One string instruction (rep stosb), cheap in an
+ * emulated guest whatever n is.
+ */
+static void change_bytes(unsigned char *b, size_t n)
+{
+	unsigned char v = (unsigned char)(b[0] + 1);
+
+	if (v == 0)
+		v = 1;
+	__asm__ volatile("rep stosb" : "+D"(b), "+c"(n) : "a"(v) : "memory");
+}
 
 /*
  * Touch and fill every page of the working set with non-zero data that
@@ -460,14 +491,25 @@ static void dirty_writer(const struct dirty_cfg *c)
 	for (;;) {
 		for (uint64_t i = 0; i < batch; i++) {
 			uint64_t r = rng();
-			volatile uint64_t *word = mem + ((r >> 32) % span) * WORDS_PER_PAGE
+			uint64_t p = (r >> 32) % span;
+			volatile uint64_t *word = mem + p * WORDS_PER_PAGE
 						  + (r & (WORDS_PER_PAGE - 1));
+			int same = c->samepages >= 0 ? same_page(p, c->samepages)
+						     : ((r >> 9) & 0xffff) < same_threshold;
 
-			if (((r >> 9) & 0xffff) < same_threshold) {
+			if (same) {
 				*word = *word;	/* dirty, but unchanged */
 				iv_same++;
-			} else {
+			} else if (c->chg <= 8) {
 				*word = *word + 0x9e3779b97f4a7c15ULL;	/* a new value */
+			} else {
+				/* chg bytes from this word on, within the page */
+				uint64_t off = (r & (WORDS_PER_PAGE - 1)) * 8;
+
+				if (off > PAGE_SIZE - (uint64_t)c->chg)
+					off = PAGE_SIZE - (uint64_t)c->chg;
+				change_bytes((unsigned char *)(mem + p * WORDS_PER_PAGE) + off,
+					     (size_t)c->chg);
 			}
 		}
 		issued += batch;
@@ -525,8 +567,15 @@ static void run_dirty(void)
 	else
 		c.same = parse_long(param("ferry.same", "70"), 70, 0, 100);
 
-	say("ferry-dirty: mode=%s ws=%lluK rate=%ld/s same=%ld%% hot=%lluK\n", c.mode,
-	    (unsigned long long)(c.ws >> 10), c.rate, c.same, (unsigned long long)(c.hot >> 10));
+	/* Per-page shares (mix only) replace the per-write share. */
+	c.samepages = -1;
+	if (strcmp(c.mode, "mix") == 0 && param("ferry.samepages", NULL) != NULL)
+		c.samepages = parse_long(param("ferry.samepages", "0"), 0, 0, 100);
+	c.chg = parse_long(param("ferry.chg", "8"), 8, 1, PAGE_SIZE);
+
+	say("ferry-dirty: mode=%s ws=%lluK rate=%ld/s same=%ld%% samepages=%ld%% chg=%ld hot=%lluK\n",
+	    c.mode, (unsigned long long)(c.ws >> 10), c.rate, c.same, c.samepages, c.chg,
+	    (unsigned long long)(c.hot >> 10));
 
 	pid_t pid = fork();
 	if (pid < 0) {
