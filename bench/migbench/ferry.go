@@ -18,7 +18,7 @@ import (
 // control socket) moves it.
 
 var (
-	reFerryIter     = regexp.MustCompile(`^(?:iter ([0-9]+)|stop-and-copy \(iter ([0-9]+)\)): dirty ([0-9]+), false-dirty skipped ([0-9]+)(?:, held by the destination [0-9]+)?, zero ([0-9]+), sent ([0-9]+), ([0-9.]+) MiB in ([0-9.]+) s`)
+	reFerryIter     = regexp.MustCompile(`^(?:iter ([0-9]+)|stop-and-copy \(iter ([0-9]+)\)): dirty ([0-9]+), false-dirty skipped ([0-9]+)(?:, held by the destination [0-9]+)?(?:, left to stop-and-copy ([0-9]+))?, zero ([0-9]+), sent ([0-9]+), ([0-9.]+) MiB in ([0-9.]+) s`)
 	reFerryWaiting  = regexp.MustCompile(`waiting for a migration on`)
 	reFerryReceived = regexp.MustCompile(`guest received from .* and running`)
 )
@@ -96,12 +96,15 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		it.Iteration = atoi(m[1] + m[2])
 		it.PagesDirty = u64p(m[3])
 		it.PagesFalseDirty = u64p(m[4])
-		it.PagesZero = u64p(m[5])
-		it.PagesSent = u64p(m[6])
-		f, _ := strconv.ParseFloat(m[7], 64)
+		if m[5] != "" {
+			it.PagesLeft = u64p(m[5])
+		}
+		it.PagesZero = u64p(m[6])
+		it.PagesSent = u64p(m[7])
+		f, _ := strconv.ParseFloat(m[8], 64)
 		mib += f
 		it.Bytes = int64(f * (1 << 20))
-		it.Seconds, _ = strconv.ParseFloat(m[8], 64)
+		it.Seconds, _ = strconv.ParseFloat(m[9], 64)
 		r.PerIteration = append(r.PerIteration, it)
 	}
 	r.Iterations = len(r.PerIteration)
@@ -116,6 +119,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 				PagesFalseDirty uint64  `json:"pages_false_dirty"`
 				PagesZero       uint64  `json:"pages_zero"`
 				PagesSent       uint64  `json:"pages_sent"`
+				PagesLeft       uint64  `json:"pages_left"`
 				Bytes           int64   `json:"bytes"`
 				Seconds         float64 `json:"seconds"`
 			} `json:"iterations"`
@@ -141,6 +145,9 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 				r.PerIteration = append(r.PerIteration, IterStat{Iteration: it.Iteration, StopAndCopy: it.StopAndCopy,
 					PagesDirty: &it.PagesDirty, PagesFalseDirty: &it.PagesFalseDirty, PagesZero: &it.PagesZero,
 					PagesSent: &it.PagesSent, Bytes: it.Bytes, Seconds: it.Seconds})
+				if it.PagesLeft > 0 {
+					r.PerIteration[len(r.PerIteration)-1].PagesLeft = &it.PagesLeft
+				}
 			}
 			r.Iterations = len(st.Iterations)
 		}

@@ -95,10 +95,14 @@ type IterStat struct {
 	PagesFalseDirty *uint64 `json:"pages_false_dirty"`
 	PagesZero       *uint64 `json:"pages_zero"`
 	PagesSent       *uint64 `json:"pages_sent"`
-	PagesXBZRLE     *uint64 `json:"pages_xbzrle,omitempty"` // QEMU: pages sent XBZRLE-encoded
-	Bytes           int64   `json:"bytes"`
-	Seconds         float64 `json:"seconds"`
-	Approx          bool    `json:"approx,omitempty"`
+	// PagesLeft (ferry): pages the pass did not reach because the sender
+	// went to stop-and-copy mid-pass; the next (final) pass counts them
+	// among its dirty pages.
+	PagesLeft   *uint64 `json:"pages_left,omitempty"`
+	PagesXBZRLE *uint64 `json:"pages_xbzrle,omitempty"` // QEMU: pages sent XBZRLE-encoded
+	Bytes       int64   `json:"bytes"`
+	Seconds     float64 `json:"seconds"`
+	Approx      bool    `json:"approx,omitempty"`
 }
 
 type QemuInfo struct {
@@ -231,6 +235,7 @@ func main() {
 		out       = flag.String("out", filepath.Join(root, "bench"), "directory for results.json and the SVG plot")
 		logs      = flag.String("logs", "", "directory for the VMMs' logs (default: a new one under /tmp)")
 		reportDir = flag.String("report", "", "only print the report for an existing results.json in this directory")
+		markdown  = flag.String("markdown", "", "also write the report's tables into this Markdown file, between the lines "+mdBegin+" and "+mdEnd)
 	)
 	flag.Parse()
 	if *reportDir != "" {
@@ -238,7 +243,7 @@ func main() {
 		if err != nil {
 			fatal("%v", err)
 		}
-		report(os.Stdout, runs, *reportDir)
+		reportTo(*markdown, runs, *reportDir)
 		return
 	}
 	b := &bench{qemu: *qemuBin, mem: *mem, ws: *ws, hot: *hot, rate: *rate, downtime: *downtime,
@@ -333,7 +338,7 @@ func main() {
 		fatal("%v", err)
 	}
 	fmt.Println()
-	report(os.Stdout, b.runs, b.out)
+	reportTo(*markdown, b.runs, b.out)
 	fmt.Printf("\nlogs: %s\n", b.logs)
 }
 
