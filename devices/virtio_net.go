@@ -1,11 +1,14 @@
 package devices
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log"
+	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -223,4 +226,51 @@ func (n *Net) deliver(frame []byte) bool {
 	}
 	t.Used(virtioNetRX)
 	return true
+}
+
+// After the guest moved to this host (a migration, a restored snapshot),
+// Announce sends a few RARP frames from its MAC, as QEMU's announce_self
+// does, so that bridges and switches learn the guest's new port at once
+// instead of when the guest next transmits.
+const (
+	announceCount = 3
+	announceGap   = 50 * time.Millisecond
+	ethTypeRARP   = 0x8035
+	ethMinFrame   = 60 // without the FCS
+)
+
+// AnnounceFrame is the broadcast RARP "request reverse" (RFC 903) for mac:
+// Ethernet hardware, IPv4 protocol, mac as sender and target hardware
+// address, no IP addresses, padded to the minimum Ethernet frame.
+func AnnounceFrame(mac [6]byte) []byte {
+	f := make([]byte, ethMinFrame)
+	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(f[6:12], mac[:])
+	binary.BigEndian.PutUint16(f[12:], ethTypeRARP)
+	binary.BigEndian.PutUint16(f[14:], 1)      // hardware type: Ethernet
+	binary.BigEndian.PutUint16(f[16:], 0x0800) // protocol type: IPv4
+	f[18], f[19] = 6, 4                        // address lengths
+	binary.BigEndian.PutUint16(f[20:], 3)      // operation: request reverse
+	copy(f[22:28], mac[:])                     // sender hardware address
+	copy(f[32:38], mac[:])                     // target hardware address
+	return f
+}
+
+// Announce writes announceCount RARP frames with the guest's MAC to the
+// tap, announceGap apart, from a goroutine of its own: it returns at once.
+func (n *Net) Announce() { go n.announce(announceCount, announceGap) }
+
+func (n *Net) announce(count int, gap time.Duration) {
+	f := AnnounceFrame(n.mac)
+	for i := 0; i < count; i++ {
+		if i > 0 {
+			time.Sleep(gap)
+		}
+		if _, err := n.tap.Write(f); err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				log.Printf("tap %s: announcing %s: %v", n.tapName, net.HardwareAddr(n.mac[:]), err)
+			}
+			return
+		}
+	}
 }

@@ -237,8 +237,19 @@ func (t *MigrationTarget) Start() error {
 	if err := t.m.Start(); err != nil {
 		return err
 	}
+	t.m.announceNets()
 	t.started <- t.m
 	return nil
+}
+
+// announceNets has each virtio-net device announce the guest's MAC on its
+// tap here (devices.Net.Announce: RARP frames, sent in the background), so
+// the network learns where the guest moved. The migration destination and
+// a restored snapshot both start through MigrationTarget.Start.
+func (m *Machine) announceNets() {
+	for _, n := range m.nets {
+		n.Announce()
+	}
 }
 
 // Suspend implements migrate.Resumable: the machine (never started) and
