@@ -19,6 +19,9 @@ type MMIODevice interface {
 // virtio-mmio version 2 registers (virtio 1.x, 4.2.2).
 const (
 	VirtioMMIOSize = 0x1000 // one window per device
+	// VirtioMMIOQueueNotify is where in the window the driver notifies a
+	// queue: a 4-byte write of the queue's index.
+	VirtioMMIOQueueNotify = vmQueueNotify
 
 	vmMagic        = 0x000
 	vmVersion      = 0x004

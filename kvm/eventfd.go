@@ -34,9 +34,8 @@ func (vm *VM) IRQFD(efd int, gsi uint32) error {
 // for level-triggered inputs: when the guest acknowledges the interrupt
 // (an EOI reaches the irqchip for that input), KVM deasserts the GSI and
 // signals resamplefd, so the device can assert it again if it still has
-// an interrupt pending. Needs KVM_CAP_IRQFD_RESAMPLE. The GSI is only
-// ever deasserted by an EOI: an edge-triggered input reports none, so
-// there the line would stay asserted for good.
+// an interrupt pending. Needs KVM_CAP_IRQFD_RESAMPLE. Only that EOI,
+// or removing the last resampling irqfd of the GSI, deasserts it.
 func (vm *VM) IRQFDResample(efd, resamplefd int, gsi uint32) error {
 	r := irqfd{FD: uint32(efd), GSI: gsi, Flags: irqfdFlagResample, ResampleFD: uint32(resamplefd)}
 	if _, err := ioctl(vm.fd, reqIRQFD, unsafe.Pointer(&r)); err != nil {

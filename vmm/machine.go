@@ -22,6 +22,10 @@ type Config struct {
 	KVMPath string       // "" for /dev/kvm
 	Disks   []DiskConfig // virtio-blk disks (virtio.go)
 	Nets    []NetConfig  // virtio-net devices on taps (virtio.go)
+
+	// Tests: use the fallbacks (KVM_IRQ_LINE, MMIO exits) as if KVM
+	// lacked KVM_CAP_IRQFD or KVM_CAP_IOEVENTFD.
+	noIRQFD, noIOEventFD bool
 }
 
 // Exit says how a machine stopped. Err is nil for a guest that powered off
@@ -43,6 +47,9 @@ type Machine struct {
 	hasXSave bool
 	emulated bool // KVM runs guests in an instruction emulator
 	tscKHz   uint64
+	// Virtio interrupts through irqfds, notifies through ioeventfds
+	// (notify.go); else KVM_IRQ_LINE and MMIO exits.
+	hasIRQFD, hasIOEventFD bool
 
 	ports   devices.PortBus
 	mmio    devices.MMIOBus
@@ -148,6 +155,10 @@ func (m *Machine) checkCaps() error {
 	n, _ := m.sys.CheckExtension(kvm.CapXSave)
 	m.hasXSave = n > 0
 	m.emulated = kvm.EmulatingModule() != ""
+	n, _ = m.sys.CheckExtension(kvm.CapIRQFD)
+	m.hasIRQFD = n > 0 && !m.cfg.noIRQFD
+	n, _ = m.sys.CheckExtension(kvm.CapIOEventFD)
+	m.hasIOEventFD = n > 0 && !m.cfg.noIOEventFD
 	return nil
 }
 
@@ -261,7 +272,7 @@ func (m *Machine) Close() {
 		v.Close()
 	}
 	m.vcpus = nil
-	m.closeVirtio() // before the VM: the net receiver raises its interrupt through it
+	m.closeVirtio() // before the VM: ioeventfds and irqfds are deassigned on it
 	if m.serial != nil {
 		m.serial.Close()
 	}

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"log"
 	"net"
 	"strings"
 
@@ -80,7 +81,7 @@ type guestMem struct{ *Memory }
 func (g guestMem) Slice(gpa, n uint64) ([]byte, error) { return g.Memory.Slice(gpa, n) }
 
 // addVirtio creates the virtio-mmio devices: the disks, in order, named
-// virtio-blk0, virtio-blk1, ...
+// virtio-blk0, virtio-blk1, ..., then the network devices.
 func (m *Machine) addVirtio() error {
 	if len(m.cfg.Disks)+len(m.cfg.Nets) > virtioMaxDevs {
 		return fmt.Errorf("at most %d virtio devices", virtioMaxDevs)
@@ -91,14 +92,9 @@ func (m *Machine) addVirtio() error {
 			return err
 		}
 		m.disks = append(m.disks, blk)
-		irq := uint32(virtioFirstIRQ + len(m.virtio))
-		dev := devices.NewVirtioMMIO(fmt.Sprintf("virtio-blk%d", i), blk, guestMem{m.mem}, irqLine{m.vm, irq})
-		base := uint64(virtioMMIOBase + len(m.virtio)*devices.VirtioMMIOSize)
-		if err := m.mmio.Register(base, devices.VirtioMMIOSize, dev); err != nil {
+		if _, err := m.addVirtioDevice(fmt.Sprintf("virtio-blk%d", i), blk); err != nil {
 			return err
 		}
-		m.virtio = append(m.virtio, virtioSlot{dev, base, irq})
-		m.devices = append(m.devices, dev)
 	}
 	for i, c := range m.cfg.Nets {
 		tap, err := devices.OpenTap(c.Tap)
@@ -106,39 +102,107 @@ func (m *Machine) addVirtio() error {
 			return err
 		}
 		nd := devices.NewNet(c.Tap, tap, c.MAC)
-		irq := uint32(virtioFirstIRQ + len(m.virtio))
-		dev := devices.NewVirtioMMIO(fmt.Sprintf("virtio-net%d", i), nd, guestMem{m.mem}, irqLine{m.vm, irq})
-		nd.Attach(dev)
-		m.nets = append(m.nets, nd)
-		base := uint64(virtioMMIOBase + len(m.virtio)*devices.VirtioMMIOSize)
-		if err := m.mmio.Register(base, devices.VirtioMMIOSize, dev); err != nil {
+		dev, err := m.addVirtioDevice(fmt.Sprintf("virtio-net%d", i), nd)
+		if err != nil {
+			tap.Close()
 			return err
 		}
-		m.virtio = append(m.virtio, virtioSlot{dev, base, irq})
-		m.devices = append(m.devices, dev)
+		nd.Attach(dev)
+		m.nets = append(m.nets, nd)
 	}
 	return nil
 }
 
-// pauseDevices stops devices that write guest memory on their own (the
-// virtio-net receiver) while the vCPUs are parked; resumeDevices restarts
-// them.
+// addVirtioDevice puts backend on the next virtio-mmio window and
+// interrupt, with an irqfd for the interrupt and ioeventfds for its
+// queues' notifies where KVM offers them (notify.go).
+func (m *Machine) addVirtioDevice(name string, backend devices.VirtioBackend) (*devices.VirtioMMIO, error) {
+	slot := virtioSlot{
+		base: uint64(virtioMMIOBase + len(m.virtio)*devices.VirtioMMIOSize),
+		irq:  uint32(virtioFirstIRQ + len(m.virtio)),
+	}
+	var line devices.IRQLine = irqLine{m.vm, slot.irq}
+	if m.hasIRQFD {
+		l, err := newIRQFDLine(m.vm, slot.irq)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		slot.irqfd, line = l, l
+	}
+	slot.dev = devices.NewVirtioMMIO(name, backend, guestMem{m.mem}, line)
+	if m.hasIOEventFD {
+		n, err := newVirtioNotifier(m.vm, slot.dev, slot.base)
+		if err != nil {
+			slot.close()
+			return nil, err
+		}
+		slot.notifier = n
+	}
+	if err := m.mmio.Register(slot.base, devices.VirtioMMIOSize, slot.dev); err != nil {
+		slot.close()
+		return nil, err
+	}
+	m.virtio = append(m.virtio, slot)
+	m.devices = append(m.devices, slot.dev)
+	return slot.dev, nil
+}
+
+// pauseDevices quiesces the devices once every vCPU is parked: each
+// ioeventfd notifier drains (virtioNotifier.pause: a request in progress
+// finishes, a notify already signalled is processed, nothing more is
+// taken), and the virtio-net receiver stops writing guest memory. After
+// it the device state and guest memory stay as they are until
+// resumeDevices.
 func (m *Machine) pauseDevices() {
+	for _, v := range m.virtio {
+		if v.notifier != nil {
+			v.notifier.pause()
+		}
+	}
 	for _, n := range m.nets {
 		n.Pause()
 	}
 }
 
+// resumeDevices restarts them, before any vCPU runs (Start, also after a
+// restore, and Resume): every ready queue is processed once, so a notify
+// in flight when the VM (or its migration source) paused is not lost.
 func (m *Machine) resumeDevices() {
+	for _, v := range m.virtio {
+		if v.notifier != nil {
+			v.notifier.resume()
+		} else {
+			v.dev.Kick()
+		}
+	}
 	for _, n := range m.nets {
 		n.Resume()
 	}
 }
 
 type virtioSlot struct {
-	dev  *devices.VirtioMMIO
-	base uint64
-	irq  uint32
+	dev      *devices.VirtioMMIO
+	base     uint64
+	irq      uint32
+	irqfd    *irqfdLine      // nil: KVM_IRQ_LINE
+	notifier *virtioNotifier // nil: notifies are MMIO exits
+}
+
+// close releases the slot's notifier and irqfd. The device's backend
+// must not raise its interrupt any more.
+func (v *virtioSlot) close() {
+	if v.notifier != nil {
+		if err := v.notifier.close(); err != nil {
+			log.Printf("%s: %v", v.dev.Name(), err)
+		}
+		v.notifier = nil
+	}
+	if v.irqfd != nil {
+		if err := v.irqfd.close(); err != nil {
+			log.Printf("%s: %v", v.dev.Name(), err)
+		}
+		v.irqfd = nil
+	}
 }
 
 // KernelParams announces the virtio-mmio devices to the guest kernel
@@ -152,7 +216,18 @@ func (m *Machine) KernelParams() string {
 	return strings.Join(p, " ")
 }
 
+// closeVirtio stops the notifiers first (no request is processed after
+// that), then the backends (the net receiver), and only then closes the
+// irqfds the devices raise their interrupts through.
 func (m *Machine) closeVirtio() {
+	for i := range m.virtio {
+		if n := m.virtio[i].notifier; n != nil {
+			if err := n.close(); err != nil {
+				log.Printf("%s: %v", m.virtio[i].dev.Name(), err)
+			}
+			m.virtio[i].notifier = nil
+		}
+	}
 	for _, n := range m.nets {
 		n.Close()
 	}
@@ -161,4 +236,7 @@ func (m *Machine) closeVirtio() {
 		d.Close()
 	}
 	m.disks = nil
+	for i := range m.virtio {
+		m.virtio[i].close()
+	}
 }
