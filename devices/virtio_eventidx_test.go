@@ -14,6 +14,8 @@ const (
 	tAvailEvent = tUsed + 4 + 8*tQSize
 )
 
+// Small ring helpers; inWindow is need_event by its definition (event is
+// one of old, old+1, ..., now-1), to check the spec's formula against.
 func (m *testMem) u16(gpa uint64) uint16      { return binary.LittleEndian.Uint16(m.b[gpa:]) }
 func (m *testMem) put16(gpa uint64, v uint16) { binary.LittleEndian.PutUint16(m.b[gpa:], v) }
 func (m *testMem) setAvailIdx(v uint16)       { m.put16(tAvail+2, v) }
