@@ -70,7 +70,7 @@ var optionalCaps = []struct {
 	{vmm.Capability{Cap: kvm.CapXCRs, Name: "KVM_CAP_XCRS"}, "no XCR state"},
 	{vmm.Capability{Cap: kvm.CapManualDirtyLogProtect2, Name: "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2"}, "migration cannot clear just before sending"},
 	{vmm.Capability{Cap: kvm.CapDirtyLogRing, Name: "KVM_CAP_DIRTY_LOG_RING"}, "not used yet"},
-	{vmm.Capability{Cap: kvm.CapIRQFD, Name: "KVM_CAP_IRQFD"}, "not used yet"},
-	{vmm.Capability{Cap: kvm.CapIOEventFD, Name: "KVM_CAP_IOEVENTFD"}, "not used yet"},
+	{vmm.Capability{Cap: kvm.CapIRQFD, Name: "KVM_CAP_IRQFD"}, "virtio interrupts through KVM_IRQ_LINE"},
+	{vmm.Capability{Cap: kvm.CapIOEventFD, Name: "KVM_CAP_IOEVENTFD"}, "virtio notifies as MMIO exits, served on the vCPU thread"},
 	{vmm.Capability{Cap: kvm.CapAdjustClock, Name: "KVM_CAP_ADJUST_CLOCK"}, "kvmclock not migrated"},
 }
