@@ -65,13 +65,31 @@ func newNetRig(t *testing.T) *netRig {
 	return r
 }
 
+// The receive goroutine writes guest memory under the transport's lock;
+// the test's own accesses to the rings and buffers take it too (a guest
+// orders them with barriers; here the lock gives the race detector the
+// same happens-before).
+
 func (r *netRig) offer(avail uint64, head uint16) {
+	r.t.mu.Lock()
+	defer r.t.mu.Unlock()
 	idx := binary.LittleEndian.Uint16(r.m.b[avail+2:])
 	binary.LittleEndian.PutUint16(r.m.b[avail+4+2*uint64(idx%tQSize):], head)
 	binary.LittleEndian.PutUint16(r.m.b[avail+2:], idx+1)
 }
 
-func (r *netRig) usedIdx(used uint64) uint16 { return binary.LittleEndian.Uint16(r.m.b[used+2:]) }
+func (r *netRig) usedIdx(used uint64) uint16 {
+	r.t.mu.Lock()
+	defer r.t.mu.Unlock()
+	return binary.LittleEndian.Uint16(r.m.b[used+2:])
+}
+
+// read copies n bytes of guest memory at off.
+func (r *netRig) read(off, n uint64) []byte {
+	r.t.mu.Lock()
+	defer r.t.mu.Unlock()
+	return append([]byte(nil), r.m.b[off:off+n]...)
+}
 
 func TestVirtioNetTransmit(t *testing.T) {
 	r := newNetRig(t)
@@ -122,19 +140,23 @@ func TestVirtioNetReceive(t *testing.T) {
 		}
 	}
 	wait(1)
-	id, n := binary.LittleEndian.Uint32(r.m.b[nRxUsed+4:]), binary.LittleEndian.Uint32(r.m.b[nRxUsed+8:])
+	elem := r.read(nRxUsed+4, 8)
+	id, n := binary.LittleEndian.Uint32(elem), binary.LittleEndian.Uint32(elem[4:])
 	if id != 0 || n != virtioNetHdr+300 {
 		t.Fatalf("used elem %d len %d", id, n)
 	}
-	hdr := r.m.b[0x20000 : 0x20000+virtioNetHdr]
+	hdr := r.read(0x20000, virtioNetHdr)
 	if !bytes.Equal(hdr, []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0}) {
 		t.Fatalf("header %x", hdr)
 	}
-	got := append(append([]byte{}, r.m.b[0x20000+virtioNetHdr:0x20000+100]...), r.m.b[0x20800:0x20800+300-(100-virtioNetHdr)]...)
+	got := append(r.read(0x20000+virtioNetHdr, 100-virtioNetHdr), r.read(0x20800, 300-(100-virtioNetHdr))...)
 	if !bytes.Equal(got, frame) {
 		t.Fatal("frame bytes differ")
 	}
-	if !r.m.dirty[0x20000/4096] || !r.m.dirty[nRxUsed/4096] {
+	r.t.mu.Lock()
+	marked := r.m.dirty[0x20000/4096] && r.m.dirty[nRxUsed/4096]
+	r.t.mu.Unlock()
+	if !marked {
 		t.Fatal("receive buffer or used ring not marked dirty")
 	}
 	// Paused again: the next frame waits, then arrives after Resume.
