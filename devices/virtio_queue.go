@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
-	"unsafe"
 )
 
 // GuestMemory is guest RAM as the virtio devices see it: host views of
@@ -100,13 +99,13 @@ func (q *Queue) avail() (idx, flags uint16, err error) {
 		return 0, 0, ringErr("avail ring: %v", err)
 	}
 	if q.S.Avail%4 == 0 {
-		v := atomic.LoadUint32((*uint32)(unsafe.Pointer(&w[0])))
+		v := atomic.LoadUint32(word32(w))
 		return uint16(v >> 16), uint16(v), nil
 	}
 	// Avail at 4k+2: flags in the high half of the first word, idx in the
 	// low half of the second.
-	v := atomic.LoadUint32((*uint32)(unsafe.Pointer(&w[4])))
-	flags = uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&w[0]))) >> 16)
+	v := atomic.LoadUint32(word32(w[4:]))
+	flags = uint16(atomic.LoadUint32(word32(w)) >> 16)
 	return uint16(v), flags, nil
 }
 
@@ -247,7 +246,7 @@ func (q *Queue) Push(head uint16, written uint32) error {
 	}
 	// used flags (0: we never ask to skip notifications) and idx in one
 	// atomic store, after the element.
-	atomic.StoreUint32((*uint32)(unsafe.Pointer(&w[0])), uint32(q.S.UsedIdx)<<16)
+	atomic.StoreUint32(word32(w), uint32(q.S.UsedIdx)<<16)
 	q.Mem.MarkDirty(q.S.Used, 4)
 	return nil
 }
@@ -292,7 +291,7 @@ func (q *Queue) setAvailEvent(v uint16) (bool, error) {
 	if err != nil {
 		return false, ringErr("used ring: %v", err)
 	}
-	p := (*uint32)(unsafe.Pointer(&w[0]))
+	p := word32(w)
 	sh := 8 * (addr & 2)
 	for {
 		old := atomic.LoadUint32(p)
@@ -314,7 +313,7 @@ func (q *Queue) load16(addr uint64) (uint16, error) {
 	if err != nil {
 		return 0, ringErr("ring: %v", err)
 	}
-	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&w[0]))) >> (8 * (addr & 2))), nil
+	return uint16(atomic.LoadUint32(word32(w)) >> (8 * (addr & 2))), nil
 }
 
 // ReadFrom copies the chain's readable bytes from offset off into p and
