@@ -188,27 +188,15 @@ func (s *sender) passBandwidth() float64 {
 
 // peek counts the pages pending or logged dirty, without clearing the log
 // (manual-protect mode only) or changing the pending bitmaps.
-func (s *sender) peek() (uint64, error) {
-	var n uint64
-	for i := range s.mems {
-		tmp := s.scratch[i]
-		clear(tmp)
-		if err := s.src.DirtyLog(i, tmp); err != nil {
-			return 0, fmt.Errorf("migrate: dirty log of region %d: %w", i, err)
-		}
-		if r := s.pages[i] % 64; r != 0 {
-			tmp[len(tmp)-1] &= 1<<r - 1
-		}
-		for w, x := range tmp {
-			n += uint64(bits.OnesCount64(x | s.pending[i][w]))
-		}
-	}
-	return n, nil
-}
+func (s *sender) peek() (uint64, error) { return s.readLog(false) }
 
 // fetch ORs the dirty log of every region into the pending bitmaps and
 // returns the number of pending pages.
-func (s *sender) fetch() (uint64, error) {
+func (s *sender) fetch() (uint64, error) { return s.readLog(true) }
+
+// readLog reads every region's dirty log and counts the pages that are
+// pending or logged; with merge, the logged pages become pending.
+func (s *sender) readLog(merge bool) (uint64, error) {
 	var n uint64
 	for i := range s.mems {
 		tmp := s.scratch[i]
@@ -221,8 +209,11 @@ func (s *sender) fetch() (uint64, error) {
 		}
 		pend := s.pending[i]
 		for w, x := range tmp {
-			pend[w] |= x
-			n += uint64(bits.OnesCount64(pend[w]))
+			x |= pend[w]
+			if merge {
+				pend[w] = x
+			}
+			n += uint64(bits.OnesCount64(x))
 		}
 	}
 	return n, nil
