@@ -95,3 +95,53 @@ func TestMidPassBudgetTooSmall(t *testing.T) {
 		t.Fatalf("iteration 0 left %d pages with a 20 ms budget", left)
 	}
 }
+
+// The decision between two chunks, on numbers: 1 MiB/s, 300 ms budget
+// (300 KiB = 75 pages), a full page per dirty page.
+func TestPassPointStop(t *testing.T) {
+	base := passPoint{pageCost: PageSize, bw: 1 << 20, budget: 300 << 10, elapsed: 1}
+	cases := []struct {
+		name string
+		edit func(p *passPoint)
+		want bool
+	}{
+		{"rest does not fit", func(p *passPoint) { p.left, p.logged, p.capped = 70, 80, true }, false},
+		{"buffered bytes count", func(p *passPoint) { p.left, p.logged, p.capped, p.buffered = 50, 50, true, 200 << 10 }, false},
+		{"capped: stop as soon as it fits", func(p *passPoint) { p.left, p.logged, p.capped = 70, 75, true }, true},
+		{"uncapped, guest quiet: finish the pass", func(p *passPoint) { p.left, p.logged = 70, 70 }, false},
+		// 20 pages written behind the pass in 1 s; the rest (50 pages,
+		// 0.2 s) adds 4: 24 pages at the end, fits: finish.
+		{"uncapped, slow writer: finish the pass", func(p *passPoint) { p.left, p.logged = 50, 70 }, false},
+		// 20 pages behind in 0.1 s: 200 pages/s; the rest (55 pages, 0.21 s)
+		// adds 43: 63 pages at the end fits; but at 0.05 s, 86 would not.
+		{"uncapped, fast writer, still fits at the end", func(p *passPoint) { p.left, p.logged, p.elapsed = 55, 75, 0.1 }, false},
+		{"uncapped, fast writer: stop while it fits", func(p *passPoint) { p.left, p.logged, p.elapsed = 55, 75, 0.05 }, true},
+		{"filtered pages cost less", func(p *passPoint) { p.left, p.logged, p.capped, p.pageCost = 140, 150, true, PageSize / 2 }, true},
+	}
+	for _, c := range cases {
+		p := base
+		c.edit(&p)
+		if got := p.stop(); got != c.want {
+			t.Errorf("%s: %+v: stop = %v, want %v", c.name, p, got, c.want)
+		}
+	}
+}
+
+// Without a bandwidth cap the rest of a pass goes out at the same rate
+// before or after the pause, so a quiet guest's pass is finished while it
+// runs, even though the budget could take the rest: nothing is left to the
+// stop-and-copy.
+func TestMidPassUncappedQuietFinishes(t *testing.T) {
+	src := midPassSource(true)
+	// Slow the pass down (~100 ms) so that its bandwidth gets measured.
+	src.onClear = func(int, uint64) { time.Sleep(3 * time.Millisecond) }
+	dst := &fakeDest{}
+	opts := Options{Downtime: 10 * time.Second, ChunkPages: 64}
+	res := runMigration(t, src, dst, opts, ReceiveOptions{})
+	mustSucceed(t, res)
+	sameMemory(t, src, dst)
+	it0 := res.stats.Iterations[0]
+	if it0.PagesLeft != 0 || it0.Seconds < 0.06 {
+		t.Fatalf("iteration 0 left %d pages after %.3f s, want the pass finished (and > 60 ms, so that midPass looked)", it0.PagesLeft, it0.Seconds)
+	}
+}

@@ -135,8 +135,8 @@ func (s *sender) decide(dirty uint64) (stop, converged bool, err error) {
 //
 // The cheap test comes first: if the pages left in this pass, plus what is
 // still buffered, fit in bandwidth × downtime, the dirty log is read
-// without clearing it (peek) and the test is repeated with the pages
-// written behind the pass added. Only if that fits too does the pass stop:
+// without clearing it (peek, at most every peekEvery) and midPassStop
+// decides with the pages written behind the pass added. If it says stop,
 // the caller goes to stop-and-copy, whose fetch merges the log into the
 // pending bitmap that still holds the unvisited pages, so nothing is lost.
 // The byte estimate is the one decide uses (pages × PageSize × the last
@@ -150,20 +150,71 @@ func (s *sender) midPass(left uint64) (bool, error) {
 	if bw <= 0 {
 		return false, nil
 	}
-	budget := bw * s.opts.Downtime.Seconds()
-	frac := s.sendFraction()
-	buffered := float64(s.w.queued + int64(len(s.w.buf)) - s.w.written.Load())
-	if float64(left*PageSize)*frac+buffered > budget {
+	p := passPoint{
+		left:     left,
+		pageCost: PageSize * s.sendFraction(),
+		buffered: float64(s.w.queued + int64(len(s.w.buf)) - s.w.written.Load()),
+		bw:       bw,
+		budget:   bw * s.opts.Downtime.Seconds(),
+		capped:   s.opts.MaxBandwidth > 0 && bw >= 0.9*float64(s.opts.MaxBandwidth),
+		elapsed:  time.Since(s.curAt).Seconds(),
+	}
+	if float64(left)*p.pageCost+p.buffered > p.budget || time.Since(s.peekAt) < peekEvery {
 		return false, nil
 	}
+	s.peekAt = time.Now()
 	n, err := s.peek()
 	if err != nil {
 		return false, err
 	}
-	if float64(n*PageSize)*frac+buffered > budget {
-		return false, nil
+	p.logged = n
+	return p.stop(), nil
+}
+
+// peekEvery spaces the dirty-log reads of midPass: a peek copies the whole
+// bitmap (2 MiB for 64 GiB of guest), which must stay small next to the
+// chunks sent in between.
+const peekEvery = 10 * time.Millisecond
+
+// passPoint is where a pass stands when midPass looks at it.
+type passPoint struct {
+	left     uint64  // pending pages the pass has not reached
+	logged   uint64  // pages pending or logged dirty (>= left)
+	pageCost float64 // bytes a dirty page is expected to cost
+	buffered float64 // bytes written but not yet on the wire
+	bw       float64 // measured bytes per second of the pass
+	budget   float64 // bytes the downtime budget takes at bw
+	capped   bool    // the pass runs at the bandwidth cap
+	elapsed  float64 // seconds since the pass began
+}
+
+// stop decides whether to end the pass now. Everything left must fit the
+// budget. Stopping then moves the rest of the pass into the downtime, and
+// is worth it in two cases only:
+//   - the pass is held back by MaxBandwidth: the stop-and-copy is not
+//     capped, so the rest goes out faster there, and the migration ends
+//     sooner;
+//   - finishing the pass would let the guest dirty more than the budget
+//     takes (the pages written behind the pass so far, plus as many again
+//     per second for the time the rest of the pass needs), so that the
+//     migration might not converge at its end.
+//
+// Otherwise the rest of the pass goes out at the same rate either way, and
+// finishing it while the guest runs keeps it out of the downtime.
+func (p passPoint) stop() bool {
+	if float64(p.logged)*p.pageCost+p.buffered > p.budget {
+		return false
 	}
-	return true, nil
+	if p.capped {
+		return true
+	}
+	behind := float64(p.logged - min(p.logged, p.left))
+	rest := (float64(p.left)*p.pageCost + p.buffered) / p.bw
+	atEnd := behind
+	if p.elapsed > 0 {
+		atEnd += behind / p.elapsed * rest
+	}
+	return atEnd*p.pageCost > p.budget
 }
 
 // passBandwidth is the link rate measured in the pass under way once it

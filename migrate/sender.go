@@ -39,8 +39,11 @@ type Options struct {
 	// it. Bytes left = dirty pages × PageSize × the share of dirty pages the
 	// last iteration really sent (1 in iteration 0 and with NoDigest).
 	// The check also runs between chunks of a pass (in manual dirty-log
-	// mode), counting the pages the pass has not reached yet, so that a
-	// pass ends as soon as its rest fits the budget. Default 300 ms.
+	// mode), counting the pages the pass has not reached yet: once its rest
+	// fits the budget, a pass held back by MaxBandwidth ends at once (the
+	// stop-and-copy is not capped), and an uncapped one ends early only if
+	// finishing it would let the guest dirty more than the budget takes
+	// (see passPoint.stop). Default 300 ms.
 	Downtime time.Duration
 	// MaxIterations limits pre-copy iterations, iteration 0 included.
 	// Default 30.
@@ -183,9 +186,10 @@ type sender struct {
 	curOut  int64
 	// curWritten is w.written when the iteration began (its measured rate).
 	curWritten int64
-	entries uint64 // page entries sent, for END
-	stats   Stats
-	start   time.Time
+	peekAt     time.Time // the last dirty-log peek of midPass
+	entries    uint64    // page entries sent, for END
+	stats      Stats
+	start      time.Time
 }
 
 // Send migrates src over conn to a Receive running on the other side.
