@@ -278,21 +278,10 @@ func TestVirtioEventIdxTransport(t *testing.T) {
 	if r.m.availEvent() != 2 {
 		t.Fatalf("avail_event %d, want 2", r.m.availEvent())
 	}
-	data, err := r.t.Save()
-	if err != nil {
-		t.Fatal(err)
-	}
+	t2, irq, data := r.restoredCopy(t)
 	var s VirtioMMIOState
 	if err := decodeFixed("x", data, &s); err != nil || s.Queues[0].SignalledUsed != 2 {
 		t.Fatalf("saved SignalledUsed %d (%v), want 2", s.Queues[0].SignalledUsed, err)
-	}
-	irq := &vioIRQ{}
-	t2 := NewVirtioMMIO("virtio-blk0", r.blk, r.m, irq)
-	if err := t2.Restore(data); err != nil {
-		t.Fatal(err)
-	}
-	if again, _ := t2.Save(); !bytes.Equal(again, data) {
-		t.Fatal("restored state differs")
 	}
 	// used_event 1 was passed before the save: no interrupt for entry 2 (a
 	// device that lost its last decision would raise one).

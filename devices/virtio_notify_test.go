@@ -35,15 +35,7 @@ func TestVirtioNotifyAndKick(t *testing.T) {
 	// The driver offers a request and notifies, but the notify is not
 	// taken before the VM is saved.
 	request(2)
-	data, err := r.t.Save()
-	if err != nil {
-		t.Fatal(err)
-	}
-	irq := &vioIRQ{}
-	t2 := NewVirtioMMIO("virtio-blk0", r.blk, r.m, irq)
-	if err := t2.Restore(data); err != nil {
-		t.Fatal(err)
-	}
+	t2, irq, _ := r.restoredCopy(t)
 	if r.m.usedIdx() != 1 {
 		t.Fatal("restore processed a queue")
 	}

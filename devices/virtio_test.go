@@ -268,6 +268,27 @@ func rd(t *VirtioMMIO, off uint64) uint32 {
 	return binary.LittleEndian.Uint32(b[:])
 }
 
+// restoredCopy saves r's transport and restores the state into a second
+// transport on the same disk and memory (as on a migration destination),
+// checking that the copy saves the same bytes. It returns the copy, its
+// interrupt line and the saved state.
+func (r *blkRig) restoredCopy(t *testing.T) (*VirtioMMIO, *vioIRQ, []byte) {
+	t.Helper()
+	data, err := r.t.Save()
+	if err != nil {
+		t.Fatal(err)
+	}
+	irq := &vioIRQ{}
+	t2 := NewVirtioMMIO("virtio-blk0", r.blk, r.m, irq)
+	if err := t2.Restore(data); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := t2.Save(); !bytes.Equal(again, data) {
+		t.Fatal("restored state differs")
+	}
+	return t2, irq, data
+}
+
 func newBlkRig(t *testing.T, readOnly bool) *blkRig {
 	path := filepath.Join(t.TempDir(), "disk.img")
 	img := make([]byte, 64*sectorSize)
@@ -494,19 +515,8 @@ func TestVirtioSaveRestore(t *testing.T) {
 	r.m.putDesc(tDesc, 2, tDescr{0x12000, 1, vringDescFWrite, 0})
 	r.m.offer(0)
 	r.kick(t, 0x12000)
-	data, err := r.t.Save()
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A second device on the same memory continues where the first stopped.
-	irq := &vioIRQ{}
-	t2 := NewVirtioMMIO("virtio-blk0", r.blk, r.m, irq)
-	if err := t2.Restore(data); err != nil {
-		t.Fatal(err)
-	}
-	if s, _ := t2.Save(); !bytes.Equal(s, data) {
-		t.Fatal("restored state differs")
-	}
+	t2, irq, data := r.restoredCopy(t)
 	r.header(0x10000, virtioBlkTIn, 3)
 	r.m.offer(0)
 	r.t = t2
