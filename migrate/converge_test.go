@@ -106,7 +106,7 @@ func TestPassPointStop(t *testing.T) {
 		want bool
 	}{
 		{"rest does not fit", func(p *passPoint) { p.left, p.logged, p.capped = 70, 80, true }, false},
-		{"buffered bytes count", func(p *passPoint) { p.left, p.logged, p.capped, p.buffered = 50, 50, true, 200 << 10 }, false},
+		{"buffered bytes count", func(p *passPoint) { p.left, p.logged, p.capped, p.buffered = 50, 50, true, 200<<10 }, false},
 		{"capped: stop as soon as it fits", func(p *passPoint) { p.left, p.logged, p.capped = 70, 75, true }, true},
 		{"uncapped, guest quiet: finish the pass", func(p *passPoint) { p.left, p.logged = 70, 70 }, false},
 		// 20 pages written behind the pass in 1 s; the rest (50 pages,
@@ -116,7 +116,7 @@ func TestPassPointStop(t *testing.T) {
 		// adds 43: 63 pages at the end fits; but at 0.05 s, 86 would not.
 		{"uncapped, fast writer, still fits at the end", func(p *passPoint) { p.left, p.logged, p.elapsed = 55, 75, 0.1 }, false},
 		{"uncapped, fast writer: stop while it fits", func(p *passPoint) { p.left, p.logged, p.elapsed = 55, 75, 0.05 }, true},
-		{"filtered pages cost less", func(p *passPoint) { p.left, p.logged, p.capped, p.pageCost = 140, 150, true, PageSize / 2 }, true},
+		{"filtered pages cost less", func(p *passPoint) { p.left, p.logged, p.capped, p.pageCost = 140, 150, true, PageSize/2 }, true},
 	}
 	for _, c := range cases {
 		p := base

@@ -291,7 +291,12 @@ func runMigration(t *testing.T, src Source, dst Destination, opts Options, ropts
 // runProxied puts a record-rewriting proxy between the two sides.
 func runProxied(t *testing.T, src Source, dst Destination, opts Options, mutate func(final bool, rec *record)) result {
 	t.Helper()
-	return runFull(t, src, dst, opts, ReceiveOptions{}, mutate, nil)
+	link := func(b net.Conn) net.Conn {
+		a2, b2 := net.Pipe()
+		corruptProxy(t, b, a2, mutate)
+		return b2
+	}
+	return runFull(t, src, dst, opts, ReceiveOptions{}, link, nil)
 }
 
 // runMigrationCtx hands setup the cancel function of the sender's context.
@@ -300,8 +305,11 @@ func runMigrationCtx(t *testing.T, src Source, dst Destination, opts Options, se
 	return runFull(t, src, dst, opts, ReceiveOptions{}, nil, setup)
 }
 
+// runFull wires Send and Receive over net.Pipe. link, if set, gets the
+// pipe's far end and returns the end the receiver uses (a proxy between
+// them); setup gets the cancel function of the sender's context.
 func runFull(t *testing.T, src Source, dst Destination, opts Options, ropts ReceiveOptions,
-	mutate func(final bool, rec *record), setup func(cancel func())) result {
+	link func(net.Conn) net.Conn, setup func(cancel func())) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -311,10 +319,8 @@ func runFull(t *testing.T, src Source, dst Destination, opts Options, ropts Rece
 		setup(scancel)
 	}
 	a, b := net.Pipe()
-	if mutate != nil {
-		a2, b2 := net.Pipe()
-		corruptProxy(t, b, a2, mutate)
-		b = b2
+	if link != nil {
+		b = link(b)
 	}
 	tap := &tapConn{Conn: b}
 	var res result

@@ -82,26 +82,12 @@ func migrateVia(t *testing.T, src Source, dst Destination, opts Options, ropts R
 	if decide == nil {
 		decide = func(bool, RecordType) proxyAction { return forward }
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s1, p1 := net.Pipe()
-	p2, r1 := net.Pipe()
-	relayProxy(p1, p2, decide)
-	tap := &tapConn{Conn: r1}
-	var res result
-	done := make(chan struct{})
-	go func() {
-		res.rstats, res.recvErr = Receive(ctx, tap, dst, ropts)
-		r1.Close()
-		close(done)
-	}()
-	res.stats, res.sendErr = Send(ctx, src, s1, opts)
-	s1.Close()
-	<-done
-	tap.mu.Lock()
-	res.wire = decodeWire(t, tap.buf.Bytes())
-	tap.mu.Unlock()
-	return res
+	link := func(p1 net.Conn) net.Conn {
+		p2, r1 := net.Pipe()
+		relayProxy(p1, p2, decide)
+		return r1
+	}
+	return runFull(t, src, dst, opts, ropts, link, nil)
 }
 
 // Batches of 16 pages: a cut at the n-th PAGES record leaves 16(n−1)
