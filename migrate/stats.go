@@ -64,15 +64,15 @@ func FormatIteration(it IterationStats) string {
 	if it.StopAndCopy {
 		name = fmt.Sprintf("stop-and-copy (iter %d)", it.Iteration)
 	}
-	held := ""
+	extra := ""
 	if it.PagesHeld > 0 {
-		held = fmt.Sprintf(", held by the destination %d", it.PagesHeld)
+		extra = fmt.Sprintf(", held by the destination %d", it.PagesHeld)
 	}
 	if it.PagesLeft > 0 {
-		held += fmt.Sprintf(", left to stop-and-copy %d", it.PagesLeft)
+		extra += fmt.Sprintf(", left to stop-and-copy %d", it.PagesLeft)
 	}
 	return fmt.Sprintf("%s: dirty %d, false-dirty skipped %d%s, zero %d, sent %d, %.1f MiB in %.3f s, dirty rate %.1f MiB/s",
-		name, it.PagesDirty, it.PagesFalseDirty, held, it.PagesZero, it.PagesSent,
+		name, it.PagesDirty, it.PagesFalseDirty, extra, it.PagesZero, it.PagesSent,
 		float64(it.Bytes)/mib, it.Seconds, it.DirtyRate/mib)
 }
 
