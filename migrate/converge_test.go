@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"bytes"
 	"testing"
 	"time"
 )
@@ -64,6 +65,38 @@ func TestMidPassStop(t *testing.T) {
 		t.Fatalf("progress saw %+v", seen)
 	}
 	t.Logf("%s\n%s\n%s", FormatIteration(it0), FormatIteration(sc), res.stats.Summary())
+}
+
+// A page a device writes behind the pass (a disk read into the page cache)
+// is reported by KVM's log only through the VMM's DirtyBitmap. The mid-pass
+// peek reads the log without merging it into the pending pages: it must
+// not consume the device's mark, or the stop-and-copy's fetch never sees
+// the page and the destination keeps its old content.
+func TestMidPassPeekKeepsDeviceWrites(t *testing.T) {
+	src := midPassSource(true)
+	wrote, writeAt := false, 0
+	src.onClear = func(region int, first uint64) {
+		if first >= 1024 && !wrote {
+			wrote, writeAt = true, src.fetches
+			src.deviceWrite(0, 3, bytes.Repeat([]byte{0xcd}, PageSize))
+		}
+	}
+	dst := &fakeDest{}
+	res := runMigration(t, src, dst, midPassOptions(), ReceiveOptions{})
+	mustSucceed(t, res)
+	its := res.stats.Iterations
+	if !wrote || len(its) != 2 || its[0].PagesLeft == 0 {
+		t.Fatalf("want the device write, then a pass cut short by a mid-pass peek: wrote %v, iterations %+v", wrote, its)
+	}
+	// Reads of region 0's log: the peeks that cut the pass, then the
+	// stop-and-copy's fetch.
+	if src.fetches < writeAt+2 {
+		t.Fatalf("%d reads of the log after the device write, want a peek and the final fetch", src.fetches-writeAt)
+	}
+	sameMemory(t, src, dst)
+	if res.wire.full[3] != 2 {
+		t.Fatalf("page 3 sent %d times in full, want twice (iteration 0, then after the device wrote it)", res.wire.full[3])
+	}
 }
 
 // Without manual dirty-log protection, reading the log clears it, so the

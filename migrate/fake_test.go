@@ -21,7 +21,8 @@ type fakeSource struct {
 	mu      sync.Mutex
 	info    VMInfo
 	mem     [][]byte
-	dirty   [][]uint64
+	dirty   [][]uint64     // KVM's log: guest writes
+	dev     []*DirtyBitmap // pages the VMM's devices wrote, as in vmm
 	manual  bool
 	logging bool
 	paused  bool
@@ -47,6 +48,7 @@ func newFakeSource(manual bool, sizes ...uint64) *fakeSource {
 		f.info.Regions = append(f.info.Regions, Region{GPA: gpa, Size: sz})
 		f.mem = append(f.mem, make([]byte, sz))
 		f.dirty = append(f.dirty, make([]uint64, (sz/PageSize+63)/64))
+		f.dev = append(f.dev, NewDirtyBitmap(sz/PageSize))
 		gpa += sz + 1<<30 // leave a hole, like the PCI gap
 	}
 	f.info.VCPUs = 2
@@ -62,6 +64,16 @@ func (f *fakeSource) write(i int, p uint64, data []byte) {
 	if f.logging {
 		f.dirty[i][p/64] |= 1 << (p % 64)
 	}
+}
+
+// deviceWrite stores data at the start of page p of region i as a VMM
+// device does (a disk read, a received frame): KVM does not see it, the
+// device marks the page in its DirtyBitmap after the write.
+func (f *fakeSource) deviceWrite(i int, p uint64, data []byte) {
+	f.mu.Lock()
+	copy(f.mem[i][p*PageSize:(p+1)*PageSize], data)
+	f.mu.Unlock()
+	f.dev[i].Mark(p, 1)
 }
 
 // fillPage writes a page of repeated b (b == 0 zeroes it).
@@ -105,6 +117,7 @@ func (f *fakeSource) DirtyLog(i int, bm []uint64) error {
 	if !f.manual {
 		clear(f.dirty[i])
 	}
+	f.dev[i].Report(bm, !f.manual)
 	f.mu.Unlock()
 	if i == 0 && f.afterFetch != nil {
 		f.afterFetch(f.fetches)
@@ -121,6 +134,7 @@ func (f *fakeSource) ClearDirtyLog(i int, first uint64, bits []uint64) error {
 	for w, x := range bits {
 		f.dirty[i][first/64+uint64(w)] &^= x
 	}
+	f.dev[i].Rearm(first, bits)
 	f.clears++
 	f.mu.Unlock()
 	if f.onClear != nil {

@@ -52,10 +52,13 @@ type Source interface {
 	// DirtyLog fills bitmap (bit p of word p/64, one bit per page of region
 	// i; len(bitmap) == ceil(pages/64); the caller passes it zeroed) with the
 	// pages written since logging started or since they were last re-armed,
-	// including pages the VMM itself wrote (device emulation).
+	// including pages the VMM itself wrote (device emulation; a DirtyBitmap
+	// keeps them under these same rules).
 	// Without manual mode a fetch re-arms every page it reports (classic
-	// KVM_GET_DIRTY_LOG); in manual mode a page stays reported until
-	// ClearDirtyLog re-arms it.
+	// KVM_GET_DIRTY_LOG); in manual mode a page stays reported, by every
+	// call, until ClearDirtyLog re-arms it: the sender relies on that when
+	// it reads the log mid-pass without merging it (a peek), so no read may
+	// forget a page, whoever wrote it.
 	DirtyLog(i int, bitmap []uint64) error
 	// ClearDirtyLog re-arms logging for the pages of region i whose bits are
 	// set in bits, bit b of bits[w] being page first+64*w+b; first is a

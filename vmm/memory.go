@@ -6,6 +6,8 @@ import (
 
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
+
+	"github.com/ferryvmm/ferry/migrate"
 )
 
 // Guest-physical memory map (x86 PC). RAM starts at 0; memory above
@@ -45,7 +47,7 @@ func (r Region) Contains(gpa, n uint64) bool {
 // Memory is the guest's RAM.
 type Memory struct {
 	Regions []Region
-	dirty   [][]uint64 // per region: pages ferry's devices wrote (dirty.go)
+	dirty   []*migrate.DirtyBitmap // per region: pages ferry's devices wrote (dirty.go)
 }
 
 // layout returns the RAM ranges for a guest of size bytes.
@@ -69,7 +71,7 @@ func NewMemory(size uint64) (*Memory, error) {
 			return nil, fmt.Errorf("map %d MiB of guest memory: %w", r[1]>>20, err)
 		}
 		m.Regions = append(m.Regions, Region{Slot: uint32(i), GPA: r[0], Mem: mem})
-		m.dirty = append(m.dirty, make([]uint64, (r[1]/pageSize+63)/64))
+		m.dirty = append(m.dirty, migrate.NewDirtyBitmap(r[1]/pageSize))
 	}
 	return m, nil
 }

@@ -12,7 +12,8 @@ import (
 
 // MigrationSource adapts a running Machine to migrate.Source.
 type MigrationSource struct {
-	m *Machine
+	m      *Machine
+	manual bool // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on (StartDirtyLog)
 	// Log, if set, receives a hash of guest RAM taken while the guest is
 	// paused for the final state (for tests and debugging; it reads all RAM).
 	LogMemoryHash func(hash string)
@@ -49,6 +50,7 @@ func (s *MigrationSource) StartDirtyLog() (bool, error) {
 		s.m.setLogging(false)
 		return false, err
 	}
+	s.manual = manual
 	return manual, nil
 }
 
@@ -67,16 +69,18 @@ func (m *Machine) setLogging(on bool) error {
 
 // DirtyLog implements migrate.Source: KVM's log of guest writes, OR-ed
 // with the pages ferry's own devices wrote (virtio rings and disk reads;
-// see dirty.go).
+// see dirty.go), which follow the same rules: in manual mode both stay
+// reported until ClearDirtyLog, in classic mode this read re-arms both.
 func (s *MigrationSource) DirtyLog(i int, bitmap []uint64) error {
 	if err := s.m.vm.GetDirtyLog(s.m.mem.Regions[i].Slot, bitmap); err != nil {
 		return err
 	}
-	s.m.mem.takeDirty(i, bitmap)
+	s.m.mem.dirty[i].Report(bitmap, !s.manual)
 	return nil
 }
 
-// ClearDirtyLog implements migrate.Source.
+// ClearDirtyLog implements migrate.Source: it re-arms the pages in KVM's
+// log and in the devices' bitmap (before the caller reads the pages).
 func (s *MigrationSource) ClearDirtyLog(i int, first uint64, bits []uint64) error {
 	r := s.m.mem.Regions[i]
 	pages := r.Size() / pageSize
@@ -87,7 +91,11 @@ func (s *MigrationSource) ClearDirtyLog(i int, first uint64, bits []uint64) erro
 	if first+n > pages {
 		n = pages - first
 	}
-	return s.m.vm.ClearDirtyLog(r.Slot, first, uint32(n), bits)
+	if err := s.m.vm.ClearDirtyLog(r.Slot, first, uint32(n), bits); err != nil {
+		return err
+	}
+	s.m.mem.dirty[i].Rearm(first, bits)
+	return nil
 }
 
 // Pause implements migrate.Source.
