@@ -72,6 +72,7 @@ type migStats struct {
 		PagesZero       uint64 `json:"pages_zero"`
 		PagesSent       uint64 `json:"pages_sent"`
 		PagesHeld       uint64 `json:"pages_held"`
+		PagesLeft       uint64 `json:"pages_left"`
 		Bytes           int64  `json:"bytes"`
 	} `json:"iterations"`
 	TotalSeconds  float64 `json:"total_seconds"`
@@ -127,15 +128,7 @@ func migratePlain(t *testing.T, src, dst *guest, addr string, extra ...string) m
 	statsFile := filepath.Join(t.TempDir(), "stats.json")
 	migrateChecked(t, src, dst, addr, append([]string{"--stats-json", statsFile}, extra...)...)
 	last := lastCounter(t, src.p)
-
-	var st migStats
-	b, err := os.ReadFile(statsFile)
-	if err != nil {
-		t.Fatalf("--stats-json: %v", err)
-	}
-	if err := json.Unmarshal(b, &st); err != nil || st.Converged == nil || len(st.Iterations) == 0 || st.BytesTotal <= 0 {
-		t.Fatalf("--stats-json is incomplete (%v): %s", err, b)
-	}
+	st := readStats(t, statsFile)
 
 	// The counter goes on from the source's last value: no reset, and no
 	// gap longer than the downtime (plus one period and scheduling slack).
@@ -151,6 +144,21 @@ func migratePlain(t *testing.T, src, dst *guest, addr string, extra ...string) m
 	dst.p.waitFor(regexp.MustCompile(fmt.Sprintf(`^FERRY-COUNTER %d$`, first+3)), 0, time.Minute)
 	t.Logf("counter %d on the source, %d on the destination; downtime %.1f ms, %d iterations, %.1f MiB",
 		last, first, st.DowntimeMS, len(st.Iterations), float64(st.BytesTotal)/(1<<20))
+	return st
+}
+
+// readStats reads the --stats-json file of a migration and checks that
+// it is complete.
+func readStats(t *testing.T, path string) migStats {
+	t.Helper()
+	var st migStats
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("--stats-json: %v", err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil || st.Converged == nil || len(st.Iterations) == 0 || st.BytesTotal <= 0 {
+		t.Fatalf("--stats-json is incomplete (%v): %s", err, b)
+	}
 	return st
 }
 
