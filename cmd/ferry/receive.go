@@ -3,23 +3,20 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferryvmm/ferry/migrate"
 	"github.com/ferryvmm/ferry/vmm"
+	"github.com/ferryvmm/ferry/vmm/incoming"
 )
 
 var receiveCommand = &cli.Command{
@@ -67,12 +64,6 @@ guest's network devices, in the source's order, on this host's taps.`,
 	Action: receiveAction,
 }
 
-// Limits on connections that have not become a migration yet.
-const (
-	handshakeTimeout = 10 * time.Second // TLS handshake, or the first bytes without TLS
-	maxPendingConns  = 8                // connections handled at once; more are closed
-)
-
 func receiveAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usageError{fmt.Errorf("receive takes no arguments (got %q)", c.Args().First())}
@@ -103,7 +94,7 @@ func receiveAction(c *cli.Context) error {
 	} else if c.Bool("insecure") {
 		mode = "no TLS: --insecure"
 	} else {
-		if err := loopbackOnly(c.String("listen")); err != nil {
+		if err := incoming.LoopbackOnly(c.String("listen")); err != nil {
 			return flagError("listen", "%v", err)
 		}
 		mode = "no TLS, loopback only"
@@ -123,16 +114,20 @@ func receiveAction(c *cli.Context) error {
 		defer cancel()
 	}
 	keep := migrate.NewKeeper(c.Duration("resume-window"), logf)
-	l := &listener{
-		ln:  ln,
-		tls: tlsCfg,
-		opts: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout"),
+	cfg := vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets}
+	hash := memoryHashLogger(c, "destination before start")
+	srv := incoming.NewServer(ln, incoming.Config[*vmm.MigrationTarget]{
+		TLS: tlsCfg,
+		Receive: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout"),
 			Keep: keep},
-		cfg:     vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets},
-		hash:    memoryHashLogger(c, "destination before start"),
-		started: make(chan *vmm.Machine, 1),
-	}
-	m, err := l.run(ctx)
+		NewTarget: func() *vmm.MigrationTarget {
+			t := vmm.NewMigrationTarget(cfg)
+			t.LogMemoryHash = hash
+			return t
+		},
+		Logf: logf,
+	})
+	target, err := srv.Serve(ctx)
 	keep.Close() // a guest runs here, or ferry receive gives up
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -140,32 +135,9 @@ func receiveAction(c *cli.Context) error {
 		}
 		return err
 	}
+	m := target.Machine()
 	defer m.Close()
 	return serve(c, m)
-}
-
-// loopbackOnly refuses a listen address that is not a loopback address.
-func loopbackOnly(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	ok := host != ""
-	if ip := net.ParseIP(host); ip != nil {
-		ok = ip.IsLoopback()
-	} else if ok {
-		ips, err := net.LookupIP(host)
-		ok = err == nil && len(ips) > 0
-		for _, ip := range ips {
-			ok = ok && ip.IsLoopback()
-		}
-	}
-	if ok {
-		return nil
-	}
-	return fmt.Errorf("%s: without TLS, ferry receive listens only on loopback addresses (127.0.0.1, ::1, localhost): "+
-		"anyone who can reach the port could send it a guest, or read guest memory on the wire. "+
-		"Give --tls-cert, --tls-key and --tls-ca (make them with 'ferry certs'), or --insecure on a network you trust", addr)
 }
 
 // guestLimits reads --max-memory and --max-cpus, the bounds on a guest
@@ -204,224 +176,6 @@ func defaultMaxMemory() uint64 {
 	return cap64
 }
 
-// listener accepts connections until one of them brings a running guest.
-type listener struct {
-	ln   net.Listener
-	tls  *tls.Config
-	opts migrate.ReceiveOptions
-	cfg  vmm.Config
-	hash func(string)
-
-	mu   sync.Mutex
-	busy bool // a migration holds the single slot (from HELLO on)
-	// started receives the machine whose guest a migration started here
-	// (a resumed migration starts the machine an earlier one prepared).
-	started chan *vmm.Machine
-}
-
-// run serves connections, each in its own goroutine (so that a silent or
-// broken peer cannot block a valid migration), until a guest runs here or
-// ctx ends. Only one connection at a time gets past HELLO.
-func (l *listener) run(ctx context.Context) (*vmm.Machine, error) {
-	connCtx, cancelConns := context.WithCancel(ctx)
-	defer cancelConns()
-	got := make(chan *vmm.Machine, 1)
-	pending := make(chan struct{}, maxPendingConns)
-	var wg sync.WaitGroup
-	acceptErr := make(chan error, 1)
-	go func() {
-		for {
-			conn, err := l.ln.Accept()
-			if err != nil {
-				acceptErr <- err
-				return
-			}
-			select {
-			case pending <- struct{}{}:
-			default:
-				logf("refused a connection from %s: %d connections are already being handled", conn.RemoteAddr(), maxPendingConns)
-				conn.Close()
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-pending }()
-				if m := l.handle(connCtx, conn); m != nil {
-					got <- m // at most one: the slot is never released after Start
-				}
-			}()
-		}
-	}()
-	var err error
-	select {
-	case m := <-got:
-		l.ln.Close()
-		<-acceptErr
-		cancelConns()
-		wg.Wait()
-		return m, nil
-	case <-ctx.Done():
-		err = ctx.Err()
-	case err = <-acceptErr:
-		err = fmt.Errorf("accept on %s: %w", l.ln.Addr(), err)
-	}
-	l.ln.Close()
-	cancelConns()
-	wg.Wait()
-	// A migration past COMMIT ignores the cancellation and may have
-	// started its guest meanwhile: run it.
-	select {
-	case m := <-got:
-		return m, nil
-	default:
-		return nil, err
-	}
-}
-
 func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "ferry: "+format+"\n", args...)
-}
-
-// handle runs one connection; it returns the machine if a guest now runs.
-func (l *listener) handle(ctx context.Context, raw net.Conn) *vmm.Machine {
-	defer raw.Close()
-	peer := raw.RemoteAddr()
-	// A guest arrived elsewhere, or --timeout expired: stop handshaking.
-	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	conn, err := migrate.ServerHandshake(raw, l.tls, handshakeTimeout)
-	if !stop() && err == nil {
-		err = ctx.Err()
-	}
-	if err != nil {
-		logf("refused a connection from %s: %v; still waiting", peer, err)
-		lingerClose(raw)
-		return nil
-	}
-	target := &slotTarget{l: l, t: vmm.NewMigrationTarget(l.cfg), peer: peer}
-	target.t.LogMemoryHash = l.hash
-	opts := l.opts
-	opts.Peer = peerIdentity(conn)
-	stats, err := migrate.Receive(ctx, conn, target, opts)
-	// Receive fails after starting the guest only when DONE-ACK is lost.
-	var m *vmm.Machine
-	if err == nil || errors.Is(err, migrate.ErrDoneAckLost) {
-		m = <-l.started
-	}
-	if m == nil {
-		logf("incoming migration from %s failed: %v; no guest runs here; still waiting", peer, err)
-		lingerClose(raw)
-		return nil
-	}
-	if err != nil {
-		// Started, but DONE-ACK was lost: the source stays paused.
-		logf("WARNING: %v", err)
-	}
-	held := ""
-	if stats.PagesHeld > 0 {
-		held = fmt.Sprintf(" (resumed: %d pages were kept from the failed attempt)", stats.PagesHeld)
-	}
-	logf("received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s%s",
-		stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds, held)
-	logf("guest received from %s and running", peer)
-	return m
-}
-
-// peerIdentity names the authenticated source for the Keeper: the SHA-256
-// of its TLS certificate; "" without TLS (no check).
-func peerIdentity(conn net.Conn) string {
-	tc, ok := conn.(*tls.Conn)
-	if !ok {
-		return ""
-	}
-	certs := tc.ConnectionState().PeerCertificates
-	if len(certs) == 0 {
-		return ""
-	}
-	sum := sha256.Sum256(certs[0].Raw)
-	return hex.EncodeToString(sum[:])
-}
-
-// slotTarget is the migrate.Destination (and migrate.Resumable) of one
-// connection: Prepare takes the listener's single migration slot (or
-// refuses), Discard gives it back. Suspend (kept for a resume) gives the
-// slot back and keeps the memory; Reclaim (a resume) takes the slot again.
-type slotTarget struct {
-	l    *listener
-	t    *vmm.MigrationTarget
-	peer net.Addr
-	held bool
-}
-
-func (s *slotTarget) Prepare(info migrate.VMInfo) error {
-	s.l.mu.Lock()
-	if s.l.busy {
-		s.l.mu.Unlock()
-		return errors.New("another migration into this receiver is in progress")
-	}
-	s.l.busy, s.held = true, true
-	s.l.mu.Unlock()
-	var mem uint64
-	for _, r := range info.Regions {
-		mem += r.Size
-	}
-	logf("receiving a guest from %s: %d MiB, %d vCPUs", s.peer, mem>>20, info.VCPUs)
-	if err := s.t.Prepare(info); err != nil {
-		s.release()
-		return err
-	}
-	return nil
-}
-
-func (s *slotTarget) release() {
-	if s.held {
-		s.l.mu.Lock()
-		s.l.busy, s.held = false, false
-		s.l.mu.Unlock()
-	}
-}
-
-func (s *slotTarget) Memory(i int) []byte        { return s.t.Memory(i) }
-func (s *slotTarget) Restore(state []byte) error { return s.t.Restore(state) }
-
-func (s *slotTarget) Start() error {
-	if err := s.t.Start(); err != nil {
-		return err
-	}
-	s.l.started <- <-s.t.Started()
-	return nil
-}
-
-func (s *slotTarget) Suspend() { s.release() }
-
-func (s *slotTarget) Reclaim() error {
-	s.l.mu.Lock()
-	defer s.l.mu.Unlock()
-	if s.l.busy {
-		return errors.New("another migration into this receiver is in progress")
-	}
-	if err := s.t.Reclaim(); err != nil {
-		return err
-	}
-	s.l.busy, s.held = true, true
-	logf("resuming the migration of the guest first received from %s", s.peer)
-	return nil
-}
-
-func (s *slotTarget) Discard() {
-	s.t.Discard()
-	s.release()
-}
-
-// lingerClose lets the peer read what this side sent last (an ERROR record,
-// a TLS alert) before the connection is closed: closing a socket that still
-// has unread input makes the kernel reset the connection, and the reset can
-// destroy data the peer has not read yet. It half-closes, then discards
-// input until the peer closes too, for at most two seconds.
-func lingerClose(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(2 * time.Second))
-	io.Copy(io.Discard, io.LimitReader(c, 256<<20))
 }

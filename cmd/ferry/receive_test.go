@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/ferryvmm/ferry/vmm/incoming"
 )
 
 func TestLoopbackOnly(t *testing.T) {
@@ -10,7 +12,7 @@ func TestLoopbackOnly(t *testing.T) {
 		"127.0.0.1:7070": true, "[::1]:7070": true, "localhost:7070": true, "127.3.4.5:1": true,
 		"0.0.0.0:7070": false, ":7070": false, "10.0.0.2:7070": false, "[::]:7070": false,
 	} {
-		err := loopbackOnly(addr)
+		err := incoming.LoopbackOnly(addr)
 		if (err == nil) != ok {
 			t.Errorf("%s: %v, want allowed=%v", addr, err, ok)
 		}

@@ -1,0 +1,186 @@
+// Package incoming is the receiving end of a live migration (what `ferry
+// receive` runs): it accepts connections on a listener, authenticates them
+// (mutual TLS, or plain TCP), lets one migration at a time past HELLO into
+// a target it builds (the single slot), keeps what a failed migration
+// received for a resume (migrate.Keeper), and returns the target whose
+// guest runs here.
+//
+// Files: server.go (the accept loop and one connection), slot.go (the
+// single-slot rule around each target), conn.go (peer identity, the
+// lingering close, the loopback-only rule for plain TCP).
+package incoming
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ferryvmm/ferry/migrate"
+)
+
+// Target is the destination one connection fills: a migrate.Resumable
+// (vmm.MigrationTarget in ferry, a fake in tests). The server starts it
+// through Start; it is returned by Serve once its guest runs.
+type Target interface {
+	migrate.Resumable
+}
+
+// Config tunes a Server. NewTarget is required.
+type Config[T Target] struct {
+	// TLS, if set, is the server side of mutual TLS (migrate.ServerTLSConfig);
+	// nil accepts plain TCP (see LoopbackOnly).
+	TLS *tls.Config
+	// Receive holds the limits and the Keeper; Peer is set per connection.
+	Receive migrate.ReceiveOptions
+	// NewTarget builds the target of one connection (nothing is allocated
+	// before Prepare).
+	NewTarget func() T
+	// Logf receives one line per event (refused connections, failures,
+	// what arrived); nil discards them.
+	Logf func(format string, args ...any)
+	// HandshakeTimeout bounds the TLS handshake, or the first bytes
+	// without TLS (default 10 s).
+	HandshakeTimeout time.Duration
+	// MaxPending is the number of connections handled at once; more are
+	// closed at once (default 8).
+	MaxPending int
+}
+
+// Server accepts connections until one of them brings a running guest.
+type Server[T Target] struct {
+	cfg Config[T]
+	ln  net.Listener
+
+	// mu guards busy: one migration holds the slot from its HELLO
+	// (Prepare, or Reclaim for a resume) until it fails (Discard or
+	// Suspend) or its guest runs (never released then).
+	mu   sync.Mutex
+	busy bool
+
+	started chan T // the target whose guest started here (at most one; see slot.Start)
+}
+
+// NewServer serves ln with cfg; nothing runs before Serve.
+func NewServer[T Target](ln net.Listener, cfg Config[T]) *Server[T] {
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 8
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	return &Server[T]{cfg: cfg, ln: ln, started: make(chan T, 1)}
+}
+
+// Serve handles connections, each in its own goroutine (so that a silent
+// or broken peer cannot block a valid migration), until a guest runs here
+// (its target is returned) or ctx ends. It closes the listener before it
+// returns.
+func (s *Server[T]) Serve(ctx context.Context) (T, error) {
+	connCtx, cancelConns := context.WithCancel(ctx)
+	defer cancelConns()
+	got := make(chan T, 1)
+	pending := make(chan struct{}, s.cfg.MaxPending)
+	var wg sync.WaitGroup
+	acceptErr := make(chan error, 1)
+	go func() {
+		for {
+			conn, err := s.ln.Accept()
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			select {
+			case pending <- struct{}{}:
+			default:
+				s.cfg.Logf("refused a connection from %s: %d connections are already being handled", conn.RemoteAddr(), s.cfg.MaxPending)
+				conn.Close()
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-pending }()
+				if t, ok := s.handle(connCtx, conn); ok {
+					got <- t // at most one: the slot is never released after Start
+				}
+			}()
+		}
+	}()
+	var err error
+	select {
+	case t := <-got:
+		s.ln.Close()
+		<-acceptErr
+		cancelConns()
+		wg.Wait()
+		return t, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case err = <-acceptErr:
+		err = fmt.Errorf("accept on %s: %w", s.ln.Addr(), err)
+	}
+	s.ln.Close()
+	cancelConns()
+	wg.Wait()
+	// A migration past COMMIT ignores the cancellation and may have
+	// started its guest meanwhile: it runs, so return it.
+	select {
+	case t := <-got:
+		return t, nil
+	default:
+		var none T
+		return none, err
+	}
+}
+
+// handle runs one connection; ok is true if its guest now runs here.
+func (s *Server[T]) handle(ctx context.Context, raw net.Conn) (t T, ok bool) {
+	defer raw.Close()
+	peer := raw.RemoteAddr()
+	// A guest arrived elsewhere, or ctx ended: stop handshaking.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	conn, err := migrate.ServerHandshake(raw, s.cfg.TLS, s.cfg.HandshakeTimeout)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		s.cfg.Logf("refused a connection from %s: %v; still waiting", peer, err)
+		LingerClose(raw)
+		return t, false
+	}
+	target := &slot[T]{s: s, t: s.cfg.NewTarget(), peer: peer}
+	opts := s.cfg.Receive
+	opts.Peer = PeerIdentity(conn)
+	stats, err := migrate.Receive(ctx, conn, target, opts)
+	// Receive fails after starting the guest only when DONE-ACK is lost.
+	if err == nil || errors.Is(err, migrate.ErrDoneAckLost) {
+		select {
+		case t, ok = <-s.started:
+		default:
+		}
+	}
+	if !ok {
+		s.cfg.Logf("incoming migration from %s failed: %v; no guest runs here; still waiting", peer, err)
+		LingerClose(raw)
+		return t, false
+	}
+	if err != nil {
+		// Started, but DONE-ACK was lost: the source stays paused.
+		s.cfg.Logf("WARNING: %v", err)
+	}
+	kept := ""
+	if stats.PagesHeld > 0 {
+		kept = fmt.Sprintf(" (resumed: %d pages were kept from the failed attempt)", stats.PagesHeld)
+	}
+	s.cfg.Logf("received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s%s",
+		stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds, kept)
+	s.cfg.Logf("guest received from %s and running", peer)
+	return t, true
+}
