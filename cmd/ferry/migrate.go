@@ -12,7 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferryvmm/ferry/migrate"
-	"github.com/ferryvmm/ferry/vmm"
+	"github.com/ferryvmm/ferry/vmm/control"
 )
 
 var migrateCommand = &cli.Command{
@@ -54,7 +54,7 @@ destination, then 'ferry resume' here only if the guest does not run there.`,
 }
 
 func migrateAction(c *cli.Context) error {
-	req := vmm.MigrateRequest{
+	req := control.MigrateRequest{
 		To:                c.String("to"),
 		DowntimeMS:        int(c.Duration("downtime") / time.Millisecond),
 		MaxIterations:     c.Int("max-iterations"),
@@ -98,14 +98,14 @@ func migrateAction(c *cli.Context) error {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		var ev vmm.MigrateEvent
+		var ev control.MigrateEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return fmt.Errorf("bad answer from the source ferry: %v", err)
 		}
 		switch {
 		case ev.Progress != nil:
 			fmt.Fprintln(w, migrate.FormatIteration(*ev.Progress))
-		case ev.Error != "" && ev.Outcome == vmm.OutcomeUnknown:
+		case ev.Error != "" && ev.Outcome == control.OutcomeUnknown:
 			return guestExitError{err: fmt.Errorf("migration outcome unknown: %s", ev.Error), code: exitOutcomeUnknown}
 		case ev.Error != "":
 			return fmt.Errorf("migration failed: %s", ev.Error)

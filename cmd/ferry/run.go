@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferryvmm/ferry/vmm"
+	"github.com/ferryvmm/ferry/vmm/control"
 )
 
 var runCommand = &cli.Command{
@@ -151,23 +152,25 @@ func memoryHashLogger(c *cli.Context, side string) func(string) {
 }
 
 // startAPI serves --api-socket if given; the returned stop is never nil.
-func startAPI(c *cli.Context, m *vmm.Machine) (*vmm.APIServer, func(), error) {
+// Every pause and resume of the machine from now on goes through the
+// controller's state machine.
+func startAPI(c *cli.Context, m *vmm.Machine) (func(), error) {
 	path := c.String("api-socket")
 	if path == "" {
-		return nil, func() {}, nil
+		return func() {}, nil
 	}
-	a, err := vmm.ServeAPI(m, path)
+	ctl := control.New(&control.VM{M: m, LogMemoryHash: memoryHashLogger(c, "paused source")})
+	s, err := control.Serve(path, ctl)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	a.LogMemoryHash = memoryHashLogger(c, "paused source")
-	return a, a.Close, nil
+	return s.Close, nil
 }
 
 // serve connects a running machine to the console and the control socket
 // until the guest stops, the user quits, or a signal arrives.
 func serve(c *cli.Context, m *vmm.Machine) error {
-	_, stopAPI, err := startAPI(c, m)
+	stopAPI, err := startAPI(c, m)
 	if err != nil {
 		return err
 	}

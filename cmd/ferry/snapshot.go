@@ -9,7 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/ferryvmm/ferry/vmm"
+	"github.com/ferryvmm/ferry/vmm/control"
 )
 
 var snapshotCommand = &cli.Command{
@@ -42,13 +42,13 @@ func snapshotAction(c *cli.Context) error {
 	if err != nil {
 		return flagError("to", "%v", err)
 	}
-	body, _ := json.Marshal(vmm.SnapshotRequest{Path: path, Stop: c.Bool("stop")})
+	body, _ := json.Marshal(control.SnapshotRequest{Path: path, Stop: c.Bool("stop")})
 	resp, err := apiCall(c.String("api-socket"), "POST", "/v1/snapshot", bytes.NewReader(body), 0)
 	if err != nil {
 		return fmt.Errorf("snapshot failed: %w", err)
 	}
 	defer resp.Body.Close()
-	var res vmm.SnapshotResult
+	var res control.SnapshotResult
 	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
 		return fmt.Errorf("bad answer from the ferry at --api-socket: %v", err)
 	}
