@@ -241,7 +241,7 @@ func (t *MigrationTarget) Restore(state []byte) error {
 		return err
 	}
 	if s.Paused && !t.Run && t.RefusePaused != "" {
-		return fmt.Errorf("the guest is paused, and it would stay paused here with nothing to resume it: %s", t.RefusePaused)
+		return fmt.Errorf("the guest was paused by its user and would stay paused here with nothing to resume it: %s", t.RefusePaused)
 	}
 	if err := t.m.RestoreState(s); err != nil {
 		return err

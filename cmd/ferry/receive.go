@@ -31,6 +31,11 @@ nothing stays allocated); one migration is accepted at a time. Once a guest
 arrives it runs here exactly as with 'ferry run': console on this terminal,
 control socket on --api-socket, exit status 0 when the guest powers off.
 
+A guest that was paused on the source arrives paused: its vCPUs do not
+run until 'ferry resume --api-socket PATH' here ('ferry status' says
+"paused"). Without --api-socket nothing could resume it, so such a
+migration is refused (the guest stays paused on the source).
+
 With --tls-cert, --tls-key and --tls-ca (files from 'ferry certs') only
 sources with a certificate from the CA are accepted (mutual TLS 1.3).
 Without them ferry receive listens only on loopback addresses, unless
@@ -51,7 +56,7 @@ in flight are completed on the source before it pauses. --net gives the
 guest's network devices, in the source's order, on this host's taps.`,
 	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "listen", Usage: "`HOST:PORT` to accept the migration on", Required: true},
-		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API on this unix socket `PATH` once the guest runs"},
+		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate, snapshot) on this unix socket `PATH` once the guest is here"},
 		&cli.StringFlag{Name: "max-memory", Usage: "largest guest accepted (default: half of this host's memory, at most 64G)"},
 		&cli.IntFlag{Name: "max-cpus", Value: 32, Usage: "most vCPUs accepted"},
 		&cli.DurationFlag{Name: "timeout", Usage: "give up (exit 1) if no guest runs here after this long (0: wait forever)"},
@@ -128,8 +133,10 @@ func receiveAction(c *cli.Context) error {
 		tls: tlsCfg,
 		opts: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout"),
 			Keep: keep},
-		cfg:     vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets},
-		hash:    memoryHashLogger(c, "destination before start"),
+		cfg:  vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets},
+		hash: memoryHashLogger(c, "destination before start"),
+		refusePaused: refusePausedWithout(c.String("api-socket"),
+			"this ferry receive has no --api-socket (start it with --api-socket PATH)"),
 		started: make(chan *vmm.Machine, 1),
 	}
 	m, err := l.run(ctx)
@@ -211,6 +218,9 @@ type listener struct {
 	opts migrate.ReceiveOptions
 	cfg  vmm.Config
 	hash func(string)
+	// refusePaused, if set, is why a guest paused on its source cannot
+	// come here (vmm.MigrationTarget.RefusePaused).
+	refusePaused string
 
 	mu   sync.Mutex
 	busy bool // a migration holds the single slot (from HELLO on)
@@ -300,6 +310,7 @@ func (l *listener) handle(ctx context.Context, raw net.Conn) *vmm.Machine {
 	}
 	target := &slotTarget{l: l, t: vmm.NewMigrationTarget(l.cfg), peer: peer}
 	target.t.LogMemoryHash = l.hash
+	target.t.RefusePaused = l.refusePaused
 	opts := l.opts
 	opts.Peer = peerIdentity(conn)
 	stats, err := migrate.Receive(ctx, conn, target, opts)
@@ -323,7 +334,11 @@ func (l *listener) handle(ctx context.Context, raw net.Conn) *vmm.Machine {
 	}
 	logf("received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s%s",
 		stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds, held)
-	logf("guest received from %s and running", peer)
+	if m.Paused() {
+		logf("guest received from %s, paused as it was on the source: 'ferry resume' on this ferry's --api-socket runs it", peer)
+	} else {
+		logf("guest received from %s and running", peer)
+	}
 	return m
 }
 

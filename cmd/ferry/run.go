@@ -34,7 +34,7 @@ kernel parameters (see --no-default-cmdline).`,
 		&cli.StringFlag{Name: "memory", Aliases: []string{"m"}, Value: "128M", Usage: "guest RAM, e.g. 128M or 1G"},
 		&cli.IntFlag{Name: "cpus", Value: 1, Usage: "number of vCPUs"},
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
-		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate) on this unix socket `PATH`"},
+		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate, snapshot) on this unix socket `PATH`"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print boot details and unclaimed I/O ports"},
 		memoryHashFlag,
 		diskFlag,
@@ -149,6 +149,16 @@ func memoryHashLogger(c *cli.Context, side string) func(string) {
 		return nil
 	}
 	return func(h string) { fmt.Fprintf(os.Stderr, "ferry: memory hash (%s): %s\n", side, h) }
+}
+
+// refusePausedWithout is the reason a guest that arrives paused (from a
+// migration or a snapshot) is refused when there is no control socket to
+// resume it; "" with one.
+func refusePausedWithout(apiSocket, why string) string {
+	if apiSocket != "" {
+		return ""
+	}
+	return why
 }
 
 // startAPI serves --api-socket if given; the returned stop is never nil.

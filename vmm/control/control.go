@@ -151,9 +151,6 @@ func next(s State, k kind) (State, error) {
 	case kindResume:
 		return Running, nil
 	case kindMigrate:
-		if s == Paused {
-			return s, conflict("the guest is paused: resume it before migrating")
-		}
 		return Migrating, nil
 	case kindSnapshot:
 		return Snapshotting, nil

@@ -23,7 +23,7 @@ func TestTransitionTable(t *testing.T) {
 	const refused = "refused"
 	want := map[State][5]string{ // status, pause, resume, migrate, snapshot
 		Running:      {ok(Running), ok(Paused), ok(Running), ok(Migrating), ok(Snapshotting)},
-		Paused:       {ok(Paused), ok(Paused), ok(Running), refused, ok(Snapshotting)},
+		Paused:       {ok(Paused), ok(Paused), ok(Running), ok(Migrating), ok(Snapshotting)},
 		Migrating:    {ok(Migrating), refused, refused, refused, refused},
 		Snapshotting: {ok(Snapshotting), refused, refused, refused, refused},
 		Stopped:      {ok(Stopped), refused, refused, refused, refused},
@@ -81,7 +81,7 @@ func TestControllerActions(t *testing.T) {
 		want [5]string
 	}{
 		{Running, [5]string{"running", "paused", "running", "running", "running"}},
-		{Paused, [5]string{"paused", "paused", "running", "409: paused: resume it before migrating", "paused"}},
+		{Paused, [5]string{"paused", "paused", "running", "paused", "paused"}},
 		{Migrating, [5]string{"migrating", "409: cannot pause: a migration is in progress", "409: cannot resume: a migration is in progress",
 			"409: a migration is already in progress", "409: cannot snapshot: a migration is in progress"}},
 		{Snapshotting, [5]string{"snapshot", "409: cannot pause: a snapshot is being written", "409: cannot resume: a snapshot is being written",
@@ -136,6 +136,9 @@ func TestOperationEnds(t *testing.T) {
 		{"migrate ok", Running, Migrate{Request: MigrateRequest{To: "h:1"}}, nil, nil, "stopped", "", ""},
 		{"migrate failed", Running, Migrate{Request: MigrateRequest{To: "h:1"}}, errors.New("cut"), nil, "running", OutcomeFailed, "the guest keeps running here"},
 		{"migrate unknown", Running, Migrate{Request: MigrateRequest{To: "h:1"}}, unknown, nil, "paused", OutcomeUnknown, "outcome unknown"},
+		{"migrate paused ok", Paused, Migrate{Request: MigrateRequest{To: "h:1"}}, nil, nil, "stopped", "", ""},
+		{"migrate paused failed", Paused, Migrate{Request: MigrateRequest{To: "h:1"}}, errors.New("cut"), nil, "paused", OutcomeFailed, "the guest stays paused here"},
+		{"migrate paused unknown", Paused, Migrate{Request: MigrateRequest{To: "h:1"}}, unknown, nil, "paused", OutcomeUnknown, "outcome unknown"},
 		{"snapshot running", Running, Snapshot{Request: SnapshotRequest{Path: "/s"}}, nil, nil, "running", "", ""},
 		{"snapshot paused", Paused, Snapshot{Request: SnapshotRequest{Path: "/s"}}, nil, nil, "paused", "", ""},
 		{"snapshot stop", Running, Snapshot{Request: SnapshotRequest{Path: "/s", Stop: true}}, nil, nil, "stopped", "", ""},

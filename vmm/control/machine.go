@@ -56,9 +56,13 @@ func (v *VM) Pause() error          { return v.M.Pause() }
 func (v *VM) Resume() error         { return v.M.Resume() }
 func (v *VM) Stop(reason string)    { v.M.Stop(reason) }
 
-func (v *VM) source() *vmm.MigrationSource {
+// source is the machine as a migration or snapshot reads it; paused
+// (the user paused the guest) goes into its state, so that the guest
+// arrives, or is restored, paused.
+func (v *VM) source(paused bool) *vmm.MigrationSource {
 	src := vmm.NewMigrationSource(v.M)
 	src.LogMemoryHash = v.LogMemoryHash
+	src.Paused = paused
 	return src
 }
 
@@ -69,12 +73,13 @@ func (v *VM) Migrate(ctx context.Context, req MigrateRequest, paused bool, progr
 		return nil, err
 	}
 	opts.Progress = progress
+	opts.SourcePaused = paused // one pass, never paused nor resumed here
 	conn, err := dialDestination(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	stats, err := migrate.Send(ctx, v.source(), conn, opts)
+	stats, err := migrate.Send(ctx, v.source(paused), conn, opts)
 	if err != nil && !errors.Is(err, migrate.ErrOutcomeUnknown) && req.TLS.Enabled() {
 		err = migrate.ExplainTLSError(err)
 	}
@@ -95,7 +100,7 @@ func (v *VM) Snapshot(ctx context.Context, path string, paused, thenStop bool) (
 		}
 		return v.M.Resume()
 	}
-	st, err := writeSnapshotFile(ctx, path, v.source())
+	st, err := writeSnapshotFile(ctx, path, v.source(paused))
 	res := &SnapshotResult{Path: path, PausedMS: float64(time.Since(pausedAt).Microseconds()) / 1000}
 	if st != nil {
 		res.Stats = *st

@@ -88,6 +88,7 @@ func (c *Controller) snapshot(ctx context.Context, req SnapshotRequest) (*Snapsh
 	if err != nil {
 		return nil, err
 	}
+	res.Paused = paused
 	if req.Stop {
 		c.m.Stop("guest saved to " + req.Path)
 		left = Stopped

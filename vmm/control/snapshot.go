@@ -26,6 +26,9 @@ type SnapshotResult struct {
 	Stats    migrate.SnapshotStats `json:"stats"`
 	PausedMS float64               `json:"paused_ms"` // how long the snapshot held the guest paused
 	Stopped  bool                  `json:"stopped"`   // the VM ended (Stop)
+	// Paused: the user had paused the guest; it stays paused and is saved
+	// as paused (ferry restore brings it back paused).
+	Paused bool `json:"paused,omitempty"`
 }
 
 // writeSnapshotFile writes the snapshot to a temporary file next to path,
