@@ -73,6 +73,16 @@ type Options struct {
 	// refuses (ERROR). Needs the digest filter.
 	Resume bool
 
+	// SourcePaused says the source guest is paused, on purpose, and must
+	// stay paused: it cannot write its memory, so there is no pre-copy.
+	// Send goes straight to one stop-and-copy pass that sends every page
+	// (iteration 0, FINAL; without dirty logging, and without the
+	// MaxBandwidth cap, which exists for a running guest's own traffic),
+	// never calls Source.Pause or Resume, and leaves the guest paused
+	// whatever happens (the destination keeps it paused too: the caller
+	// records that in the VM state).
+	SourcePaused bool
+
 	// BatchPages is the number of page entries per PAGES record (default
 	// 64, at most MaxPagesPerBatch).
 	BatchPages int
@@ -250,6 +260,9 @@ func (s *sender) run() error {
 	}
 	if err := s.handshake(); err != nil {
 		return err
+	}
+	if s.opts.SourcePaused {
+		return s.pausedCopy()
 	}
 	manual, err := s.src.StartDirtyLog()
 	if err != nil {
@@ -491,6 +504,33 @@ func (s *sender) stopAndCopy(converged bool) error {
 	if _, err := s.sendPending(false, false); err != nil {
 		return err
 	}
+	return s.complete(pausedAt)
+}
+
+// pausedCopy migrates a guest its user paused (Options.SourcePaused): it
+// cannot write its memory, so there is nothing to pre-copy and no dirty log
+// to keep. One pass, iteration 0 marked FINAL (the shape of a snapshot),
+// sends every page, then the migration completes as any other. The guest
+// is neither paused nor resumed: s.paused stays false, so no failure path
+// resumes it, and after COMMIT it stays paused as any source does.
+func (s *sender) pausedCopy() error {
+	s.stats.Converged = true
+	s.stats.SourcePaused = true
+	start := time.Now()
+	s.w.liftLimit() // the cap protects a running guest's own traffic
+	if err := s.beginIteration(true); err != nil {
+		return err
+	}
+	s.cur.PagesDirty = s.total
+	if _, err := s.sendAll(false, false); err != nil {
+		return err
+	}
+	return s.complete(start)
+}
+
+// complete ends the final pass: the VM state, END, then the commit
+// handshake. pausedAt is when the final pass began (the downtime's start).
+func (s *sender) complete(pausedAt time.Time) error {
 	s.w.endPages()
 	state, err := s.src.State()
 	if err != nil {
@@ -533,11 +573,11 @@ func (s *sender) stopAndCopy(converged bool) error {
 		return err
 	}
 	s.stats.DowntimeMS = float64(time.Since(pausedAt).Microseconds()) / 1000
-	s.logging = false
 	s.paused = false // handed over: the source guest must stay paused for good
-	if err := s.src.StopDirtyLog(); err != nil {
-		// The guest now runs on the destination; this is not a failure.
-		_ = err
+	if s.logging {
+		s.logging = false
+		// The guest is on the destination now; an error is no failure.
+		_ = s.src.StopDirtyLog()
 	}
 	return nil
 }

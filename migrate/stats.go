@@ -42,7 +42,9 @@ type IterationStats struct {
 type Stats struct {
 	Iterations   []IterationStats `json:"iterations"`
 	TotalSeconds float64          `json:"total_seconds"`
-	// DowntimeMS runs from pausing the source guest to receiving DONE-ACK.
+	// DowntimeMS runs from pausing the source guest to receiving DONE-ACK
+	// (for a guest its user had paused, SourcePaused: from the start of
+	// its one pass).
 	DowntimeMS float64 `json:"downtime_ms"`
 	BytesTotal int64   `json:"bytes_total"`
 	// BytesReceived counts the bytes read from the destination (HELLO-ACK,
@@ -54,6 +56,9 @@ type Stats struct {
 	// DestinationHeld is how many pages it held (HELD records).
 	Resumed         bool   `json:"resumed,omitempty"`
 	DestinationHeld uint64 `json:"destination_held,omitempty"`
+	// SourcePaused: the guest was paused by its user and was sent in one
+	// pass (Options.SourcePaused); it stays paused on the destination.
+	SourcePaused bool `json:"source_paused,omitempty"`
 }
 
 const mib = 1 << 20
@@ -79,7 +84,10 @@ func FormatIteration(it IterationStats) string {
 // Summary renders the end-of-migration line.
 func (s *Stats) Summary() string {
 	conv := "converged"
-	if !s.Converged {
+	switch {
+	case s.SourcePaused:
+		conv = "the guest was paused: sent in one pass, it stays paused"
+	case !s.Converged:
 		conv = "forced (did not converge)"
 	}
 	resumed := ""

@@ -17,6 +17,9 @@ type MigrationSource struct {
 	// Log, if set, receives a hash of guest RAM taken while the guest is
 	// paused for the final state (for tests and debugging; it reads all RAM).
 	LogMemoryHash func(hash string)
+	// Paused says the guest's user paused it (the migration does not):
+	// its state says so, and it arrives paused (State.Paused).
+	Paused bool
 }
 
 // NewMigrationSource prepares m to be migrated.
@@ -110,6 +113,7 @@ func (s *MigrationSource) State() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	st.Paused = s.Paused
 	if s.LogMemoryHash != nil {
 		s.LogMemoryHash(s.m.mem.Hash())
 	}
@@ -142,7 +146,17 @@ type MigrationTarget struct {
 	// LogMemoryHash, if set, receives a hash of guest RAM taken just
 	// before the guest starts here (see MigrationSource.LogMemoryHash).
 	LogMemoryHash func(hash string)
+	// A guest saved paused by its user (State.Paused) starts paused here,
+	// until a resume, unless Run is set (ferry restore --run). If
+	// RefusePaused is set, such a guest is refused with that reason
+	// instead (nothing could resume it here: no control socket).
+	Run          bool
+	RefusePaused string
+	paused       bool // the restored guest starts paused
 }
+
+// StartsPaused reports whether the restored guest will start paused.
+func (t *MigrationTarget) StartsPaused() bool { return t.paused }
 
 // NewMigrationTarget prepares to receive a guest. The machine is created
 // only when the source announces it.
@@ -234,15 +248,28 @@ func (t *MigrationTarget) Restore(state []byte) error {
 	if err != nil {
 		return err
 	}
-	return t.m.RestoreState(s)
+	if s.Paused && !t.Run && t.RefusePaused != "" {
+		return fmt.Errorf("the guest was paused by its user and would stay paused here with nothing to resume it: %s", t.RefusePaused)
+	}
+	if err := t.m.RestoreState(s); err != nil {
+		return err
+	}
+	t.paused = s.Paused && !t.Run
+	return nil
 }
 
-// Start implements migrate.Destination.
+// Start implements migrate.Destination: the guest runs, or, saved paused
+// by its user, waits paused for a resume (its vCPUs never enter the guest
+// before). Its network devices announce it either way.
 func (t *MigrationTarget) Start() error {
 	if t.LogMemoryHash != nil {
 		t.LogMemoryHash(t.m.mem.Hash())
 	}
-	if err := t.m.Start(); err != nil {
+	start := t.m.Start
+	if t.paused {
+		start = t.m.StartPaused
+	}
+	if err := start(); err != nil {
 		return err
 	}
 	t.m.announceNets()

@@ -10,14 +10,26 @@ import (
 )
 
 // Start runs every vCPU on its own OS thread.
-func (m *Machine) Start() error {
+func (m *Machine) Start() error { return m.start(false) }
+
+// StartPaused starts the machine paused, as a guest its user paused
+// arrives from a migration or a snapshot: every vCPU thread parks before it
+// first enters the guest, and the devices stay quiet (they start paused),
+// until Resume. It returns once every vCPU is parked, so Paused is true.
+func (m *Machine) StartPaused() error { return m.start(true) }
+
+func (m *Machine) start(paused bool) error {
 	m.ctl.Lock()
 	defer m.ctl.Unlock()
 	if m.started {
 		return errors.New("machine already started")
 	}
 	m.started = true
-	m.resumeDevices()
+	if paused {
+		m.pauseReq = true
+	} else {
+		m.resumeDevices()
+	}
 	for _, v := range m.vcpus {
 		m.wg.Add(1)
 		go m.runVCPU(v)
@@ -26,6 +38,9 @@ func (m *Machine) Start() error {
 		m.wg.Wait()
 		close(m.done)
 	}()
+	for paused && m.parked < len(m.vcpus) && !m.stopping {
+		m.cond.Wait()
+	}
 	return nil
 }
 
@@ -65,6 +80,10 @@ func (m *Machine) runVCPU(v *kvm.VCPU) {
 	// is retired with it and Kick never signals a thread reused by others.
 	runtime.LockOSThread()
 	v.BindThread()
+	// A machine started paused parks here, before the guest ever runs.
+	if !m.park() {
+		return
+	}
 	for {
 		err := v.Run()
 		if errors.Is(err, kvm.ErrInterrupted) {

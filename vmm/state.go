@@ -17,6 +17,11 @@ type State struct {
 	PIT     kvm.PITState2
 	Clock   kvm.ClockData
 	Devices []DeviceState // in registration order
+	// Paused: the guest's user had paused it when it was saved, and it
+	// restarts paused (MigrationTarget.Start), until a resume. A running
+	// guest paused only to be saved (a migration's stop-and-copy, a
+	// snapshot) is not Paused.
+	Paused bool
 }
 
 // DeviceState is one device's saved State, keyed by its name.

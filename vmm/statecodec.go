@@ -21,7 +21,8 @@ import (
 //	| payload: memory size, PIC×2, IOAPIC, PIT, clock,             |
 //	|   vCPUs (count, then each: id, CPUID, MP state, regs, sregs, |
 //	|   FPU or XSAVE+XCRs, debug regs, LAPIC, MSRs, events, TSC),  |
-//	|   devices (count, then each: name, data)                     |
+//	|   devices (count, then each: name, data),                    |
+//	|   run state (1 byte: 0 running, 1 paused by its user)        |
 //	+--------------------------------------------------------------+
 //
 // Integers are little endian; KVM structures are written field by field in
@@ -32,9 +33,18 @@ import (
 // Version 2 added QueueState.SignalledUsed (VIRTIO_F_EVENT_IDX) to the
 // virtio-mmio devices' state; a version 1 blob is still read, its virtio
 // devices' states converted (devices.UpgradeVirtioStateV1).
+//
+// Version 3 added the run state (State.Paused): a guest its user paused
+// is migrated, or saved, paused, and restarts paused. It lives here, in
+// the VM state, rather than in the migration protocol: it is the guest's
+// state like its registers (QEMU, likewise, sends the run state inside its
+// migration stream, as a device state), so a migration and a snapshot
+// both carry it with no change to their records. A version 1 or 2 blob
+// has none and decodes as running; an older ferry refuses a version 3
+// blob (so it cannot start, running, a guest that was paused).
 const (
 	stateMagic   = "FERRYVM\x00"
-	stateVersion = 2
+	stateVersion = 3
 	stateHdrLen  = 28
 
 	// MaxStateSize caps a whole encoded state.
@@ -102,6 +112,11 @@ func EncodeState(s *State) ([]byte, error) {
 		w(uint32(len(d.Data)))
 		p.Write(d.Data)
 	}
+	var run uint8
+	if s.Paused {
+		run = 1
+	}
+	w(run)
 	if p.Len() > MaxStateSize {
 		return nil, fmt.Errorf("VM state is %d bytes, more than the %d the format allows", p.Len(), MaxStateSize)
 	}
@@ -158,7 +173,7 @@ func DecodeState(b []byte) (*State, error) {
 		return nil, fmt.Errorf("%w: no FERRYVM header", ErrBadState)
 	}
 	version := binary.LittleEndian.Uint32(b[8:])
-	if version != 1 && version != stateVersion {
+	if version < 1 || version > stateVersion {
 		return nil, fmt.Errorf("%w: format version %d, this ferry reads 1 to %d", ErrBadState, version, stateVersion)
 	}
 	if r := binary.LittleEndian.Uint32(b[24:]); r != 0 {
@@ -224,6 +239,14 @@ func DecodeState(b []byte) (*State, error) {
 		name := string(d.bytes(int(nl)))
 		data := d.bytes(d.count("bytes of device state", maxDevStateLen))
 		s.Devices = append(s.Devices, DeviceState{Name: name, Data: data})
+	}
+	if version >= 3 {
+		var run uint8
+		d.read(&run)
+		if d.err == nil && run > 1 {
+			d.err = fmt.Errorf("%w: run state %d (0 running, 1 paused)", ErrBadState, run)
+		}
+		s.Paused = run == 1
 	}
 	if d.err == nil && d.r.Len() != 0 {
 		d.err = fmt.Errorf("%w: %d bytes after the last device", ErrBadState, d.r.Len())

@@ -59,6 +59,14 @@ func TestStateCodecRoundTrip(t *testing.T) {
 	}
 }
 
+// olderFormat turns a state encoded now into the same state in format 1
+// or 2, which end after the devices (no run state).
+func olderFormat(b []byte, version uint32) []byte {
+	old := append([]byte(nil), b[:len(b)-1]...)
+	binary.LittleEndian.PutUint32(old[8:], version)
+	return reseal(old)
+}
+
 // reseal fixes the checksum after a test edits the payload, so the decoder's
 // structural checks (not the CRC) must catch the damage.
 func reseal(b []byte) []byte {
@@ -112,9 +120,9 @@ func FuzzDecodeState(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if binary.LittleEndian.Uint32(b[8:]) == 1 {
-			// Upgraded from format 1: its encoding in the current
-			// format must round-trip.
+		if binary.LittleEndian.Uint32(b[8:]) < stateVersion {
+			// Upgraded from an older format: its encoding in the
+			// current format must round-trip.
 			if b, err = EncodeState(s); err != nil {
 				t.Fatalf("upgraded state does not encode: %v", err)
 			}
@@ -148,8 +156,7 @@ func TestStateCodecVersion1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	binary.LittleEndian.PutUint32(b[8:], 1)
-	got, err := DecodeState(reseal(b))
+	got, err := DecodeState(olderFormat(b, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,8 +176,7 @@ func TestStateCodecVersion1(t *testing.T) {
 	// A format 1 virtio state of the wrong size is refused.
 	s.Devices[2].Data = old.Bytes()[1:]
 	b, _ = EncodeState(s)
-	binary.LittleEndian.PutUint32(b[8:], 1)
-	if _, err := DecodeState(reseal(b)); !errors.Is(err, ErrBadState) {
+	if _, err := DecodeState(olderFormat(b, 1)); !errors.Is(err, ErrBadState) {
 		t.Errorf("short format 1 virtio state: err = %v, want ErrBadState", err)
 	}
 }

@@ -12,15 +12,22 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferryvmm/ferry/migrate"
-	"github.com/ferryvmm/ferry/vmm"
+	"github.com/ferryvmm/ferry/vmm/control"
 )
 
 var migrateCommand = &cli.Command{
 	Name:  "migrate",
-	Usage: "live-migrate a running guest to a `ferry receive` on another host",
-	Description: `Asks the ferry serving --api-socket to move its running guest to the
-'ferry receive' listening at --to, with pre-copy live migration. Prints one
-line per iteration; exits 0 once the guest runs on the destination.
+	Usage: "live-migrate a guest to a `ferry receive` on another host",
+	Description: `Asks the ferry serving --api-socket to move its guest to the 'ferry
+receive' listening at --to, with pre-copy live migration. Prints one line
+per iteration; exits 0 once the guest is on the destination.
+
+A guest paused with 'ferry pause' can be migrated too: it cannot change
+its memory, so every page is sent in one pass, with no pre-copy and no
+--max-bandwidth cap. It is never resumed here, even if the migration
+fails, and it arrives paused: it runs only after 'ferry resume' on the
+destination's --api-socket (a destination without one refuses it).
+Pause and resume are refused (409) while a migration runs.
 
 With --tls-cert, --tls-key and --tls-ca (files from 'ferry certs') the
 connection is mutual TLS 1.3: the destination's certificate must come from
@@ -33,7 +40,8 @@ this VM for its --resume-window, tells this side which pages it holds
 again. A destination that keeps nothing for this VM refuses; then migrate
 without --resume.
 
-Exit status: 0 migrated; 1 failed, the guest keeps running on this host;
+Exit status: 0 migrated; 1 failed, the guest stays on this host as it was
+(running, or paused if it was paused);
 3 outcome unknown: the connection broke after COMMIT (the last step), so the
 guest may be running on the destination; it stays paused here. Check the
 destination, then 'ferry resume' here only if the guest does not run there.`,
@@ -54,7 +62,7 @@ destination, then 'ferry resume' here only if the guest does not run there.`,
 }
 
 func migrateAction(c *cli.Context) error {
-	req := vmm.MigrateRequest{
+	req := control.MigrateRequest{
 		To:                c.String("to"),
 		DowntimeMS:        int(c.Duration("downtime") / time.Millisecond),
 		MaxIterations:     c.Int("max-iterations"),
@@ -98,14 +106,14 @@ func migrateAction(c *cli.Context) error {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		var ev vmm.MigrateEvent
+		var ev control.MigrateEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return fmt.Errorf("bad answer from the source ferry: %v", err)
 		}
 		switch {
 		case ev.Progress != nil:
 			fmt.Fprintln(w, migrate.FormatIteration(*ev.Progress))
-		case ev.Error != "" && ev.Outcome == vmm.OutcomeUnknown:
+		case ev.Error != "" && ev.Outcome == control.OutcomeUnknown:
 			return guestExitError{err: fmt.Errorf("migration outcome unknown: %s", ev.Error), code: exitOutcomeUnknown}
 		case ev.Error != "":
 			return fmt.Errorf("migration failed: %s", ev.Error)

@@ -28,6 +28,11 @@ nothing stays allocated); one migration is accepted at a time. Once a guest
 arrives it runs here exactly as with 'ferry run': console on this terminal,
 control socket on --api-socket, exit status 0 when the guest powers off.
 
+A guest that was paused on the source arrives paused: its vCPUs do not
+run until 'ferry resume --api-socket PATH' here ('ferry status' says
+"paused"). Without --api-socket nothing could resume it, so such a
+migration is refused (the guest stays paused on the source).
+
 With --tls-cert, --tls-key and --tls-ca (files from 'ferry certs') only
 sources with a certificate from the CA are accepted (mutual TLS 1.3).
 Without them ferry receive listens only on loopback addresses, unless
@@ -48,7 +53,7 @@ in flight are completed on the source before it pauses. --net gives the
 guest's network devices, in the source's order, on this host's taps.`,
 	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "listen", Usage: "`HOST:PORT` to accept the migration on", Required: true},
-		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API on this unix socket `PATH` once the guest runs"},
+		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate, snapshot) on this unix socket `PATH` once the guest is here"},
 		&cli.StringFlag{Name: "max-memory", Usage: "largest guest accepted (default: half of this host's memory, at most 64G)"},
 		&cli.IntFlag{Name: "max-cpus", Value: 32, Usage: "most vCPUs accepted"},
 		&cli.DurationFlag{Name: "timeout", Usage: "give up (exit 1) if no guest runs here after this long (0: wait forever)"},
@@ -116,6 +121,8 @@ func receiveAction(c *cli.Context) error {
 	keep := migrate.NewKeeper(c.Duration("resume-window"), logf)
 	cfg := vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets}
 	hash := memoryHashLogger(c, "destination before start")
+	refusePaused := refusePausedWithout(c.String("api-socket"),
+		"this ferry receive has no --api-socket (start it with --api-socket PATH)")
 	srv := incoming.NewServer(ln, incoming.Config[*vmm.MigrationTarget]{
 		TLS: tlsCfg,
 		Receive: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout"),
@@ -123,6 +130,7 @@ func receiveAction(c *cli.Context) error {
 		NewTarget: func() *vmm.MigrationTarget {
 			t := vmm.NewMigrationTarget(cfg)
 			t.LogMemoryHash = hash
+			t.RefusePaused = refusePaused
 			return t
 		},
 		Logf: logf,

@@ -28,11 +28,18 @@ limits) before the guest starts: a corrupted, truncated or foreign file is
 refused with the reason and its place in the file, and nothing runs.
 The restored VM gets a new VM id (the same file may be restored twice).
 
+A guest that was paused when it was saved (ferry snapshot keeps a paused
+guest paused) is restored paused, as a migration brings it: its vCPUs do
+not run until 'ferry resume --api-socket PATH', so --api-socket is then
+required. --run restores it running at once instead (for instance when
+it was paused only to copy its disk image along with the snapshot).
+
 A guest saved with --disk or --net needs the same --disk and --net flags
 here. The snapshot does not contain disk contents: restore it with the
 disk image as it was when the snapshot was taken (a copy made then).`,
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate, snapshot) on this unix socket `PATH`"},
+		&cli.BoolFlag{Name: "run", Usage: "run the guest at once even if it was saved paused"},
 		&cli.StringFlag{Name: "max-memory", Usage: "largest guest accepted (default: half of this host's memory, at most 64G)"},
 		&cli.IntFlag{Name: "max-cpus", Value: 32, Usage: "most vCPUs accepted"},
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
@@ -69,6 +76,9 @@ func restoreAction(c *cli.Context) error {
 	}
 	target := vmm.NewMigrationTarget(vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets})
 	target.NewID = true
+	target.Run = c.Bool("run")
+	target.RefusePaused = refusePausedWithout(c.String("api-socket"),
+		"ferry restore has no --api-socket: give --api-socket PATH (then 'ferry resume'), or --run to run it at once")
 	target.LogMemoryHash = memoryHashLogger(c, "restored before start")
 	opts := migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus")}
 	st, err := migrate.ReadSnapshot(context.Background(), bufio.NewReaderSize(f, 1<<20), target, opts)
@@ -78,6 +88,9 @@ func restoreAction(c *cli.Context) error {
 	m := target.Machine()
 	fmt.Fprintf(os.Stderr, "ferry: restored %s: %d MiB, %d vCPUs, %d pages (%d zero), %d KiB of state, read in %.3f s\n",
 		file, m.Memory().Size()>>20, m.CPUs(), st.PagesFull+st.PagesZero, st.PagesZero, st.StateBytes>>10, st.Seconds)
+	if target.StartsPaused() {
+		fmt.Fprintf(os.Stderr, "ferry: the guest was saved paused and stays paused: 'ferry resume --api-socket %s' runs it\n", c.String("api-socket"))
+	}
 	if err := target.Start(); err != nil {
 		target.Discard()
 		return fmt.Errorf("restore: start the guest from %s: %w", file, err)

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ferryvmm/ferry/vmm"
+	"github.com/ferryvmm/ferry/vmm/control"
 )
 
 var runCommand = &cli.Command{
@@ -33,7 +34,7 @@ kernel parameters (see --no-default-cmdline).`,
 		&cli.StringFlag{Name: "memory", Aliases: []string{"m"}, Value: "128M", Usage: "guest RAM, e.g. 128M or 1G"},
 		&cli.IntFlag{Name: "cpus", Value: 1, Usage: "number of vCPUs"},
 		&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device node"},
-		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate) on this unix socket `PATH`"},
+		&cli.StringFlag{Name: "api-socket", Usage: "serve the control API (status, pause, resume, migrate, snapshot) on this unix socket `PATH`"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print boot details and unclaimed I/O ports"},
 		memoryHashFlag,
 		diskFlag,
@@ -150,24 +151,36 @@ func memoryHashLogger(c *cli.Context, side string) func(string) {
 	return func(h string) { fmt.Fprintf(os.Stderr, "ferry: memory hash (%s): %s\n", side, h) }
 }
 
+// refusePausedWithout is the reason a guest that arrives paused (from a
+// migration or a snapshot) is refused when there is no control socket to
+// resume it; "" with one.
+func refusePausedWithout(apiSocket, why string) string {
+	if apiSocket != "" {
+		return ""
+	}
+	return why
+}
+
 // startAPI serves --api-socket if given; the returned stop is never nil.
-func startAPI(c *cli.Context, m *vmm.Machine) (*vmm.APIServer, func(), error) {
+// Every pause and resume of the machine from now on goes through the
+// controller's state machine.
+func startAPI(c *cli.Context, m *vmm.Machine) (func(), error) {
 	path := c.String("api-socket")
 	if path == "" {
-		return nil, func() {}, nil
+		return func() {}, nil
 	}
-	a, err := vmm.ServeAPI(m, path)
+	ctl := control.New(&control.VM{M: m, LogMemoryHash: memoryHashLogger(c, "paused source")})
+	s, err := control.Serve(path, ctl)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	a.LogMemoryHash = memoryHashLogger(c, "paused source")
-	return a, a.Close, nil
+	return s.Close, nil
 }
 
 // serve connects a running machine to the console and the control socket
 // until the guest stops, the user quits, or a signal arrives.
 func serve(c *cli.Context, m *vmm.Machine) error {
-	_, stopAPI, err := startAPI(c, m)
+	stopAPI, err := startAPI(c, m)
 	if err != nil {
 		return err
 	}

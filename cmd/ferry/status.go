@@ -1,3 +1,3 @@
 package main
 
-var statusCommand = simpleCommand("status", "print a running guest's state as JSON", "GET", "/v1/status")
+var statusCommand = simpleCommand("status", "print a guest's state as JSON: running, paused, migrating, snapshot or stopped", "GET", "/v1/status")

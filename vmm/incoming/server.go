@@ -181,6 +181,10 @@ func (s *Server[T]) handle(ctx context.Context, raw net.Conn) (t T, ok bool) {
 	}
 	s.cfg.Logf("received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s%s",
 		stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds, kept)
-	s.cfg.Logf("guest received from %s and running", peer)
+	if p, ok := any(t).(interface{ StartsPaused() bool }); ok && p.StartsPaused() {
+		s.cfg.Logf("guest received from %s, paused as it was on the source: 'ferry resume' on this ferry's --api-socket runs it", peer)
+	} else {
+		s.cfg.Logf("guest received from %s and running", peer)
+	}
 	return t, true
 }

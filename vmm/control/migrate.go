@@ -1,13 +1,11 @@
-package vmm
+package control
 
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"time"
 
 	"github.com/ferryvmm/ferry/migrate"
@@ -30,15 +28,6 @@ type MigrateRequest struct {
 	TLS migrate.TLSFiles `json:"tls,omitempty"`
 }
 
-// Outcome values of a failed MigrateEvent.
-const (
-	// OutcomeFailed: the migration failed and the guest runs here again.
-	OutcomeFailed = "failed"
-	// OutcomeUnknown: COMMIT was sent but not acknowledged; the guest is
-	// paused here and may be running on the destination.
-	OutcomeUnknown = "unknown"
-)
-
 // MigrateEvent is one line of the newline-delimited JSON answer to
 // POST /v1/migrate: progress lines, then either Stats or Error.
 type MigrateEvent struct {
@@ -48,6 +37,7 @@ type MigrateEvent struct {
 	Outcome  string                  `json:"outcome,omitempty"` // with Error: OutcomeFailed or OutcomeUnknown
 }
 
+// options checks the request and turns it into migrate.Options.
 func (r MigrateRequest) options() (migrate.Options, error) {
 	o := migrate.Options{
 		Downtime:          time.Duration(r.DowntimeMS) * time.Millisecond,
@@ -76,73 +66,6 @@ func (r MigrateRequest) options() (migrate.Options, error) {
 		return o, err
 	}
 	return o, nil
-}
-
-// handleMigrate runs a live migration of this machine to req.To, streaming
-// progress. On success the machine stops (the guest now runs there); on
-// failure the sender has resumed the guest here.
-func (a *APIServer) handleMigrate(w http.ResponseWriter, r *http.Request) {
-	var req MigrateRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
-		WriteError(w, http.StatusBadRequest, fmt.Errorf("migrate request: %w", err))
-		return
-	}
-	opts, err := req.options()
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, err)
-		return
-	}
-	if a.m.Paused() {
-		WriteError(w, http.StatusConflict, errors.New("the guest is paused: resume it before migrating"))
-		return
-	}
-	if err := a.SetMigrating(true); err != nil {
-		WriteError(w, http.StatusConflict, err)
-		return
-	}
-	defer a.SetMigrating(false)
-
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	enc := json.NewEncoder(w)
-	flusher, _ := w.(http.Flusher)
-	emit := func(ev MigrateEvent) {
-		enc.Encode(ev)
-		if flusher != nil {
-			flusher.Flush()
-		}
-	}
-	opts.Progress = func(it migrate.IterationStats) {
-		a.SetProgress(it)
-		emit(MigrateEvent{Progress: &it})
-	}
-
-	failed := func(err error) {
-		emit(MigrateEvent{Error: err.Error() + " (the guest keeps running here)", Outcome: OutcomeFailed})
-	}
-	conn, err := dialDestination(r.Context(), req)
-	if err != nil {
-		failed(err)
-		return
-	}
-	defer conn.Close()
-	src := NewMigrationSource(a.m)
-	src.LogMemoryHash = a.LogMemoryHash
-	stats, err := migrate.Send(r.Context(), src, conn, opts)
-	if errors.Is(err, migrate.ErrOutcomeUnknown) {
-		// The guest stays paused here: an operator decides.
-		emit(MigrateEvent{Error: err.Error(), Outcome: OutcomeUnknown})
-		return
-	}
-	if err != nil {
-		if req.TLS.Enabled() {
-			err = migrate.ExplainTLSError(err)
-		}
-		failed(err)
-		return
-	}
-	emit(MigrateEvent{Stats: stats})
-	a.m.Stop("guest migrated to " + req.To)
 }
 
 // dialDestination connects to req.To, with the TLS handshake when req.TLS
