@@ -173,6 +173,7 @@ type sender struct {
 	committed bool
 	stalled   atomic.Bool // the watchdog cut a connection that made no progress
 	peer      chan peerMsg
+	peerStop  chan struct{}   // closed when Send returns: readPeer gives up
 	peerIn    *countingReader // what the destination sent
 	peerEnd   bool            // the reader goroutine delivered its last message
 	unwatch   func() bool     // stops cancellation from breaking the connection
@@ -235,6 +236,9 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 		err = s.fail(err)
 	} else {
 		s.w.stop(time.Second) // idle: everything was synced
+	}
+	if s.peerStop != nil {
+		close(s.peerStop) // nobody reads s.peer any more
 	}
 	s.stats.TotalSeconds = time.Since(s.start).Seconds()
 	s.stats.BytesTotal = s.w.written.Load()
@@ -358,6 +362,7 @@ func (s *sender) handshake() error {
 	}
 	s.helloOut = true
 	s.peer = make(chan peerMsg, 2)
+	s.peerStop = make(chan struct{})
 	s.peerIn = &countingReader{r: s.conn}
 	go s.readPeer(newRecordReader(s.peerIn))
 
@@ -390,12 +395,22 @@ func (s *sender) handshake() error {
 
 // readPeer delivers the destination's records: HELLO-ACK, HELD and READY,
 // then exactly one terminal message (DONE-ACK, ERROR, another record, or a
-// read error).
+// read error). It returns once Send has returned (peerStop) even if
+// nobody takes what it holds; a read in progress ends when fail sets the
+// read deadline or the caller closes the connection.
 func (s *sender) readPeer(rr *recordReader) {
+	deliver := func(m peerMsg) bool {
+		select {
+		case s.peer <- m:
+			return true
+		case <-s.peerStop:
+			return false
+		}
+	}
 	for {
 		rec, err := rr.next()
 		if err != nil {
-			s.peer <- peerMsg{err: err}
+			deliver(peerMsg{err: err})
 			return
 		}
 		m := peerMsg{t: rec.Type, payload: append([]byte(nil), rec.Payload...)}
@@ -403,7 +418,9 @@ func (s *sender) readPeer(rr *recordReader) {
 			// The destination stopped reading: unblock a pending write.
 			setWriteDeadline(s.conn, time.Unix(1, 0))
 		}
-		s.peer <- m
+		if !deliver(m) {
+			return
+		}
 		if rec.Type != RecHelloAck && rec.Type != RecHeld && rec.Type != RecReady {
 			return
 		}
