@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"fmt"
 	"io"
 	"sync"
 )
@@ -69,14 +70,14 @@ type Serial struct {
 	room *sync.Cond // signalled when the guest drains RX
 	s    SerialState
 	out  io.Writer
-	irq  IRQLine
+	irq  irqOut
 	high bool // current level of the interrupt output
 	shut bool
 }
 
 // NewSerial creates a UART writing guest output to out.
 func NewSerial(name string, out io.Writer, irq IRQLine) *Serial {
-	u := &Serial{name: name, out: out, irq: irq}
+	u := &Serial{name: name, out: out, irq: irqOut{line: irq}}
 	u.room = sync.NewCond(&u.mu)
 	u.reset()
 	return u
@@ -229,11 +230,11 @@ func (u *Serial) iir() uint8 {
 // triggered for ISA devices and sees each rising edge.
 func (u *Serial) updateIRQ() {
 	high := u.iir() != iirNone
-	if high == u.high || u.irq == nil {
+	if high == u.high {
 		return
 	}
 	u.high = high
-	u.irq.SetLevel(high)
+	u.irq.set(u.name, high)
 }
 
 // push appends to the receive buffer as much as fits and returns the count.
@@ -296,8 +297,8 @@ func (u *Serial) Restore(data []byte) error {
 	u.s = s
 	// Drive the line to the restored level, whatever it was before.
 	u.high = u.iir() != iirNone
-	if u.irq != nil {
-		u.irq.SetLevel(u.high)
+	if err := u.irq.drive(u.high); err != nil {
+		return fmt.Errorf("%s: restored, but setting its interrupt line failed: %w", u.name, err)
 	}
 	return nil
 }

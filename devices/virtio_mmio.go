@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log"
 	"sync"
 )
 
@@ -72,9 +71,6 @@ const (
 	virtioCommonFeatures = VirtioFVersion1 | VirtioFIndirectDesc | VirtioFEventIdx
 )
 
-// virtioLogf reports a device the guest broke (a variable for tests).
-var virtioLogf = log.Printf
-
 // VirtioBackend is the device type behind a virtio-mmio transport.
 type VirtioBackend interface {
 	DeviceID() uint32
@@ -105,14 +101,14 @@ type VirtioMMIO struct {
 	mu      sync.Mutex
 	s       VirtioMMIOState
 	mem     GuestMemory
-	irq     IRQLine
+	irq     irqOut
 	backend VirtioBackend
 	queues  [VirtioMaxQueues]Queue
 }
 
 // NewVirtioMMIO creates the transport of backend.
 func NewVirtioMMIO(name string, backend VirtioBackend, mem GuestMemory, irq IRQLine) *VirtioMMIO {
-	t := &VirtioMMIO{name: name, mem: mem, irq: irq, backend: backend}
+	t := &VirtioMMIO{name: name, mem: mem, irq: irqOut{line: irq}, backend: backend}
 	t.syncQueues()
 	return t
 }
@@ -354,7 +350,7 @@ func (t *VirtioMMIO) fail(err error) {
 	if !errors.Is(err, ErrRing) {
 		err = fmt.Errorf("%w: %v", ErrRing, err)
 	}
-	virtioLogf("%s: %v: device needs reset", t.name, err)
+	logf("%s: %v: device needs reset", t.name, err)
 	t.s.Broken = 1
 	if t.s.Status&VirtioStatusDriverOK != 0 {
 		t.s.Status |= VirtioStatusNeedsReset
@@ -374,11 +370,7 @@ func (t *VirtioMMIO) raise(bit uint32) {
 	t.setIRQ(true)
 }
 
-func (t *VirtioMMIO) setIRQ(high bool) {
-	if t.irq != nil {
-		t.irq.SetLevel(high)
-	}
-}
+func (t *VirtioMMIO) setIRQ(high bool) { t.irq.set(t.name, high) }
 
 // Save implements Stateful. Requests are processed under t.mu, on the
 // vCPU thread's MMIO exit or on the VMM's ioeventfd notifier, which the
@@ -405,7 +397,9 @@ func (t *VirtioMMIO) Restore(data []byte) error {
 	defer t.mu.Unlock()
 	t.s = s
 	t.syncQueues()
-	t.setIRQ(t.s.InterruptStatus != 0)
+	if err := t.irq.drive(t.s.InterruptStatus != 0); err != nil {
+		return fmt.Errorf("%s: restored, but setting its interrupt line failed: %w", t.name, err)
+	}
 	return nil
 }
 
