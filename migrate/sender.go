@@ -553,8 +553,9 @@ func (s *sender) stopAndCopy(converged bool) error {
 	s.logging = false
 	s.paused = false // handed over: the source guest must stay paused for good
 	if err := s.src.StopDirtyLog(); err != nil {
-		// The guest now runs on the destination; this is not a failure.
-		_ = err
+		// The guest now runs on the destination: not a failure of the
+		// migration, but the caller must see it.
+		s.stats.Warnings = append(s.stats.Warnings, fmt.Sprintf("stopping dirty logging on the source failed: %v", err))
 	}
 	return nil
 }

@@ -54,6 +54,9 @@ type Stats struct {
 	// DestinationHeld is how many pages it held (HELD records).
 	Resumed         bool   `json:"resumed,omitempty"`
 	DestinationHeld uint64 `json:"destination_held,omitempty"`
+	// Warnings are failures that did not fail the migration (the guest
+	// already runs on the destination) but need an operator's eye.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 const mib = 1 << 20
