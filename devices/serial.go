@@ -73,6 +73,8 @@ type Serial struct {
 	irq  irqOut
 	high bool // current level of the interrupt output
 	shut bool
+	// outFailing: writing guest output failed last time (logged once).
+	outFailing bool
 }
 
 // NewSerial creates a UART writing guest output to out.
@@ -185,7 +187,8 @@ func (u *Serial) write(reg uint16, v uint8) {
 		if s.MCR&mcrLoop != 0 {
 			u.push([]byte{v})
 		} else if u.out != nil {
-			u.out.Write([]byte{v})
+			_, err := u.out.Write([]byte{v})
+			u.outputResult(err)
 		}
 		// The byte leaves at once: THR is empty again.
 		s.THREPending = 1
@@ -274,6 +277,19 @@ func (u *Serial) Close() {
 	u.shut = true
 	u.room.Broadcast()
 	u.mu.Unlock()
+}
+
+// outputResult logs a failing console once, when it starts to fail, and
+// once when it works again: the guest cannot be told, and its output is
+// lost meanwhile.
+func (u *Serial) outputResult(err error) {
+	switch {
+	case err != nil && !u.outFailing:
+		logf("%s: writing guest output failed, output is lost: %v", u.name, err)
+	case err == nil && u.outFailing:
+		logf("%s: writing guest output works again", u.name)
+	}
+	u.outFailing = err != nil
 }
 
 // Save implements Stateful.
