@@ -279,6 +279,27 @@ func (u *Serial) Close() {
 	u.mu.Unlock()
 }
 
+// check refuses a state the UART cannot be in: IER and MCR keep only the
+// bits write stores, MSR is never set, THREPending is a flag, LSRErrors
+// holds only the overrun bit push sets, RXLen fits the buffer.
+func (s *SerialState) check(name string) error {
+	switch {
+	case s.RXLen > SerialRXSize:
+		return errBadField(name, "RXLen", int(s.RXLen))
+	case s.IER&^0x0f != 0:
+		return errBadField(name, "IER", int(s.IER))
+	case s.MCR&^0x1f != 0:
+		return errBadField(name, "MCR", int(s.MCR))
+	case s.MSR != 0:
+		return errBadField(name, "MSR", int(s.MSR))
+	case s.THREPending > 1:
+		return errBadField(name, "THREPending", int(s.THREPending))
+	case s.LSRErrors&^0x02 != 0:
+		return errBadField(name, "LSRErrors", int(s.LSRErrors))
+	}
+	return nil
+}
+
 // outputResult logs a failing console once, when it starts to fail, and
 // once when it works again: the guest cannot be told, and its output is
 // lost meanwhile.
@@ -305,8 +326,8 @@ func (u *Serial) Restore(data []byte) error {
 	if err := decodeFixed(u.name, data, &s); err != nil {
 		return err
 	}
-	if s.RXLen > SerialRXSize {
-		return errBadField(u.name, "RXLen", int(s.RXLen))
+	if err := s.check(u.name); err != nil {
+		return err
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
