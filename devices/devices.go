@@ -8,7 +8,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"log"
 )
+
+// logf reports what a device cannot report to a caller: a ring the guest
+// broke, an interrupt line that fails (a variable for tests).
+var logf = log.Printf
 
 // Device is anything attached to the machine.
 type Device interface {
@@ -36,6 +41,36 @@ type PortDevice interface {
 // IRQLine drives one interrupt input of the in-kernel irqchip.
 type IRQLine interface {
 	SetLevel(high bool) error
+}
+
+// irqOut is a device's interrupt output on an IRQLine (which may be nil:
+// no line). It remembers whether the line fails, so that set logs a
+// failing line once, when it starts to fail, and once when it works again,
+// not at every interrupt.
+type irqOut struct {
+	line    IRQLine
+	failing bool
+}
+
+// drive sets the level and returns the line's error, for a caller that
+// reports it (Restore).
+func (o *irqOut) drive(high bool) error {
+	if o.line == nil {
+		return nil
+	}
+	return o.line.SetLevel(high)
+}
+
+// set sets the level where nobody can be told but the log.
+func (o *irqOut) set(dev string, high bool) {
+	err := o.drive(high)
+	switch {
+	case err != nil && !o.failing:
+		logf("%s: setting its interrupt line failed: %v", dev, err)
+	case err == nil && o.failing:
+		logf("%s: its interrupt line works again", dev)
+	}
+	o.failing = err != nil
 }
 
 // encodeFixed and decodeFixed serialise a State made only of fixed-size

@@ -1,6 +1,8 @@
 package devices
 
 import (
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -73,6 +75,9 @@ func (k *I8042) Restore(data []byte) error {
 	if err := decodeFixed(k.Name(), data, &s); err != nil {
 		return err
 	}
+	if s.ResetSeen > 1 {
+		return errBadField(k.Name(), "ResetSeen", int(s.ResetSeen))
+	}
 	k.mu.Lock()
 	k.s = s
 	k.mu.Unlock()
@@ -93,6 +98,10 @@ const (
 	CMOSIndex = 0x70
 	CMOSData  = 0x71
 )
+
+// cmosFixed are the registers the guest cannot write: the clock and the
+// read-only status registers C and D.
+var cmosFixed = []uint8{0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32, 0x0c, 0x0d}
 
 // CMOSState is the index register and the 128 bytes of CMOS RAM.
 type CMOSState struct {
@@ -163,12 +172,10 @@ func (c *CMOS) PortWrite(port uint16, data []byte) {
 		return
 	}
 	idx := c.s.Index & 0x7f
-	switch idx {
-	case 0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32, 0x0c, 0x0d:
-		// Clock and read-only status registers: the host clock stays the source of time.
-	default:
-		c.s.RAM[idx] = data[0]
+	if slices.Contains(cmosFixed, idx) {
+		return // the host clock stays the source of time
 	}
+	c.s.RAM[idx] = data[0]
 }
 
 // Save implements Stateful.
@@ -183,6 +190,17 @@ func (c *CMOS) Restore(data []byte) error {
 	var s CMOSState
 	if err := decodeFixed(c.Name(), data, &s); err != nil {
 		return err
+	}
+	// The registers the guest cannot write keep the values NewCMOS gave
+	// them (the clock is read from the host, never from RAM).
+	for _, i := range cmosFixed {
+		want := uint8(0)
+		if i == 0x0d {
+			want = 0x80
+		}
+		if s.RAM[i] != want {
+			return fmt.Errorf("%s: saved state has %#02x in read-only register %#02x, want %#02x", c.Name(), s.RAM[i], i, want)
+		}
 	}
 	c.mu.Lock()
 	c.s = s

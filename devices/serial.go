@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"fmt"
 	"io"
 	"sync"
 )
@@ -69,14 +70,16 @@ type Serial struct {
 	room *sync.Cond // signalled when the guest drains RX
 	s    SerialState
 	out  io.Writer
-	irq  IRQLine
+	irq  irqOut
 	high bool // current level of the interrupt output
 	shut bool
+	// outFailing: writing guest output failed last time (logged once).
+	outFailing bool
 }
 
 // NewSerial creates a UART writing guest output to out.
 func NewSerial(name string, out io.Writer, irq IRQLine) *Serial {
-	u := &Serial{name: name, out: out, irq: irq}
+	u := &Serial{name: name, out: out, irq: irqOut{line: irq}}
 	u.room = sync.NewCond(&u.mu)
 	u.reset()
 	return u
@@ -184,7 +187,8 @@ func (u *Serial) write(reg uint16, v uint8) {
 		if s.MCR&mcrLoop != 0 {
 			u.push([]byte{v})
 		} else if u.out != nil {
-			u.out.Write([]byte{v})
+			_, err := u.out.Write([]byte{v})
+			u.outputResult(err)
 		}
 		// The byte leaves at once: THR is empty again.
 		s.THREPending = 1
@@ -229,11 +233,11 @@ func (u *Serial) iir() uint8 {
 // triggered for ISA devices and sees each rising edge.
 func (u *Serial) updateIRQ() {
 	high := u.iir() != iirNone
-	if high == u.high || u.irq == nil {
+	if high == u.high {
 		return
 	}
 	u.high = high
-	u.irq.SetLevel(high)
+	u.irq.set(u.name, high)
 }
 
 // push appends to the receive buffer as much as fits and returns the count.
@@ -275,6 +279,40 @@ func (u *Serial) Close() {
 	u.mu.Unlock()
 }
 
+// check refuses a state the UART cannot be in: IER and MCR keep only the
+// bits write stores, MSR is never set, THREPending is a flag, LSRErrors
+// holds only the overrun bit push sets, RXLen fits the buffer.
+func (s *SerialState) check(name string) error {
+	switch {
+	case s.RXLen > SerialRXSize:
+		return errBadField(name, "RXLen", int(s.RXLen))
+	case s.IER&^0x0f != 0:
+		return errBadField(name, "IER", int(s.IER))
+	case s.MCR&^0x1f != 0:
+		return errBadField(name, "MCR", int(s.MCR))
+	case s.MSR != 0:
+		return errBadField(name, "MSR", int(s.MSR))
+	case s.THREPending > 1:
+		return errBadField(name, "THREPending", int(s.THREPending))
+	case s.LSRErrors&^0x02 != 0:
+		return errBadField(name, "LSRErrors", int(s.LSRErrors))
+	}
+	return nil
+}
+
+// outputResult logs a failing console once, when it starts to fail, and
+// once when it works again: the guest cannot be told, and its output is
+// lost meanwhile.
+func (u *Serial) outputResult(err error) {
+	switch {
+	case err != nil && !u.outFailing:
+		logf("%s: writing guest output failed, output is lost: %v", u.name, err)
+	case err == nil && u.outFailing:
+		logf("%s: writing guest output works again", u.name)
+	}
+	u.outFailing = err != nil
+}
+
 // Save implements Stateful.
 func (u *Serial) Save() ([]byte, error) {
 	u.mu.Lock()
@@ -288,16 +326,16 @@ func (u *Serial) Restore(data []byte) error {
 	if err := decodeFixed(u.name, data, &s); err != nil {
 		return err
 	}
-	if s.RXLen > SerialRXSize {
-		return errBadField(u.name, "RXLen", int(s.RXLen))
+	if err := s.check(u.name); err != nil {
+		return err
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.s = s
 	// Drive the line to the restored level, whatever it was before.
 	u.high = u.iir() != iirNone
-	if u.irq != nil {
-		u.irq.SetLevel(u.high)
+	if err := u.irq.drive(u.high); err != nil {
+		return fmt.Errorf("%s: restored, but setting its interrupt line failed: %w", u.name, err)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package devices
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -612,4 +613,29 @@ func TestSerialRestoreLowersLine(t *testing.T) {
 	if u.irq.level() {
 		t.Errorf("known bug: IRQ line still high after restoring a state with no interrupt pending (transitions %v)", u.irq.take())
 	}
+}
+
+// failingWriter fails every write while fail is set.
+type failingWriter struct{ fail bool }
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if w.fail {
+		return 0, errors.New("console gone")
+	}
+	return len(p), nil
+}
+
+// TestSerialOutputErrors: guest output that cannot be written is logged
+// once when the console starts failing and once when it works again.
+func TestSerialOutputErrors(t *testing.T) {
+	logs := captureLogs(t)
+	out := &failingWriter{fail: true}
+	u := NewSerial("serial0", out, &fakeIRQ{})
+	for _, c := range []byte("lost") {
+		u.PortWrite(COM1Base+uartRBR, []byte{c})
+	}
+	checkLogs(t, logs(), "serial0", "console gone")
+	out.fail = false
+	u.PortWrite(COM1Base+uartRBR, []byte{'!'})
+	checkLogs(t, logs(), "serial0", "works again")
 }

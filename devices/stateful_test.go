@@ -2,6 +2,7 @@ package devices
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"time"
 )
@@ -89,5 +90,62 @@ func TestEveryStatefulDeviceRoundTrips(t *testing.T) {
 	}
 	if stateful != 3 {
 		t.Errorf("%d stateful devices, want 3 (serial, i8042, cmos): update this table when adding devices", stateful)
+	}
+}
+
+// TestLegacyRestoreRefuses: each legacy device refuses a saved state it
+// could never have been in (with an error naming it) and then keeps its
+// own state.
+func TestLegacyRestoreRefuses(t *testing.T) {
+	edit := func(d Stateful, s any, change func()) []byte {
+		data, err := d.Save()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := decodeFixed("x", data, s); err != nil {
+			t.Fatal(err)
+		}
+		change()
+		b, err := encodeFixed("x", s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	newSerial := func() Stateful { return NewSerial("serial0", &bytes.Buffer{}, &fakeIRQ{}) }
+	newCMOS := func() Stateful { return NewCMOS(nil) }
+	newI8042 := func() Stateful { return NewI8042(nil) }
+	var ss SerialState
+	var cs CMOSState
+	var ks I8042State
+	cases := []struct {
+		name string
+		make func() Stateful
+		s    any
+		bad  func()
+	}{
+		{"serial RXLen", newSerial, &ss, func() { ss.RXLen = SerialRXSize + 1 }},
+		{"serial IER", newSerial, &ss, func() { ss.IER = 0x10 }},
+		{"serial MCR", newSerial, &ss, func() { ss.MCR = 0x20 }},
+		{"serial MSR", newSerial, &ss, func() { ss.MSR = msrDCD }},
+		{"serial THREPending", newSerial, &ss, func() { ss.THREPending = 2 }},
+		{"serial LSRErrors", newSerial, &ss, func() { ss.LSRErrors = 0x80 }},
+		{"cmos status C", newCMOS, &cs, func() { cs.RAM[0x0c] = 0x80 }},
+		{"cmos status D", newCMOS, &cs, func() { cs.RAM[0x0d] = 0 }},
+		{"cmos clock", newCMOS, &cs, func() { cs.RAM[0x09] = 0x24 }},
+		{"i8042 ResetSeen", newI8042, &ks, func() { ks.ResetSeen = 2 }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := c.make()
+			before, _ := d.Save()
+			err := d.Restore(edit(d, c.s, c.bad))
+			if err == nil || !strings.Contains(err.Error(), d.Name()) {
+				t.Fatalf("Restore: %v, want an error naming %s", err, d.Name())
+			}
+			if after, _ := d.Save(); !bytes.Equal(after, before) {
+				t.Fatal("the refused state changed the device")
+			}
+		})
 	}
 }

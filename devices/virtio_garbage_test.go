@@ -13,9 +13,9 @@ import (
 // every chain it takes from a ring it does not reject is returned. Half
 // the inputs run with VIRTIO_F_EVENT_IDX negotiated.
 func TestVirtioBlkGarbageRings(t *testing.T) {
-	saved := virtioLogf
-	virtioLogf = func(string, ...any) {} // one line per broken ring: too many here
-	defer func() { virtioLogf = saved }()
+	saved := logf
+	logf = func(string, ...any) {} // one line per broken ring: too many here
+	defer func() { logf = saved }()
 	const descAt, availAt, qsize = 0x1000, 0x1400, 64
 	valid := make([]byte, 0x800)
 	put := func(off int, v uint64, n int) {

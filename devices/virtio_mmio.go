@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log"
 	"sync"
 )
 
@@ -72,9 +71,6 @@ const (
 	virtioCommonFeatures = VirtioFVersion1 | VirtioFIndirectDesc | VirtioFEventIdx
 )
 
-// virtioLogf reports a device the guest broke (a variable for tests).
-var virtioLogf = log.Printf
-
 // VirtioBackend is the device type behind a virtio-mmio transport.
 type VirtioBackend interface {
 	DeviceID() uint32
@@ -105,14 +101,14 @@ type VirtioMMIO struct {
 	mu      sync.Mutex
 	s       VirtioMMIOState
 	mem     GuestMemory
-	irq     IRQLine
+	irq     irqOut
 	backend VirtioBackend
 	queues  [VirtioMaxQueues]Queue
 }
 
 // NewVirtioMMIO creates the transport of backend.
 func NewVirtioMMIO(name string, backend VirtioBackend, mem GuestMemory, irq IRQLine) *VirtioMMIO {
-	t := &VirtioMMIO{name: name, mem: mem, irq: irq, backend: backend}
+	t := &VirtioMMIO{name: name, mem: mem, irq: irqOut{line: irq}, backend: backend}
 	t.syncQueues()
 	return t
 }
@@ -354,7 +350,7 @@ func (t *VirtioMMIO) fail(err error) {
 	if !errors.Is(err, ErrRing) {
 		err = fmt.Errorf("%w: %v", ErrRing, err)
 	}
-	virtioLogf("%s: %v: device needs reset", t.name, err)
+	logf("%s: %v: device needs reset", t.name, err)
 	t.s.Broken = 1
 	if t.s.Status&VirtioStatusDriverOK != 0 {
 		t.s.Status |= VirtioStatusNeedsReset
@@ -374,11 +370,7 @@ func (t *VirtioMMIO) raise(bit uint32) {
 	t.setIRQ(true)
 }
 
-func (t *VirtioMMIO) setIRQ(high bool) {
-	if t.irq != nil {
-		t.irq.SetLevel(high)
-	}
-}
+func (t *VirtioMMIO) setIRQ(high bool) { t.irq.set(t.name, high) }
 
 // Save implements Stateful. Requests are processed under t.mu, on the
 // vCPU thread's MMIO exit or on the VMM's ioeventfd notifier, which the
@@ -390,29 +382,67 @@ func (t *VirtioMMIO) Save() ([]byte, error) {
 	return encodeFixed(t.name, &t.s)
 }
 
-// Restore implements Stateful.
+// Restore implements Stateful. It checks the whole state first and, if
+// any of it is a state this transport could not be in, returns an error
+// naming the device and changes nothing.
 func (t *VirtioMMIO) Restore(data []byte) error {
 	var s VirtioMMIOState
 	if err := decodeFixed(t.name, data, &s); err != nil {
 		return err
 	}
+	if err := t.check(&s); err != nil {
+		return fmt.Errorf("%s: saved state: %w", t.name, err)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.s = s
 	t.syncQueues()
-	for i := range t.s.Queues {
-		q := t.Queue(i)
-		if q.S.Ready == 0 {
-			continue
+	if err := t.irq.drive(t.s.InterruptStatus != 0); err != nil {
+		return fmt.Errorf("%s: restored, but setting its interrupt line failed: %w", t.name, err)
+	}
+	return nil
+}
+
+// check tells whether s is a state the transport can reach: the driver
+// negotiated (FEATURES_OK) only features the device offers, with
+// VERSION_1 (setStatus refuses others, as Firecracker's restore refuses
+// acked features outside the available ones); only known interrupt bits;
+// queues the device does not have untouched; every ready queue valid in
+// guest memory (setReady checks it, and a ready queue cannot be changed).
+func (t *VirtioMMIO) check(s *VirtioMMIOState) error {
+	if s.Status&VirtioStatusFeaturesOK != 0 {
+		if extra := s.DriverFeatures &^ t.offered(); extra != 0 {
+			return fmt.Errorf("negotiated features %#x that the device does not offer (it offers %#x)", extra, t.offered())
 		}
-		if i >= t.backend.NumQueues() {
-			return errBadField(t.name, "queue", i)
-		}
-		if err := q.validate(); err != nil {
-			return fmt.Errorf("%s: saved queue %d: %v", t.name, i, err)
+		if s.DriverFeatures&VirtioFVersion1 == 0 {
+			return errors.New("features negotiated without VERSION_1")
 		}
 	}
-	t.setIRQ(t.s.InterruptStatus != 0)
+	if s.InterruptStatus&^(virtioIntUsed|virtioIntConfig) != 0 {
+		return fmt.Errorf("interrupt status %#x", s.InterruptStatus)
+	}
+	if s.Broken > 1 {
+		return fmt.Errorf("broken flag %d", s.Broken)
+	}
+	for i := range s.Queues {
+		qs := s.Queues[i]
+		if i >= t.backend.NumQueues() {
+			if qs != (QueueState{}) {
+				return fmt.Errorf("queue %d, which the device does not have, is set", i)
+			}
+			continue
+		}
+		switch qs.Ready {
+		case 0:
+		case 1:
+			q := Queue{S: qs, Mem: t.mem}
+			if err := q.validate(); err != nil {
+				return fmt.Errorf("queue %d: %v", i, err)
+			}
+		default:
+			return fmt.Errorf("queue %d: ready flag %d", i, qs.Ready)
+		}
+	}
 	return nil
 }
 

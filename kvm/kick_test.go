@@ -4,6 +4,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const kickBound = 5 * time.Second
@@ -117,5 +119,31 @@ func TestKickBeforeRun(t *testing.T) {
 	io := tv.runIO(tv.cpu, tv.r)
 	if io.Port != portDone || io.Data[0] != 1 {
 		t.Errorf("after ClearImmediateExit: OUT port %#x data %v, want %#x [1]", io.Port, io.Data, portDone)
+	}
+}
+
+// TestKickReportsError: a Kick whose signal cannot be sent says so (here
+// the vCPU's bound thread has ended without unbinding: ESRCH), and a vCPU
+// whose thread unbound is kicked without error.
+func TestKickReportsError(t *testing.T) {
+	sys := requireKVM(t)
+	tv := newTestVM(t, sys, vmOptions{})
+	if err := tv.cpu.Kick(); err != nil {
+		t.Fatalf("Kick of a live vCPU thread: %v", err)
+	}
+	tv.r.stop() // the locked thread ends with its goroutine
+	tv.r = nil
+	var err error
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if err = tv.cpu.Kick(); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, unix.ESRCH) {
+		t.Fatalf("Kick of a vCPU whose thread ended: %v, want ESRCH", err)
+	}
+	tv.cpu.UnbindThread()
+	if err := tv.cpu.Kick(); err != nil {
+		t.Fatalf("Kick after UnbindThread: %v", err)
 	}
 }

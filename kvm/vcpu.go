@@ -60,6 +60,10 @@ func (v *VCPU) Close() error {
 // can signal it. Call it once, after runtime.LockOSThread.
 func (v *VCPU) BindThread() { v.tid.Store(int32(unix.Gettid())) }
 
+// UnbindThread forgets the vCPU's thread; call it on that thread before
+// the thread ends, so that Kick no longer signals it.
+func (v *VCPU) UnbindThread() { v.tid.Store(0) }
+
 // Run enters the guest until the next exit. It returns ErrInterrupted when
 // KVM_RUN returns EINTR (gokvm's Run returns nil there and leaves a stale
 // exit reason); the caller must then not dispatch ExitReason.
@@ -78,12 +82,23 @@ func (v *VCPU) Run() error {
 
 // Kick makes the vCPU leave KVM_RUN soon: it sets immediate_exit (so a
 // KVM_RUN about to start returns EINTR at once) and signals the vCPU's
-// thread (so one in progress returns EINTR).
-func (v *VCPU) Kick() {
+// thread (so one in progress returns EINTR). It returns the error of the
+// signal (wrapping unix.EAGAIN when the caller should try again); a vCPU
+// in KVM_RUN whose signal failed does not leave it.
+func (v *VCPU) Kick() error {
 	setImmediateExit(v.run, 1)
-	if tid := v.tid.Load(); tid != 0 {
-		_ = unix.Tgkill(unix.Getpid(), int(tid), KickSignal)
+	tid := v.tid.Load()
+	if tid == 0 {
+		return nil
 	}
+	err := unix.Tgkill(unix.Getpid(), int(tid), KickSignal)
+	if errors.Is(err, unix.ESRCH) && v.tid.Load() != tid {
+		return nil // the thread unbound and ended meanwhile: it is out
+	}
+	if err != nil {
+		return fmt.Errorf("kick vCPU %d (thread %d): %w", v.ID, tid, err)
+	}
+	return nil
 }
 
 // ClearImmediateExit re-arms KVM_RUN after a kick.

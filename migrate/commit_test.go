@@ -196,3 +196,20 @@ func TestSenderStall(t *testing.T) {
 		t.Fatalf("source paused %v logging %v", src.paused, src.logging)
 	}
 }
+
+// TestStopDirtyLogErrorAfterDoneAck: once DONE-ACK arrived the guest runs
+// on the destination, so a failure to stop dirty logging on the source is
+// no failure of the migration, but it must not vanish: Stats.Warnings
+// says it.
+func TestStopDirtyLogErrorAfterDoneAck(t *testing.T) {
+	src := newTestSource(true)
+	src.stopErr = errors.New("dirty log ioctl refused")
+	dst := &fakeDest{}
+	res := runMigration(t, src, dst, Options{}, ReceiveOptions{})
+	if res.sendErr != nil || res.recvErr != nil || !dst.started {
+		t.Fatalf("send %v, receive %v, started %v: want a migration that succeeded", res.sendErr, res.recvErr, dst.started)
+	}
+	if len(res.stats.Warnings) != 1 || !strings.Contains(res.stats.Warnings[0], "dirty log ioctl refused") {
+		t.Fatalf("warnings %q, want the StopDirtyLog error", res.stats.Warnings)
+	}
+}

@@ -38,7 +38,7 @@ type fakeSource struct {
 	onClear func(region int, first uint64)
 
 	clears, pauses, resumes, starts, stops int
-	pauseErr, stateErr, dirtyErr           error
+	pauseErr, stateErr, dirtyErr, stopErr  error
 }
 
 func newFakeSource(manual bool, sizes ...uint64) *fakeSource {
@@ -99,7 +99,7 @@ func (f *fakeSource) StopDirtyLog() error {
 	defer f.mu.Unlock()
 	f.logging = false
 	f.stops++
-	return nil
+	return f.stopErr
 }
 
 func (f *fakeSource) DirtyLog(i int, bm []uint64) error {

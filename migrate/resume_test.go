@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -453,4 +454,54 @@ func TestResumeKeepalive(t *testing.T) {
 		t.Fatalf("iteration 0: %+v: want held pages sent regularly as keepalives", it0)
 	}
 	t.Logf("%d held pages sent as keepalives", forced)
+}
+
+// A source that refuses a HELD record while more are queued still ends
+// the goroutine that reads the destination's records (it used to block
+// for ever on its full channel).
+func TestSourceHeldRefusedReaderEnds(t *testing.T) {
+	total := uint64(r0Pages + r1Pages)
+	bad := encodeHeld(NewDigestTable(total), 0, int(min(MaxHeldPages, total)))
+	bad[7] = 1 // wrong start
+	src := resumeSource(1)
+	a, b := net.Pipe()
+	defer b.Close()
+	go func() {
+		rr := newRecordReader(b)
+		if rec, err := rr.next(); err != nil || rec.Type != RecHello {
+			b.Close()
+			return
+		}
+		writeRecord(b, RecHelloAck, encodeHelloAck(true))
+		// One more than the source takes (one) and buffers (two).
+		for range 4 {
+			if writeRecord(b, RecHeld, bad) != nil {
+				return
+			}
+		}
+		rr.next() // the source's ERROR
+	}()
+	_, err := Send(context.Background(), src, a, Options{Resume: true})
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("send: %v, want ErrMalformed", err)
+	}
+	waitGoroutineGone(t, "(*sender).readPeer", 3*time.Second)
+	a.Close()
+}
+
+// waitGoroutineGone fails the test if a goroutine whose stack names fn is
+// still there after d.
+func waitGoroutineGone(t *testing.T, fn string, d time.Duration) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for end := time.Now().Add(d); ; {
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, fn) {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("goroutine %s still runs %v later:\n%s", fn, d, stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -183,6 +183,7 @@ type sender struct {
 	committed bool
 	stalled   atomic.Bool // the watchdog cut a connection that made no progress
 	peer      chan peerMsg
+	peerStop  chan struct{}   // closed when Send returns: readPeer gives up
 	peerIn    *countingReader // what the destination sent
 	peerEnd   bool            // the reader goroutine delivered its last message
 	unwatch   func() bool     // stops cancellation from breaking the connection
@@ -245,6 +246,9 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 		err = s.fail(err)
 	} else {
 		s.w.stop(time.Second) // idle: everything was synced
+	}
+	if s.peerStop != nil {
+		close(s.peerStop) // nobody reads s.peer any more
 	}
 	s.stats.TotalSeconds = time.Since(s.start).Seconds()
 	s.stats.BytesTotal = s.w.written.Load()
@@ -371,6 +375,7 @@ func (s *sender) handshake() error {
 	}
 	s.helloOut = true
 	s.peer = make(chan peerMsg, 2)
+	s.peerStop = make(chan struct{})
 	s.peerIn = &countingReader{r: s.conn}
 	go s.readPeer(newRecordReader(s.peerIn))
 
@@ -403,12 +408,22 @@ func (s *sender) handshake() error {
 
 // readPeer delivers the destination's records: HELLO-ACK, HELD and READY,
 // then exactly one terminal message (DONE-ACK, ERROR, another record, or a
-// read error).
+// read error). It returns once Send has returned (peerStop) even if
+// nobody takes what it holds; a read in progress ends when fail sets the
+// read deadline or the caller closes the connection.
 func (s *sender) readPeer(rr *recordReader) {
+	deliver := func(m peerMsg) bool {
+		select {
+		case s.peer <- m:
+			return true
+		case <-s.peerStop:
+			return false
+		}
+	}
 	for {
 		rec, err := rr.next()
 		if err != nil {
-			s.peer <- peerMsg{err: err}
+			deliver(peerMsg{err: err})
 			return
 		}
 		m := peerMsg{t: rec.Type, payload: append([]byte(nil), rec.Payload...)}
@@ -416,7 +431,9 @@ func (s *sender) readPeer(rr *recordReader) {
 			// The destination stopped reading: unblock a pending write.
 			setWriteDeadline(s.conn, time.Unix(1, 0))
 		}
-		s.peer <- m
+		if !deliver(m) {
+			return
+		}
 		if rec.Type != RecHelloAck && rec.Type != RecHeld && rec.Type != RecReady {
 			return
 		}
@@ -576,8 +593,11 @@ func (s *sender) complete(pausedAt time.Time) error {
 	s.paused = false // handed over: the source guest must stay paused for good
 	if s.logging {
 		s.logging = false
-		// The guest is on the destination now; an error is no failure.
-		_ = s.src.StopDirtyLog()
+		if err := s.src.StopDirtyLog(); err != nil {
+			// The guest now runs on the destination: not a failure of the
+			// migration, but the caller must see it.
+			s.stats.Warnings = append(s.stats.Warnings, fmt.Sprintf("stopping dirty logging on the source failed: %v", err))
+		}
 	}
 	return nil
 }

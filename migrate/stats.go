@@ -59,6 +59,9 @@ type Stats struct {
 	// SourcePaused: the guest was paused by its user and was sent in one
 	// pass (Options.SourcePaused); it stays paused on the destination.
 	SourcePaused bool `json:"source_paused,omitempty"`
+	// Warnings are failures that did not fail the migration (the guest
+	// already runs on the destination) but need an operator's eye.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 const mib = 1 << 20

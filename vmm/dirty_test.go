@@ -1,6 +1,9 @@
 package vmm
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestMemoryMarkDirty(t *testing.T) {
 	m, err := NewMemory(pciHoleStart + 64<<20) // two regions
@@ -98,5 +101,36 @@ func TestDirtyLogIncludesDeviceWrites(t *testing.T) {
 	}
 	if read() {
 		t.Fatal("classic mode: page written by a device reported twice")
+	}
+}
+
+// TestDirtyLoggingErrors: turning dirty logging off goes on to the other
+// slots when one fails (none is left logging unnoticed), and a
+// StartDirtyLog that fails reports a failed roll-back too. KVM refuses to
+// change the size of a slot, which makes region 0 fail here.
+func TestDirtyLoggingErrors(t *testing.T) {
+	m := newMachine(t, Config{Memory: pciHoleStart + 64<<20, CPUs: 1}) // two regions
+	src := NewMigrationSource(m)
+	r0 := &m.mem.Regions[0]
+	full := r0.Mem
+	t.Cleanup(func() { r0.Mem = full })
+	slot1 := m.mem.Regions[1].Slot
+	bitmap := make([]uint64, (m.mem.Regions[1].Size()/pageSize+63)/64)
+
+	if _, err := src.StartDirtyLog(); err != nil {
+		t.Fatal(err)
+	}
+	r0.Mem = full[:len(full)-pageSize]
+	err := src.StopDirtyLog()
+	if err == nil {
+		t.Fatal("StopDirtyLog with a slot KVM refuses: no error")
+	}
+	if m.vm.GetDirtyLog(slot1, bitmap) == nil {
+		t.Errorf("StopDirtyLog failed on region 0 (%v) and left region 1 logging", err)
+	}
+
+	_, err = src.StartDirtyLog()
+	if err == nil || !strings.Contains(err.Error(), "dirty logging true") || !strings.Contains(err.Error(), "dirty logging false") {
+		t.Errorf("StartDirtyLog whose roll-back fails too: %v, want both errors", err)
 	}
 }

@@ -64,10 +64,13 @@ type Machine struct {
 	pauseReq bool
 	parked   int // vCPUs parked or stopped
 	stopping bool
+	stopReq  chan struct{} // closed by the first stop
 	started  bool
 	exit     *Exit
 	done     chan struct{}
 	wg       sync.WaitGroup
+	// kick makes a vCPU leave KVM_RUN ((*kvm.VCPU).Kick; tests lose kicks).
+	kick func(*kvm.VCPU) error
 }
 
 // New creates the VM, its memory, irqchip, timer, devices and vCPUs. The
@@ -76,7 +79,7 @@ func New(cfg Config) (m *Machine, err error) {
 	if cfg.CPUs < 1 || cfg.CPUs > mpMaxCPUs {
 		return nil, fmt.Errorf("--cpus %d: ferry supports 1 to %d vCPUs", cfg.CPUs, mpMaxCPUs)
 	}
-	mc := &Machine{cfg: cfg, id: newVMID(), done: make(chan struct{})}
+	mc := &Machine{cfg: cfg, id: newVMID(), done: make(chan struct{}), stopReq: make(chan struct{}), kick: (*kvm.VCPU).Kick}
 	mc.cond = sync.NewCond(&mc.ctl)
 	m = mc
 	defer func() {

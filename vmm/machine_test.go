@@ -447,6 +447,11 @@ func TestMachineRestoreErrors(t *testing.T) {
 			s.Devices = append(s.Devices, DeviceState{Name: "virtio-blk0", Data: []byte{1}})
 			return s
 		}, "virtio-blk0"},
+		{"state for a stateless device", cfg, func() *State {
+			s := clone()
+			s.Devices = append(s.Devices, DeviceState{Name: "post", Data: []byte{1}})
+			return s
+		}, `"post", which has no state`},
 		{"corrupt device state", cfg, func() *State {
 			s := clone()
 			s.Devices[0].Data = s.Devices[0].Data[:3]

@@ -50,7 +50,9 @@ func (s *MigrationSource) StartDirtyLog() (bool, error) {
 		return false, err
 	}
 	if err := s.m.setLogging(true); err != nil {
-		s.m.setLogging(false)
+		if rerr := s.m.setLogging(false); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("undoing it: %w", rerr))
+		}
 		return false, err
 	}
 	s.manual = manual
@@ -60,14 +62,21 @@ func (s *MigrationSource) StartDirtyLog() (bool, error) {
 // StopDirtyLog implements migrate.Source.
 func (s *MigrationSource) StopDirtyLog() error { return s.m.setLogging(false) }
 
+// setLogging turns dirty logging on or off on every slot. Turning it off
+// goes on past a slot that fails, so that no other slot is left logging;
+// the errors are joined.
 func (m *Machine) setLogging(on bool) error {
+	var errs []error
 	for _, r := range m.mem.Regions {
 		err := m.vm.SetMemoryRegion(kvm.MemoryRegion{Slot: r.Slot, GPA: r.GPA, Size: r.Size(), HostAddr: hostAddr(r.Mem), LogDirty: on})
 		if err != nil {
-			return fmt.Errorf("dirty logging %v: %w", on, err)
+			errs = append(errs, fmt.Errorf("dirty logging %v: %w", on, err))
+			if on {
+				break
+			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // DirtyLog implements migrate.Source: KVM's log of guest writes, OR-ed

@@ -3,8 +3,11 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"log"
 	"runtime"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ferryvmm/ferry/kvm"
 )
@@ -34,14 +37,57 @@ func (m *Machine) start(paused bool) error {
 		m.wg.Add(1)
 		go m.runVCPU(v)
 	}
-	go func() {
-		m.wg.Wait()
-		close(m.done)
-	}()
+	go m.reap()
 	for paused && m.parked < len(m.vcpus) && !m.stopping {
 		m.cond.Wait()
 	}
 	return nil
+}
+
+// stopKickInterval is how often a stopping machine re-kicks the vCPUs whose
+// threads have not ended yet.
+const stopKickInterval = 50 * time.Millisecond
+
+// reap closes m.done once every vCPU thread has ended. From the first stop
+// on, it kicks every vCPU again each stopKickInterval until then: one lost
+// or failed kick must not leave a vCPU in KVM_RUN and Wait hanging.
+func (m *Machine) reap() {
+	threads := make(chan struct{})
+	go func() {
+		m.wg.Wait()
+		close(threads)
+	}()
+	select {
+	case <-threads:
+	case <-m.stopReq:
+		t := time.NewTicker(stopKickInterval)
+		reported := make([]bool, len(m.vcpus))
+	kicking:
+		for {
+			m.kickAll(reported)
+			select {
+			case <-threads:
+				break kicking
+			case <-t.C:
+			}
+		}
+		t.Stop()
+	}
+	close(m.done)
+}
+
+// kickAll kicks every vCPU. A kick that failed with EAGAIN is simply
+// tried again by the caller's next round; any other failure is logged,
+// once per vCPU (reported), since that vCPU may not leave KVM_RUN.
+func (m *Machine) kickAll(reported []bool) {
+	for i, v := range m.vcpus {
+		err := m.kick(v)
+		if err == nil || errors.Is(err, unix.EAGAIN) || reported[i] {
+			continue
+		}
+		reported[i] = true
+		log.Printf("vCPU %d may not leave the guest: %v (kicking it again)", v.ID, err)
+	}
 }
 
 // Wait blocks until every vCPU has stopped and says why the machine stopped.
@@ -59,18 +105,19 @@ func (m *Machine) Done() <-chan struct{} { return m.done }
 // another host): every vCPU leaves KVM_RUN and its thread ends.
 func (m *Machine) Stop(reason string) { m.stop(Exit{Reason: reason}) }
 
-// stop records the first exit and kicks every vCPU out of the guest.
+// stop records the first exit and has every vCPU kicked out of the guest
+// (reap kicks until every vCPU thread has ended).
 func (m *Machine) stop(e Exit) {
 	m.ctl.Lock()
+	defer m.ctl.Unlock()
 	if m.exit == nil {
 		m.exit = &e
 	}
-	m.stopping = true
-	m.cond.Broadcast()
-	m.ctl.Unlock()
-	for _, v := range m.vcpus {
-		v.Kick()
+	if !m.stopping {
+		m.stopping = true
+		close(m.stopReq)
 	}
+	m.cond.Broadcast()
 }
 
 // runVCPU is one vCPU's thread: enter the guest, handle the exit, repeat.
@@ -80,6 +127,7 @@ func (m *Machine) runVCPU(v *kvm.VCPU) {
 	// is retired with it and Kick never signals a thread reused by others.
 	runtime.LockOSThread()
 	v.BindThread()
+	defer v.UnbindThread()
 	// A machine started paused parks here, before the guest ever runs.
 	if !m.park() {
 		return
@@ -205,10 +253,9 @@ func (m *Machine) Pause() error {
 	// A second caller during a pause in progress waits for it too.
 	m.pauseReq = true
 	m.ctl.Unlock()
+	reported := make([]bool, len(m.vcpus))
 	for {
-		for _, v := range m.vcpus {
-			v.Kick()
-		}
+		m.kickAll(reported)
 		m.ctl.Lock()
 		all := m.parked == len(m.vcpus) || m.stopping
 		stopping := m.stopping

@@ -133,34 +133,31 @@ func (m *Machine) RestoreState(s *State) error {
 
 // matchDevices pairs saved device states with this machine's stateful
 // devices, before anything is restored: a state with a missing, extra or
-// duplicate device changes nothing.
+// duplicate device, or with state for a device that has none, changes
+// nothing.
 func (m *Machine) matchDevices(list []DeviceState) (map[string][]byte, error) {
+	stateful := map[string]bool{} // name: has state
+	for _, d := range m.devices {
+		_, ok := d.(devices.Stateful)
+		stateful[d.Name()] = ok
+	}
 	saved := map[string][]byte{}
 	for _, d := range list {
 		if _, dup := saved[d.Name]; dup {
 			return nil, fmt.Errorf("state has device %q twice", d.Name)
 		}
+		has, found := stateful[d.Name]
+		if !found {
+			return nil, fmt.Errorf("state has device %q, which this machine does not have", d.Name)
+		}
+		if !has {
+			return nil, fmt.Errorf("state has saved state for device %q, which has no state", d.Name)
+		}
 		saved[d.Name] = d.Data
 	}
-	want := 0
 	for _, d := range m.devices {
-		if _, ok := d.(devices.Stateful); !ok {
-			continue
-		}
-		want++
-		if _, found := saved[d.Name()]; !found {
+		if _, found := saved[d.Name()]; stateful[d.Name()] && !found {
 			return nil, fmt.Errorf("state has no device %q", d.Name())
-		}
-	}
-	if len(saved) != want {
-		for name := range saved {
-			found := false
-			for _, d := range m.devices {
-				found = found || d.Name() == name
-			}
-			if !found {
-				return nil, fmt.Errorf("state has device %q, which this machine does not have", name)
-			}
 		}
 	}
 	return saved, nil

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferryvmm/ferry/devices"
 	"github.com/ferryvmm/ferry/kvm"
+	"github.com/ferryvmm/ferry/migrate"
 )
 
 // The VM state format (migration STATE record, snapshots):
@@ -47,8 +48,12 @@ const (
 	stateVersion = 3
 	stateHdrLen  = 28
 
-	// MaxStateSize caps a whole encoded state.
-	MaxStateSize   = 16 << 20
+	// MaxStateSize caps a whole encoded state, header included: what the
+	// migration's STATE record (and so a snapshot) carries at most.
+	MaxStateSize = migrate.MaxStateSize
+	// maxStatePayload is what is left of it after the header.
+	maxStatePayload = MaxStateSize - stateHdrLen
+
 	maxStateVCPUs  = mpMaxCPUs
 	maxStateCPUID  = 256
 	maxStateMSRs   = 1024
@@ -117,8 +122,8 @@ func EncodeState(s *State) ([]byte, error) {
 		run = 1
 	}
 	w(run)
-	if p.Len() > MaxStateSize {
-		return nil, fmt.Errorf("VM state is %d bytes, more than the %d the format allows", p.Len(), MaxStateSize)
+	if p.Len() > maxStatePayload {
+		return nil, fmt.Errorf("VM state is %d bytes, more than the %d the format allows", stateHdrLen+p.Len(), MaxStateSize)
 	}
 	out := make([]byte, stateHdrLen, stateHdrLen+p.Len())
 	copy(out, stateMagic)
@@ -180,7 +185,7 @@ func DecodeState(b []byte) (*State, error) {
 		return nil, fmt.Errorf("%w: reserved header field is %#x, not 0", ErrBadState, r)
 	}
 	n := binary.LittleEndian.Uint64(b[12:])
-	if n > MaxStateSize || n != uint64(len(b)-stateHdrLen) {
+	if n > maxStatePayload || n != uint64(len(b)-stateHdrLen) {
 		return nil, fmt.Errorf("%w: payload length %d does not match the %d bytes present", ErrBadState, n, len(b)-stateHdrLen)
 	}
 	payload := b[stateHdrLen:]

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"reflect"
 	"testing"
 
 	"github.com/ferryvmm/ferry/devices"
 	"github.com/ferryvmm/ferry/kvm"
+	"github.com/ferryvmm/ferry/migrate"
 )
 
 func sampleState() *State {
@@ -178,5 +180,51 @@ func TestStateCodecVersion1(t *testing.T) {
 	b, _ = EncodeState(s)
 	if _, err := DecodeState(olderFormat(b, 1)); !errors.Is(err, ErrBadState) {
 		t.Errorf("short format 1 virtio state: err = %v, want ErrBadState", err)
+	}
+}
+
+// stateOfPayload is a state with no vCPUs whose encoded payload is n bytes
+// (device states of at most maxDevStateLen make up the size).
+func stateOfPayload(t *testing.T, n int) *State {
+	t.Helper()
+	s := &State{Memory: 16 << 20}
+	empty, err := EncodeState(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := n - (len(empty) - stateHdrLen)
+	for i := 0; left > 0; i++ {
+		name := fmt.Sprintf("dev%02d", i)
+		over := 2 + len(name) + 4
+		size := min(maxDevStateLen, left-over)
+		if size < 0 {
+			t.Fatalf("cannot make a payload of exactly %d bytes", n)
+		}
+		s.Devices = append(s.Devices, DeviceState{Name: name, Data: make([]byte, size)})
+		left -= over + size
+	}
+	return s
+}
+
+// TestStateSizeLimit: the largest state EncodeState makes is one the
+// migration protocol carries (migrate.MaxStateSize bytes, header
+// included) and DecodeState reads; a byte more is refused by EncodeState
+// instead of failing later in the migration.
+func TestStateSizeLimit(t *testing.T) {
+	most := migrate.MaxStateSize - stateHdrLen
+	b, err := EncodeState(stateOfPayload(t, most))
+	if err != nil {
+		t.Fatalf("EncodeState of a %d-byte payload: %v", most, err)
+	}
+	if len(b) != migrate.MaxStateSize {
+		t.Fatalf("blob of %d bytes, want %d", len(b), migrate.MaxStateSize)
+	}
+	if _, err := DecodeState(b); err != nil {
+		t.Fatalf("DecodeState of the largest blob: %v", err)
+	}
+	for _, n := range []int{most + 1, migrate.MaxStateSize} {
+		if b, err := EncodeState(stateOfPayload(t, n)); err == nil {
+			t.Errorf("EncodeState of a %d-byte payload made a %d-byte blob; migrate accepts at most %d", n, len(b), migrate.MaxStateSize)
+		}
 	}
 }

@@ -119,6 +119,9 @@ func migrateAction(c *cli.Context) error {
 			return fmt.Errorf("migration failed: %s", ev.Error)
 		case ev.Stats != nil:
 			fmt.Fprintln(w, ev.Stats.Summary())
+			for _, warn := range ev.Stats.Warnings {
+				fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", warn)
+			}
 			if f := c.String("stats-json"); f != "" {
 				b, _ := json.MarshalIndent(ev.Stats, "", "  ")
 				if err := os.WriteFile(f, append(b, '\n'), 0o644); err != nil {
