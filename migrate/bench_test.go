@@ -74,7 +74,7 @@ func BenchmarkSenderCPU(b *testing.B) {
 	for range b.N {
 		s := &sender{ctx: context.Background(), src: src, opts: mustNormalize(Options{})}
 		s.w = newRecordWriter(s.ctx, io.Discard, s.opts.BufferSize, nil)
-		s.peer = make(chan peerMsg)
+		s.peer.ch = make(chan peerMsg)
 		if err := s.setup(); err != nil {
 			b.Fatal(err)
 		}

@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 	"time"
 )
@@ -176,5 +177,126 @@ func TestMidPassUncappedQuietFinishes(t *testing.T) {
 	it0 := res.stats.Iterations[0]
 	if it0.PagesLeft != 0 || it0.Seconds < 0.06 {
 		t.Fatalf("iteration 0 left %d pages after %.3f s, want the pass finished (and > 60 ms, so that midPass looked)", it0.PagesLeft, it0.Seconds)
+	}
+}
+
+// its builds iteration statistics: bytes and seconds per iteration.
+func its(pairs ...float64) []IterationStats {
+	var out []IterationStats
+	for i := 0; i+1 < len(pairs); i += 2 {
+		out = append(out, IterationStats{Iteration: i / 2, Bytes: int64(pairs[i]), Seconds: pairs[i+1]})
+	}
+	return out
+}
+
+func TestBandwidth(t *testing.T) {
+	const M = 1 << 20
+	cases := []struct {
+		name string
+		its  []IterationStats
+		cap  int64
+		want float64
+	}{
+		{"none yet", nil, 0, 0},
+		{"the last iteration when it wrote enough", its(8*M, 1, 4*M, 2), 0, 2 * M},
+		{"all iterations when the last wrote little", its(8*M, 1, 0.5*M, 1), 0, 4.25 * M},
+		{"never above the cap", its(8*M, 1), 4 * M, 4 * M},
+		{"nothing measured", its(0, 0), 0, 0},
+	}
+	for _, c := range cases {
+		if got := bandwidth(c.its, c.cap); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestSendFraction(t *testing.T) {
+	it := func(iter int, dirty, sent, zero uint64) []IterationStats {
+		return []IterationStats{{Iteration: iter, PagesDirty: dirty, PagesSent: sent, PagesZero: zero}}
+	}
+	cases := []struct {
+		name   string
+		its    []IterationStats
+		digest bool
+		want   float64
+	}{
+		{"no iteration yet", nil, true, 1},
+		{"after iteration 0 every page counts", it(0, 1000, 100, 0), true, 1},
+		{"without the digest filter every page counts", it(1, 1000, 100, 0), false, 1},
+		{"too few dirty pages to tell", it(1, 63, 1, 0), true, 1},
+		{"the share sent", it(1, 1000, 250, 0), true, 0.25},
+		{"zero entries weigh their size", it(1, 1000, 0, 1000), true, float64(zeroEntrySize) / fullEntrySize},
+	}
+	for _, c := range cases {
+		if got := sendFraction(c.its, c.digest); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestDecide(t *testing.T) {
+	const M = 1 << 20
+	o := Options{Downtime: 300 * time.Millisecond, MaxIterations: 5, Timeout: time.Minute}
+	onesec := its(10*M, 1) // 10 MiB/s: the budget takes 3 MiB = 768 pages
+	cases := []struct {
+		name            string
+		h               history
+		o               Options
+		dirty           uint64
+		stop, converged bool
+		err             error
+	}{
+		{"nothing dirty", history{its: onesec}, o, 0, true, true, nil},
+		{"fits the budget", history{its: onesec}, o, 700, true, true, nil},
+		{"does not fit: go on", history{its: onesec}, o, 2000, false, false, nil},
+		{"iteration limit, abort", history{its: its(10*M, 1, 10*M, 1, 10*M, 1, 10*M, 1, 10*M, 1)}, o, 2000, false, false, ErrNotConverged},
+		{"timeout, abort", history{its: onesec, elapsed: 2 * time.Minute}, o, 2000, false, false, ErrNotConverged},
+		{"timeout, force", history{its: onesec, elapsed: 2 * time.Minute}, Options{Downtime: o.Downtime, MaxIterations: 5, Timeout: time.Minute, OnTimeout: ForceOnTimeout}, 2000, true, false, nil},
+		{"no bandwidth measured yet", history{}, o, 1, false, false, nil},
+	}
+	for _, c := range cases {
+		stop, conv, err := decide(c.h, c.o, c.dirty)
+		if stop != c.stop || conv != c.converged || !errors.Is(err, c.err) || (c.err == nil) != (err == nil) {
+			t.Errorf("%s: stop %v converged %v err %v; want %v %v %v", c.name, stop, conv, err, c.stop, c.converged, c.err)
+		}
+	}
+}
+
+func TestPassBandwidth(t *testing.T) {
+	const M = 1 << 20
+	earlier := its(4*M, 1)
+	cases := []struct {
+		name  string
+		wrote int64
+		el    time.Duration
+		cap   int64
+		want  float64
+	}{
+		{"measured in the pass", 2 * M, time.Second, 0, 2 * M},
+		{"too little written: earlier iterations", M / 2, time.Second, 0, 4 * M},
+		{"too short: earlier iterations", 2 * M, 10 * time.Millisecond, 0, 4 * M},
+		{"capped", 16 * M, time.Second, 8 * M, 8 * M},
+	}
+	for _, c := range cases {
+		if got := passBandwidth(c.wrote, c.el, earlier, c.cap); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+	if got := passBandwidth(M/2, time.Second, nil, 0); got != 0 {
+		t.Errorf("first moments of a migration: %v, want 0", got)
+	}
+}
+
+func TestPassPointRestFits(t *testing.T) {
+	p := passPoint{pageCost: PageSize, budget: 100 * PageSize}
+	for _, c := range []struct {
+		left     uint64
+		buffered float64
+		want     bool
+	}{{100, 0, true}, {101, 0, false}, {99, PageSize, true}, {99, PageSize + 1, false}} {
+		p.left, p.buffered = c.left, c.buffered
+		if got := p.restFits(); got != c.want {
+			t.Errorf("left %d buffered %v: %v, want %v", c.left, c.buffered, got, c.want)
+		}
 	}
 }

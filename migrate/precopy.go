@@ -6,18 +6,19 @@ import (
 	"time"
 )
 
-// The pre-copy loop: iterations, the dirty log, and the per-page filter.
+// The pre-copy passes: iterations, the dirty log, chunks, and the
+// per-page filter. The decisions (when to stop) are in converge.go.
 
-// beginIteration announces iteration s.iter (the first call announces 0).
+// beginIteration announces iteration pass.iter (the first call announces 0).
 func (s *sender) beginIteration(final bool) error {
 	if len(s.stats.Iterations) > 0 {
-		s.iter++
+		s.pass.iter++
 	}
-	s.cur = IterationStats{Iteration: int(s.iter), StopAndCopy: final}
-	s.curAt = time.Now()
-	s.curOut = s.w.queued + int64(len(s.w.buf))
-	s.curWritten = s.w.written.Load()
-	if err := s.w.record(RecIterationStart, encodeIterationStart(s.iter, final)); err != nil {
+	s.pass.cur = IterationStats{Iteration: int(s.pass.iter), StopAndCopy: final}
+	s.pass.at = time.Now()
+	s.pass.out = s.w.queued + int64(len(s.w.buf))
+	s.pass.written = s.w.written.Load()
+	if err := s.w.record(RecIterationStart, encodeIterationStart(s.pass.iter, final)); err != nil {
 		return s.ioError("send ITERATION-START", err)
 	}
 	return nil
@@ -30,9 +31,9 @@ func (s *sender) endIteration() error {
 	if err := s.w.sync(); err != nil {
 		return s.ioError("send pages", err)
 	}
-	s.cur.Bytes = s.w.queued - s.curOut
-	s.cur.Seconds = time.Since(s.curAt).Seconds()
-	s.stats.Iterations = append(s.stats.Iterations, s.cur)
+	s.pass.cur.Bytes = s.w.queued - s.pass.out
+	s.pass.cur.Seconds = time.Since(s.pass.at).Seconds()
+	s.stats.Iterations = append(s.stats.Iterations, s.pass.cur)
 	return nil
 }
 
@@ -48,193 +49,43 @@ func (s *sender) reportLast(dirty uint64) {
 	}
 }
 
-// bandwidth estimates the link rate in bytes per second from the last
-// iteration, or from all iterations when the last one wrote too little to
-// measure anything (e.g. when most dirty pages were false dirty).
-func (s *sender) bandwidth() float64 {
-	const minSample = 1 << 20
-	its := s.stats.Iterations
-	last := its[len(its)-1]
-	bw := 0.0
-	if last.Bytes >= minSample && last.Seconds > 0 {
-		bw = float64(last.Bytes) / last.Seconds
-	} else {
-		var b int64
-		var t float64
-		for _, it := range its {
-			b += it.Bytes
-			t += it.Seconds
-		}
-		if t > 0 {
-			bw = float64(b) / t
-		}
-	}
-	if s.opts.MaxBandwidth > 0 && bw > float64(s.opts.MaxBandwidth) {
-		bw = float64(s.opts.MaxBandwidth)
-	}
-	return bw
-}
-
-// sendFraction predicts which share of the dirty pages will really be sent
-// (as a fraction of their full size): the share the last iteration sent,
-// when the digest filter is on and that iteration saw enough dirty pages to
-// tell. Otherwise 1: every dirty page counts in full. Without this, pages
-// the filter will skip would still count against the downtime budget.
-func (s *sender) sendFraction() float64 {
-	const minSample = 64
-	if len(s.stats.Iterations) == 0 {
-		return 1
-	}
-	last := s.stats.Iterations[len(s.stats.Iterations)-1]
-	if s.table == nil || last.Iteration == 0 || last.PagesDirty < minSample {
-		return 1
-	}
-	sent := float64(last.PagesSent) + float64(last.PagesZero)*zeroEntrySize/fullEntrySize
-	return sent / float64(last.PagesDirty)
-}
-
-// decide chooses, after a fetch that found dirty pages, between another
-// iteration, stop-and-copy (converged or forced), and giving up. The bytes
-// left are estimated as dirty pages × PageSize × sendFraction.
-func (s *sender) decide(dirty uint64) (stop, converged bool, err error) {
-	if dirty == 0 {
-		return true, true, nil
-	}
-	bw := s.bandwidth()
-	left := float64(dirty*PageSize) * s.sendFraction()
-	est := time.Duration(1<<62 - 1)
-	if bw > 0 {
-		est = time.Duration(left / bw * float64(time.Second))
-	}
-	if est <= s.opts.Downtime {
-		return true, true, nil
-	}
-	done := len(s.stats.Iterations)
-	limit := ""
-	switch {
-	case done >= s.opts.MaxIterations:
-		limit = fmt.Sprintf("%d iterations", done)
-	case s.opts.Timeout > 0 && time.Since(s.start) >= s.opts.Timeout:
-		limit = fmt.Sprintf("the %v timeout (%d iterations)", s.opts.Timeout, done)
-	}
-	if limit == "" {
-		return false, false, nil
-	}
-	if s.opts.OnTimeout == ForceOnTimeout {
-		return true, false, nil
-	}
-	return false, false, fmt.Errorf("%w after %s: %d pages still dirty (%.1f MiB to send), estimated downtime %v exceeds the %v budget (bandwidth %.1f MiB/s); the source guest keeps running",
-		ErrNotConverged, limit, dirty, left/mib, est.Round(time.Millisecond), s.opts.Downtime, bw/mib)
-}
-
 // midPass is the convergence check between two chunks of a pre-copy pass,
-// left being the pages of the pass not visited yet. Checking only after
-// complete passes would send a whole pass (all of memory in iteration 0)
-// even when the budget could take the rest at once; QEMU checks after every
-// chunk too (migration_iteration_run).
-//
-// The cheap test comes first: if the pages left in this pass, plus what is
-// still buffered, fit in bandwidth × downtime, the dirty log is read
-// without clearing it (peek, at most every peekEvery) and midPassStop
+// left being the pages of the pass not visited yet (the rules: passPoint
+// in converge.go). When the rest may fit the budget, the dirty log is read
+// without clearing it (peek, at most every peekEvery) and passPoint.stop
 // decides with the pages written behind the pass added. If it says stop,
 // the caller goes to stop-and-copy, whose fetch merges the log into the
-// pending bitmap that still holds the unvisited pages, so nothing is lost.
-// The byte estimate is the one decide uses (pages × PageSize × the last
-// iteration's send fraction; 1 in iteration 0).
+// pending bitmap that still holds the unvisited pages, so nothing is lost
+// (the Source contract keeps every logged page reported until it is
+// cleared, device writes included).
 func (s *sender) midPass(left uint64) (bool, error) {
-	if !s.manual {
+	if !s.log.manual {
 		// Reading the log would clear it: only whole passes then.
 		return false, nil
 	}
-	bw := s.passBandwidth()
+	bw := passBandwidth(s.w.written.Load()-s.pass.written, time.Since(s.pass.at), s.stats.Iterations, s.opts.MaxBandwidth)
 	if bw <= 0 {
 		return false, nil
 	}
 	p := passPoint{
 		left:     left,
-		pageCost: PageSize * s.sendFraction(),
+		pageCost: PageSize * sendFraction(s.stats.Iterations, s.table != nil),
 		buffered: float64(s.w.queued + int64(len(s.w.buf)) - s.w.written.Load()),
 		bw:       bw,
 		budget:   bw * s.opts.Downtime.Seconds(),
 		capped:   s.opts.MaxBandwidth > 0 && bw >= 0.9*float64(s.opts.MaxBandwidth),
-		elapsed:  time.Since(s.curAt).Seconds(),
+		elapsed:  time.Since(s.pass.at).Seconds(),
 	}
-	if float64(left)*p.pageCost+p.buffered > p.budget || time.Since(s.peekAt) < peekEvery {
+	if !p.restFits() || time.Since(s.log.peekAt) < peekEvery {
 		return false, nil
 	}
-	s.peekAt = time.Now()
+	s.log.peekAt = time.Now()
 	n, err := s.peek()
 	if err != nil {
 		return false, err
 	}
 	p.logged = n
 	return p.stop(), nil
-}
-
-// peekEvery spaces the dirty-log reads of midPass: a peek copies the whole
-// bitmap (2 MiB for 64 GiB of guest), which must stay small next to the
-// chunks sent in between.
-const peekEvery = 10 * time.Millisecond
-
-// passPoint is where a pass stands when midPass looks at it.
-type passPoint struct {
-	left     uint64  // pending pages the pass has not reached
-	logged   uint64  // pages pending or logged dirty (>= left)
-	pageCost float64 // bytes a dirty page is expected to cost
-	buffered float64 // bytes written but not yet on the wire
-	bw       float64 // measured bytes per second of the pass
-	budget   float64 // bytes the downtime budget takes at bw
-	capped   bool    // the pass runs at the bandwidth cap
-	elapsed  float64 // seconds since the pass began
-}
-
-// stop decides whether to end the pass now. Everything left must fit the
-// budget. Stopping then moves the rest of the pass into the downtime, and
-// is worth it in two cases only:
-//   - the pass is held back by MaxBandwidth: the stop-and-copy is not
-//     capped, so the rest goes out faster there, and the migration ends
-//     sooner;
-//   - finishing the pass would let the guest dirty more than the budget
-//     takes (the pages written behind the pass so far, plus as many again
-//     per second for the time the rest of the pass needs), so that the
-//     migration might not converge at its end.
-//
-// Otherwise the rest of the pass goes out at the same rate either way, and
-// finishing it while the guest runs keeps it out of the downtime.
-func (p passPoint) stop() bool {
-	if float64(p.logged)*p.pageCost+p.buffered > p.budget {
-		return false
-	}
-	if p.capped {
-		return true
-	}
-	behind := float64(p.logged - min(p.logged, p.left))
-	rest := (float64(p.left)*p.pageCost + p.buffered) / p.bw
-	atEnd := behind
-	if p.elapsed > 0 {
-		atEnd += behind / p.elapsed * rest
-	}
-	return atEnd*p.pageCost > p.budget
-}
-
-// passBandwidth is the link rate measured in the pass under way once it
-// has written enough to tell, else the estimate from earlier iterations
-// (0 when there is none yet: no early stop in the first moments).
-func (s *sender) passBandwidth() float64 {
-	const minBytes, minTime = 1 << 20, 50 * time.Millisecond
-	wrote := s.w.written.Load() - s.curWritten
-	el := time.Since(s.curAt)
-	if wrote >= minBytes && el >= minTime {
-		bw := float64(wrote) / el.Seconds()
-		if s.opts.MaxBandwidth > 0 && bw > float64(s.opts.MaxBandwidth) {
-			bw = float64(s.opts.MaxBandwidth)
-		}
-		return bw
-	}
-	if len(s.stats.Iterations) > 0 {
-		return s.bandwidth()
-	}
-	return 0
 }
 
 // peek counts the pages pending or logged dirty, without clearing the log
@@ -249,16 +100,16 @@ func (s *sender) fetch() (uint64, error) { return s.readLog(true) }
 // pending or logged; with merge, the logged pages become pending.
 func (s *sender) readLog(merge bool) (uint64, error) {
 	var n uint64
-	for i := range s.mems {
-		tmp := s.scratch[i]
+	for i := range s.vm.mems {
+		tmp := s.log.scratch[i]
 		clear(tmp)
 		if err := s.src.DirtyLog(i, tmp); err != nil {
 			return 0, fmt.Errorf("migrate: dirty log of region %d: %w", i, err)
 		}
-		if r := s.pages[i] % 64; r != 0 {
+		if r := s.vm.pages[i] % 64; r != 0 {
 			tmp[len(tmp)-1] &= 1<<r - 1 // ignore bits past the region's end
 		}
-		pend := s.pending[i]
+		pend := s.log.pending[i]
 		for w, x := range tmp {
 			x |= pend[w]
 			if merge {
@@ -272,12 +123,24 @@ func (s *sender) readLog(merge bool) (uint64, error) {
 
 // clearAll re-arms the whole pending bitmap at once (classic pre-copy).
 func (s *sender) clearAll() error {
-	for i, bm := range s.pending {
+	for i, bm := range s.log.pending {
 		if err := s.src.ClearDirtyLog(i, 0, bm); err != nil {
 			return fmt.Errorf("migrate: clear dirty log of region %d: %w", i, err)
 		}
 	}
 	return nil
+}
+
+// fillAll sets a bit for every page of every region in bms.
+func (s *sender) fillAll(bms [][]uint64) {
+	for i, bm := range bms {
+		for w := range bm {
+			bm[w] = ^uint64(0)
+		}
+		if r := s.vm.pages[i] % 64; r != 0 {
+			bm[len(bm)-1] = 1<<r - 1
+		}
+	}
 }
 
 // sendAll is iteration 0: every page of every region, sent as a pass over
@@ -289,26 +152,14 @@ func (s *sender) clearAll() error {
 // bit set, work as intended.) With midCheck the pass may end early (see
 // midPass); the pages it did not reach stay pending.
 func (s *sender) sendAll(clearFirst, midCheck bool) (stopped bool, err error) {
-	for i, bm := range s.pending {
-		for w := range bm {
-			bm[w] = ^uint64(0)
-		}
-		if r := s.pages[i] % 64; r != 0 {
-			bm[len(bm)-1] = 1<<r - 1
-		}
-	}
+	s.fillAll(s.log.pending)
 	return s.sendPending(clearFirst, midCheck)
 }
 
 // clearEverything re-arms every page of every region.
 func (s *sender) clearEverything() error {
-	for i, bm := range s.scratch {
-		for w := range bm {
-			bm[w] = ^uint64(0)
-		}
-		if r := s.pages[i] % 64; r != 0 {
-			bm[len(bm)-1] = 1<<r - 1
-		}
+	s.fillAll(s.log.scratch)
+	for i, bm := range s.log.scratch {
 		err := s.src.ClearDirtyLog(i, 0, bm)
 		clear(bm)
 		if err != nil {
@@ -318,7 +169,7 @@ func (s *sender) clearEverything() error {
 	return nil
 }
 
-// sendPending sends the pending pages chunk by chunk. With clear, each
+// sendPending sends the pending pages chunk by chunk. With clearFirst, each
 // chunk's dirty bits are cleared in the kernel right before its pages are
 // read: a write after that point is logged again and sent next iteration,
 // while a write between the fetch and the clear is simply included now.
@@ -326,13 +177,13 @@ func (s *sender) clearEverything() error {
 // With midCheck, the convergence check (midPass) runs after every chunk;
 // when it says stop, sendPending returns stopped = true at once, and the
 // pages of later chunks are left in the pending bitmap for stop-and-copy.
-// s.cur.PagesLeft counts them.
+// pass.cur.PagesLeft counts them.
 func (s *sender) sendPending(clearFirst, midCheck bool) (stopped bool, err error) {
 	cw := s.opts.ChunkPages / 64
-	left := popcount(s.pending)
-	defer func() { s.cur.PagesLeft = left }()
-	for i, bm := range s.pending {
-		mem, base := s.mems[i], s.base[i]
+	left := popcount(s.log.pending)
+	defer func() { s.pass.cur.PagesLeft = left }()
+	for i, bm := range s.log.pending {
+		mem, base := s.vm.mems[i], s.vm.base[i]
 		for c := 0; c < len(bm); c += cw {
 			words := bm[c:min(c+cw, len(bm))]
 			if allZero(words) {
@@ -397,17 +248,17 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 			return s.ioError("send pages", err)
 		}
 	}
-	force := s.table != nil && s.quiet()
+	force := s.table != nil && s.pass.keep.quiet(s.w.queued)
 	if isZeroPage(page) {
 		if s.table != nil {
 			if !force && s.table.Match(g, ZeroDigest) {
 				s.skipped()
 				return nil
 			}
-			s.table.Update(g, ZeroDigest, s.iter)
+			s.table.Update(g, ZeroDigest, s.pass.iter)
 		}
 		s.w.addZero(g)
-		s.cur.PagesZero++
+		s.pass.cur.PagesZero++
 	} else {
 		d := s.w.stageFull(g, page)
 		if s.table != nil {
@@ -416,12 +267,12 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 				s.skipped()
 				return nil
 			}
-			s.table.Update(g, d, s.iter)
+			s.table.Update(g, d, s.pass.iter)
 		}
 		s.w.keepStaged()
-		s.cur.PagesSent++
+		s.pass.cur.PagesSent++
 	}
-	s.entries++
+	s.pass.entries++
 	if _, n := s.w.pagesOpen(); n >= s.opts.BatchPages || force {
 		s.w.endPages()
 	}
@@ -445,20 +296,28 @@ var (
 	keepaliveEvery = time.Second
 )
 
-// quiet reports whether the connection has been idle too long.
-func (s *sender) quiet() bool {
-	if s.visited++; s.visited < keepaliveCheck {
+// keepalive watches the output for quiet (see keepaliveCheck).
+type keepalive struct {
+	visited int       // pages visited since the last check
+	outMark int64     // the writer's queued bytes at outAt
+	outAt   time.Time // when output last moved
+}
+
+// quiet reports whether the connection has been idle too long, queued
+// being the bytes the writer has queued so far.
+func (k *keepalive) quiet(queued int64) bool {
+	if k.visited++; k.visited < keepaliveCheck {
 		return false
 	}
-	s.visited = 0
-	if q := s.w.queued; q != s.outMark || s.outAt.IsZero() {
-		s.outMark, s.outAt = q, time.Now()
+	k.visited = 0
+	if queued != k.outMark || k.outAt.IsZero() {
+		k.outMark, k.outAt = queued, time.Now()
 		return false
 	}
-	if time.Since(s.outAt) < keepaliveEvery {
+	if time.Since(k.outAt) < keepaliveEvery {
 		return false
 	}
-	s.outAt = time.Now()
+	k.outAt = time.Now()
 	return true
 }
 
@@ -466,9 +325,9 @@ func (s *sender) quiet() bool {
 // destination's HELD records (a resumed migration) can have filled the
 // table, later it is a false-dirty page.
 func (s *sender) skipped() {
-	if s.iter == 0 {
-		s.cur.PagesHeld++
+	if s.pass.iter == 0 {
+		s.pass.cur.PagesHeld++
 	} else {
-		s.cur.PagesFalseDirty++
+		s.pass.cur.PagesFalseDirty++
 	}
 }

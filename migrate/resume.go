@@ -134,14 +134,14 @@ func (r *receiver) writeHeld(conn io.Writer) error {
 func (s *sender) receiveHeld() error {
 	t := time.NewTimer(s.opts.HandshakeTimeout)
 	defer t.Stop()
-	for next := uint64(0); next < s.total; {
+	for next := uint64(0); next < s.vm.total; {
 		select {
-		case m := <-s.peer:
+		case m := <-s.peer.ch:
 			if m.err != nil || m.t != RecHeld {
-				s.peerEnd = true
+				s.peer.end = true
 				return s.peerFailure(m, "the wait for HELD")
 			}
-			n, err := decodeHeld(m.payload, next, s.total, func(page uint64, d Digest) {
+			n, err := decodeHeld(m.payload, next, s.vm.total, func(page uint64, d Digest) {
 				s.table.Update(page, d, 0)
 				s.stats.DestinationHeld++
 			})

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -61,6 +62,18 @@ destination, then 'ferry resume' here only if the guest does not run there.`,
 	Action: migrateAction,
 }
 
+// optionFlags names each migrate.Options field by its flag.
+var optionFlags = map[string]string{
+	"Downtime":          "downtime",
+	"MaxIterations":     "max-iterations",
+	"Timeout":           "timeout",
+	"OnTimeout":         "on-timeout",
+	"MaxBandwidth":      "max-bandwidth",
+	"NoDigest":          "no-digest",
+	"NoClearBeforeSend": "no-clear-before-send",
+	"Resume":            "resume",
+}
+
 func migrateAction(c *cli.Context) error {
 	req := control.MigrateRequest{
 		To:                c.String("to"),
@@ -72,20 +85,11 @@ func migrateAction(c *cli.Context) error {
 		NoClearBeforeSend: c.Bool("no-clear-before-send"),
 		Resume:            c.Bool("resume"),
 	}
-	if req.Resume && req.NoDigest {
-		return usageError{fmt.Errorf("--resume needs the digest table: drop --no-digest")}
-	}
+	// A flag given as 0 would mean "the default" to migrate.Options: the
+	// flags show their defaults, so 0 is refused here instead.
 	if req.DowntimeMS <= 0 {
 		return flagError("downtime", "%v: must be positive", c.Duration("downtime"))
 	}
-	if req.OnTimeout != "abort" && req.OnTimeout != "force" {
-		return flagError("on-timeout", "%q: want abort or force", req.OnTimeout)
-	}
-	files, err := tlsFiles(c)
-	if err != nil {
-		return err
-	}
-	req.TLS = files
 	if c.Int("max-iterations") < 1 {
 		return flagError("max-iterations", "%d: must be at least 1", c.Int("max-iterations"))
 	}
@@ -96,6 +100,18 @@ func migrateAction(c *cli.Context) error {
 		}
 		req.MaxBandwidth = int64(bw)
 	}
+	// Everything else is checked where the options are defined.
+	if _, err := req.MigrateOptions(); err != nil {
+		if oe := (*migrate.OptionError)(nil); errors.As(err, &oe) {
+			return flagError(optionFlags[oe.Option], "%v", oe.Err)
+		}
+		return usageError{err}
+	}
+	files, err := tlsFiles(c)
+	if err != nil {
+		return err
+	}
+	req.TLS = files
 	body, _ := json.Marshal(req)
 	resp, err := apiCall(c.String("api-socket"), "POST", "/v1/migrate", bytes.NewReader(body), 0)
 	if err != nil {

@@ -31,7 +31,7 @@ func TestSnapshotRestoreResumeUsage(t *testing.T) {
 		want string
 		code int
 	}{
-		{[]string{"migrate", "--api-socket", "/nonexistent.sock", "--to", "h:1", "--resume", "--no-digest"}, "--resume needs the digest table", 2},
+		{[]string{"migrate", "--api-socket", "/nonexistent.sock", "--to", "h:1", "--resume", "--no-digest"}, "--resume: needs the digest table", 2},
 		{[]string{"restore"}, "restore takes one argument", 2},
 		{[]string{"restore", "a", "b"}, "restore takes one argument", 2},
 		{[]string{"restore", missing}, missing, 1},

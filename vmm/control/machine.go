@@ -68,7 +68,7 @@ func (v *VM) source(paused bool) *vmm.MigrationSource {
 
 // Migrate implements Machine with migrate.Send over TCP or mutual TLS.
 func (v *VM) Migrate(ctx context.Context, req MigrateRequest, paused bool, progress func(migrate.IterationStats)) (*migrate.Stats, error) {
-	opts, err := req.options()
+	opts, err := req.Options()
 	if err != nil {
 		return nil, err
 	}

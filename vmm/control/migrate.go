@@ -37,8 +37,11 @@ type MigrateEvent struct {
 	Outcome  string                  `json:"outcome,omitempty"` // with Error: OutcomeFailed or OutcomeUnknown
 }
 
-// options checks the request and turns it into migrate.Options.
-func (r MigrateRequest) options() (migrate.Options, error) {
+// MigrateOptions turns the request into migrate.Options and checks them
+// with migrate.Options.Validate: a bad setting is an *migrate.OptionError
+// naming the Options field (OptionJSON has its JSON name here; ferry
+// migrate names its flag).
+func (r MigrateRequest) MigrateOptions() (migrate.Options, error) {
 	o := migrate.Options{
 		Downtime:          time.Duration(r.DowntimeMS) * time.Millisecond,
 		MaxIterations:     r.MaxIterations,
@@ -48,16 +51,21 @@ func (r MigrateRequest) options() (migrate.Options, error) {
 		NoClearBeforeSend: r.NoClearBeforeSend,
 		Resume:            r.Resume,
 	}
-	switch r.OnTimeout {
-	case "", "abort":
-		o.OnTimeout = migrate.AbortOnTimeout
-	case "force":
-		o.OnTimeout = migrate.ForceOnTimeout
-	default:
-		return o, fmt.Errorf("on_timeout %q: want abort or force", r.OnTimeout)
+	var err error
+	if o.OnTimeout, err = migrate.ParseTimeoutAction(r.OnTimeout); err != nil {
+		return o, err
 	}
-	if r.Resume && r.NoDigest {
-		return o, errors.New("resume needs the digest filter: drop no_digest")
+	return o, o.Validate()
+}
+
+// Options checks the whole request (options, destination, TLS files) and
+// turns it into migrate.Options; errors name the JSON fields.
+func (r MigrateRequest) Options() (migrate.Options, error) {
+	o, err := r.MigrateOptions()
+	if oe := (*migrate.OptionError)(nil); errors.As(err, &oe) {
+		return o, fmt.Errorf("%s: %w", OptionJSON[oe.Option], oe.Err)
+	} else if err != nil {
+		return o, err
 	}
 	if r.To == "" {
 		return o, errors.New("no destination: give HOST:PORT of a `ferry receive`")
@@ -66,6 +74,19 @@ func (r MigrateRequest) options() (migrate.Options, error) {
 		return o, err
 	}
 	return o, nil
+}
+
+// OptionJSON names each migrate.Options field a request sets by its JSON
+// field in MigrateRequest.
+var OptionJSON = map[string]string{
+	"Downtime":          "downtime_ms",
+	"MaxIterations":     "max_iterations",
+	"Timeout":           "timeout_seconds",
+	"OnTimeout":         "on_timeout",
+	"MaxBandwidth":      "max_bandwidth",
+	"NoDigest":          "no_digest",
+	"NoClearBeforeSend": "no_clear_before_send",
+	"Resume":            "resume",
 }
 
 // dialDestination connects to req.To, with the TLS handshake when req.TLS

@@ -35,7 +35,7 @@ func (e *MigrationError) Unwrap() error { return e.Err }
 // migrate runs a migration. On success the machine stops (the guest now
 // runs, or waits paused, on the destination).
 func (c *Controller) migrate(ctx context.Context, a Migrate) (*migrate.Stats, error) {
-	if _, err := a.Request.options(); err != nil {
+	if _, err := a.Request.Options(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	paused, err := c.begin(kindMigrate)
