@@ -89,18 +89,18 @@ func decodePayload(t *testing.T, rec record) {
 		if resume, err := decodeHelloAck(p); err == nil && !bytes.Equal(encodeHelloAck(resume), p) {
 			t.Fatal("HELLO-ACK does not re-encode to its input")
 		}
-	case RecHeld:
+	case RecKept:
 		first, n := binary.BigEndian.Uint64(p), uint64(binary.BigEndian.Uint32(p[8:]))
-		if n == 0 || n > MaxHeldPages || first+n < first {
+		if n == 0 || n > MaxKeptPages || first+n < first {
 			return
 		}
 		tb := NewDigestTable(n)
-		if _, err := decodeHeld(p, first, first+n, func(page uint64, d Digest) { tb.Update(page-first, d, 0) }); err != nil {
+		if _, err := decodeKept(p, first, first+n, func(page uint64, d Digest) { tb.Update(page-first, d, 0) }); err != nil {
 			return
 		}
-		again := encodeHeld(tb, 0, int(n))
+		again := encodeKept(tb, 0, int(n))
 		if !bytes.Equal(again[8:], p[8:]) {
-			t.Fatal("HELD does not re-encode to its input")
+			t.Fatal("KEPT does not re-encode to its input")
 		}
 	case RecIterationStart:
 		k, final, err := decodeIterationStart(p)
@@ -237,9 +237,9 @@ func fuzzSeeds() []fuzzSeed {
 	if err != nil {
 		panic(err)
 	}
-	heldTable := NewDigestTable(4)
-	heldTable.Update(1, ZeroDigest, 0)
-	heldTable.Update(2, HashPage(content(2)), 0)
+	keptTable := NewDigestTable(4)
+	keptTable.Update(1, ZeroDigest, 0)
+	keptTable.Update(2, HashPage(content(2)), 0)
 	return []fuzzSeed{
 		{"valid", join(hello, it0, allPages(), final, pagesRec(fullEntry(2, content(9))), state, endRec(5), commitRec())},
 		{"valid-zero-pages", join(hello, it0, zeros, iterRec(1, false), pagesRec(zeroEntry(3)), iterRec(2, true), state, endRec(5), commitRec())},
@@ -251,7 +251,7 @@ func fuzzSeeds() []fuzzSeed {
 		{"ack-records", join(rec(RecHelloAck, encodeHelloAck(false)), rec(RecReady, nil), rec(RecDoneAck, nil))},
 		{"crc-unsealed", append([]byte{0}, hello...)},
 		{"resume-refused", join(rec(RecHello, resumeHello), it0, zeros)},
-		{"held-records", join(rec(RecHelloAck, encodeHelloAck(true)), rec(RecHeld, encodeHeld(heldTable, 0, 4)))},
+		{"kept-records", join(rec(RecHelloAck, encodeHelloAck(true)), rec(RecKept, encodeKept(keptTable, 0, 4)))},
 	}
 }
 

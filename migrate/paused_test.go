@@ -124,7 +124,7 @@ func TestPausedSourceResume(t *testing.T) {
 	res = migrateVia(t, src, newKeptDest(), opts, ReceiveOptions{Keep: keep}, nil)
 	mustSucceed(t, res)
 	sameMemory(t, src, kd.fakeDest)
-	if its := res.stats.Iterations; len(its) != 1 || !its[0].StopAndCopy || its[0].PagesHeld != 32 ||
+	if its := res.stats.Iterations; len(its) != 1 || !its[0].StopAndCopy || its[0].PagesReused != 32 ||
 		its[0].PagesSent+its[0].PagesZero != r0Pages+r1Pages-32 {
 		t.Fatalf("iterations %+v: want one pass that skips the 32 held pages", its)
 	}

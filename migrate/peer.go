@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// What the destination sends the source: HELLO-ACK, HELD and READY in
+// What the destination sends the source: HELLO-ACK, KEPT and READY in
 // order, then one terminal message (DONE-ACK, ERROR, an unexpected record,
 // or a read error). A goroutine reads them as they come, so that an ERROR
 // is noticed while the sender writes.
@@ -77,7 +77,7 @@ func (p *peerLink) read(rr *recordReader, conn io.ReadWriter) {
 		if !deliver(m) {
 			return
 		}
-		if rec.Type != RecHelloAck && rec.Type != RecHeld && rec.Type != RecReady {
+		if rec.Type != RecHelloAck && rec.Type != RecKept && rec.Type != RecReady {
 			return
 		}
 	}

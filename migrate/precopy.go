@@ -322,11 +322,11 @@ func (k *keepalive) quiet(queued int64) bool {
 }
 
 // skipped counts a page whose digest matched: in iteration 0 only the
-// destination's HELD records (a resumed migration) can have filled the
+// destination's KEPT records (a resumed migration) can have filled the
 // table, later it is a false-dirty page.
 func (s *sender) skipped() {
 	if s.pass.iter == 0 {
-		s.pass.cur.PagesHeld++
+		s.pass.cur.PagesReused++
 	} else {
 		s.pass.cur.PagesFalseDirty++
 	}

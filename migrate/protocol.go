@@ -13,7 +13,7 @@ const (
 	// ProtocolVersion is the only version this package speaks. Version 2
 	// ended with the commit handshake (END, READY, COMMIT, DONE-ACK);
 	// version 3 adds the VM id and the RESUME flag to HELLO, the flags of
-	// HELLO-ACK, and the HELD record (resuming a cut migration).
+	// HELLO-ACK, and the KEPT record (resuming a cut migration).
 	ProtocolVersion = 3
 
 	// Magic is the sync word that starts every record ("FRRY").
@@ -70,7 +70,7 @@ const (
 	RecDoneAck        RecordType = 8  // destination → source
 	RecReady          RecordType = 9  // destination → source
 	RecCommit         RecordType = 10 // source → destination
-	RecHeld           RecordType = 11 // destination → source, after a RESUME HELLO-ACK
+	RecKept           RecordType = 11 // destination → source, after a RESUME HELLO-ACK
 )
 
 func (t RecordType) String() string {
@@ -95,8 +95,8 @@ func (t RecordType) String() string {
 		return "READY"
 	case RecCommit:
 		return "COMMIT"
-	case RecHeld:
-		return "HELD"
+	case RecKept:
+		return "KEPT"
 	}
 	return fmt.Sprintf("type-%d", uint16(t))
 }
@@ -123,8 +123,8 @@ func payloadLimits(t RecordType) (minLen, maxLen int, ok bool) {
 		return 8, 8, true
 	case RecDoneAck, RecReady, RecCommit:
 		return 0, 0, true
-	case RecHeld:
-		return heldFixedSize + 2, maxHeldPayload, true
+	case RecKept:
+		return keptFixedSize + 2, maxKeptPayload, true
 	}
 	return 0, 0, false
 }

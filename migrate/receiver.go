@@ -72,15 +72,15 @@ type receiver struct {
 	mems     [][]byte
 	base     []uint64 // global index of each region's first page
 	total    uint64
-	seen     []uint64 // bitmap: pages held (received at least once)
-	held     uint64   // bits set in seen
+	present  []uint64 // bitmap: pages present here (received at least once, or kept)
+	npresent uint64   // bits set in present
 
-	// Resume: the VM, the digest of every page held (nil when this
+	// Resume: the VM, the digest of every page present (nil when this
 	// receiver keeps nothing), and whether this migration resumes one.
 	info       VMInfo
 	table      *DigestTable
 	resumed    bool
-	sendHeld   bool // HELD records follow the reply
+	sendKept   bool // KEPT records follow the reply
 	active     bool // counted in Keep's migrations in progress
 	committing bool // COMMIT arrived: the VM is never kept after this
 
@@ -160,9 +160,9 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 				break
 			}
 			r.reply = RecInvalid
-			if r.sendHeld { // after HELLO-ACK{RESUME}
-				r.sendHeld = false
-				if err = r.writeHeld(conn); err != nil {
+			if r.sendKept { // after HELLO-ACK{RESUME}
+				r.sendKept = false
+				if err = r.writeKept(conn); err != nil {
 					break
 				}
 			}
@@ -184,10 +184,10 @@ func (r *receiver) abort(conn io.Writer, err error) {
 	note := ""
 	if r.prepared {
 		r.prepared = false
-		if r.table != nil && !r.committing && r.held > 0 {
+		if r.table != nil && !r.committing && r.npresent > 0 {
 			// put discards the VM itself if the Keeper keeps nothing.
-			if r.opts.Keep.put(&kept{dst: r.dst.(Resumable), info: r.info, peer: r.opts.Peer, table: r.table, held: r.held, total: r.total}) {
-				note = fmt.Sprintf("; it keeps %d of %d pages for `ferry migrate --resume` for %v", r.held, r.total, r.opts.Keep.Window())
+			if r.opts.Keep.put(&kept{dst: r.dst.(Resumable), info: r.info, peer: r.opts.Peer, table: r.table, pages: r.npresent, total: r.total}) {
+				note = fmt.Sprintf("; it keeps %d of %d pages for `ferry migrate --resume` for %v", r.npresent, r.total, r.opts.Keep.Window())
 			}
 		} else {
 			r.dst.Discard()
@@ -275,7 +275,7 @@ func (r *receiver) onHello(p []byte) error {
 }
 
 // onResume takes over the VM a failed migration of the same source left
-// here: its memory and the digests of its pages stay, the HELD records
+// here: its memory and the digests of its pages stay, the KEPT records
 // that follow HELLO-ACK tell the source which pages it need not send.
 func (r *receiver) onResume(info VMInfo) error {
 	if !r.opts.Keep.enabled() {
@@ -295,15 +295,15 @@ func (r *receiver) onResume(info VMInfo) error {
 	}
 	for p := range r.total {
 		if _, it := r.table.Lookup(p); it != NeverSent {
-			r.seen[p/64] |= 1 << (p % 64)
-			r.held++
+			r.present[p/64] |= 1 << (p % 64)
+			r.npresent++
 		}
 	}
-	r.stats.PagesHeld = r.held
+	r.stats.PagesKept = r.npresent
 	r.opts.Keep.begin(info.ID)
 	r.active = true
 	r.state = stateAwaitPagesOrState
-	r.reply, r.replyPayload, r.sendHeld = RecHelloAck, encodeHelloAck(true), true
+	r.reply, r.replyPayload, r.sendKept = RecHelloAck, encodeHelloAck(true), true
 	return nil
 }
 
@@ -321,7 +321,7 @@ func (r *receiver) layout(info VMInfo) error {
 		r.base[i] = r.total
 		r.total += reg.Size / PageSize
 	}
-	r.seen = make([]uint64, (r.total+63)/64)
+	r.present = make([]uint64, (r.total+63)/64)
 	return nil
 }
 
@@ -377,9 +377,9 @@ func (r *receiver) onPages(p []byte) error {
 				r.table.Update(e.Page, ZeroDigest, r.iter)
 			}
 		}
-		if bit := uint64(1) << (e.Page % 64); r.seen[e.Page/64]&bit == 0 {
-			r.seen[e.Page/64] |= bit
-			r.held++
+		if bit := uint64(1) << (e.Page % 64); r.present[e.Page/64]&bit == 0 {
+			r.present[e.Page/64] |= bit
+			r.npresent++
 		}
 		r.entries++
 	}
@@ -415,7 +415,7 @@ func (r *receiver) onEnd(p []byte) error {
 	if n := decodeEnd(p); n != r.entries {
 		return fmt.Errorf("%w: END says %d page entries were sent, %d arrived", ErrMalformed, n, r.entries)
 	}
-	if missing := r.total - r.held; missing != 0 {
+	if missing := r.total - r.npresent; missing != 0 {
 		return fmt.Errorf("%w: %d guest pages were never received", ErrMalformed, missing)
 	}
 	r.state = stateAwaitCommit

@@ -163,7 +163,7 @@ func decodeHello(p []byte) (hello, error) {
 	return h, nil
 }
 
-// HELLO-ACK: version uint16, flags uint16 (bit 0: RESUME, HELD records
+// HELLO-ACK: version uint16, flags uint16 (bit 0: RESUME, KEPT records
 // follow; set exactly when the HELLO asked to resume).
 func encodeHelloAck(resume bool) []byte {
 	p := make([]byte, 4)

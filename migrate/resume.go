@@ -16,39 +16,39 @@ import (
 // received: the prepared VM with its memory, and the digest of every page
 // it holds. When the same source (same VM id, same peer, same layout)
 // comes back with a RESUME HELLO within the keep window, the destination
-// answers HELLO-ACK{RESUME} followed by HELD records (which pages it holds,
+// answers HELLO-ACK{RESUME} followed by KEPT records (which pages it holds,
 // with their digests), and the source's iteration 0 skips every page whose
 // content still has the digest the destination holds.
 
-// HELD record layout (destination → source):
+// KEPT record layout (destination → source):
 //
 //	0  first page uint64
-//	8  count N    uint32 (exactly min(MaxHeldPages, total − first))
+//	8  count N    uint32 (exactly min(MaxKeptPages, total − first))
 //	12 reserved   uint32 (zero)
-//	16 held bitmap, ceil(N/8) bytes: bit i%8 of byte i/8 is page first+i
-//	   zero bitmap, same size: the held page is all zeros (a subset of held)
-//	   16-byte digests of the held non-zero pages, in page order
+//	16 kept bitmap, ceil(N/8) bytes: bit i%8 of byte i/8 is page first+i
+//	   zero bitmap, same size: the kept page is all zeros (a subset of kept)
+//	   16-byte digests of the kept non-zero pages, in page order
 const (
-	heldFixedSize = 16
-	// MaxHeldPages is the number of pages one HELD record describes.
-	MaxHeldPages   = 4096
-	maxHeldPayload = heldFixedSize + 2*(MaxHeldPages/8) + MaxHeldPages*digestSize
+	keptFixedSize = 16
+	// MaxKeptPages is the number of pages one KEPT record describes.
+	MaxKeptPages   = 4096
+	maxKeptPayload = keptFixedSize + 2*(MaxKeptPages/8) + MaxKeptPages*digestSize
 )
 
-// encodeHeld describes pages [first, first+n) of t (n ≤ MaxHeldPages); a
-// page is held when its table entry is not NeverSent.
-func encodeHeld(t *DigestTable, first uint64, n int) []byte {
+// encodeKept describes pages [first, first+n) of t (n ≤ MaxKeptPages); a
+// page is kept when its table entry is not NeverSent.
+func encodeKept(t *DigestTable, first uint64, n int) []byte {
 	bm := (n + 7) / 8
-	p := make([]byte, heldFixedSize+2*bm, heldFixedSize+2*bm+n*digestSize)
+	p := make([]byte, keptFixedSize+2*bm, keptFixedSize+2*bm+n*digestSize)
 	binary.BigEndian.PutUint64(p, first)
 	binary.BigEndian.PutUint32(p[8:], uint32(n))
-	held, zero := p[heldFixedSize:heldFixedSize+bm], p[heldFixedSize+bm:heldFixedSize+2*bm]
+	kept, zero := p[keptFixedSize:keptFixedSize+bm], p[keptFixedSize+bm:keptFixedSize+2*bm]
 	for i := range n {
 		d, it := t.Lookup(first + uint64(i))
 		if it == NeverSent {
 			continue
 		}
-		held[i/8] |= 1 << (i % 8)
+		kept[i/8] |= 1 << (i % 8)
 		if d == ZeroDigest {
 			zero[i/8] |= 1 << (i % 8)
 			continue
@@ -58,92 +58,92 @@ func encodeHeld(t *DigestTable, first uint64, n int) []byte {
 	return p
 }
 
-// decodeHeld checks a HELD payload that must start at page want of a
-// guest of total pages, and calls held for every page it holds (with
+// decodeKept checks a KEPT payload that must start at page want of a
+// guest of total pages, and calls kept for every page it keeps (with
 // ZeroDigest for a zero page). It returns the number of pages covered.
-func decodeHeld(p []byte, want, total uint64, held func(page uint64, d Digest)) (uint64, error) {
+func decodeKept(p []byte, want, total uint64, kept func(page uint64, d Digest)) (uint64, error) {
 	first := binary.BigEndian.Uint64(p)
 	n := uint64(binary.BigEndian.Uint32(p[8:]))
 	if first != want || want >= total {
-		return 0, fmt.Errorf("%w: HELD starts at page %d, expected %d (guest has %d pages)", ErrMalformed, first, want, total)
+		return 0, fmt.Errorf("%w: KEPT starts at page %d, expected %d (guest has %d pages)", ErrMalformed, first, want, total)
 	}
-	if n != min(MaxHeldPages, total-first) {
-		return 0, fmt.Errorf("%w: HELD at page %d covers %d pages, expected %d", ErrMalformed, first, n, min(MaxHeldPages, total-first))
+	if n != min(MaxKeptPages, total-first) {
+		return 0, fmt.Errorf("%w: KEPT at page %d covers %d pages, expected %d", ErrMalformed, first, n, min(MaxKeptPages, total-first))
 	}
 	if r := binary.BigEndian.Uint32(p[12:]); r != 0 {
-		return 0, fmt.Errorf("%w: HELD reserved field is %#x", ErrMalformed, r)
+		return 0, fmt.Errorf("%w: KEPT reserved field is %#x", ErrMalformed, r)
 	}
 	bm := int(n+7) / 8
-	if len(p) < heldFixedSize+2*bm {
-		return 0, fmt.Errorf("%w: HELD bitmaps truncated", ErrMalformed)
+	if len(p) < keptFixedSize+2*bm {
+		return 0, fmt.Errorf("%w: KEPT bitmaps truncated", ErrMalformed)
 	}
-	hb, zb := p[heldFixedSize:heldFixedSize+bm], p[heldFixedSize+bm:heldFixedSize+2*bm]
+	hb, zb := p[keptFixedSize:keptFixedSize+bm], p[keptFixedSize+bm:keptFixedSize+2*bm]
 	if pad := n % 8; pad != 0 && (hb[bm-1]|zb[bm-1])>>pad != 0 {
-		return 0, fmt.Errorf("%w: HELD bitmap bits past page %d are set", ErrMalformed, first+n-1)
+		return 0, fmt.Errorf("%w: KEPT bitmap bits past page %d are set", ErrMalformed, first+n-1)
 	}
 	full := 0
 	for i := range bm {
 		if zb[i]&^hb[i] != 0 {
-			return 0, fmt.Errorf("%w: HELD marks a page zero that it does not hold", ErrMalformed)
+			return 0, fmt.Errorf("%w: KEPT marks a page zero that it does not hold", ErrMalformed)
 		}
 		full += bits.OnesCount8(hb[i] &^ zb[i])
 	}
-	digests := p[heldFixedSize+2*bm:]
+	digests := p[keptFixedSize+2*bm:]
 	if len(digests) != full*digestSize {
-		return 0, fmt.Errorf("%w: HELD has %d digest bytes for %d held non-zero pages", ErrMalformed, len(digests), full)
+		return 0, fmt.Errorf("%w: KEPT has %d digest bytes for %d kept non-zero pages", ErrMalformed, len(digests), full)
 	}
 	for i := range int(n) {
 		switch {
 		case hb[i/8]&(1<<(i%8)) == 0:
 		case zb[i/8]&(1<<(i%8)) != 0:
-			held(first+uint64(i), ZeroDigest)
+			kept(first+uint64(i), ZeroDigest)
 		default:
 			d := Digest(digests[:digestSize])
 			digests = digests[digestSize:]
 			if d == ZeroDigest {
-				return 0, fmt.Errorf("%w: HELD gives page %d the zero page's digest without its zero bit", ErrMalformed, first+uint64(i))
+				return 0, fmt.Errorf("%w: KEPT gives page %d the zero page's digest without its zero bit", ErrMalformed, first+uint64(i))
 			}
-			held(first+uint64(i), d)
+			kept(first+uint64(i), d)
 		}
 	}
 	return n, nil
 }
 
-// writeHeld sends the HELD records describing r.table, in page order.
-func (r *receiver) writeHeld(conn io.Writer) error {
+// writeKept sends the KEPT records describing r.table, in page order.
+func (r *receiver) writeKept(conn io.Writer) error {
 	idle := r.opts.IdleTimeout
 	if idle > 0 {
 		defer setWriteDeadline(conn, time.Time{})
 	}
-	for first := uint64(0); first < r.total; first += MaxHeldPages {
+	for first := uint64(0); first < r.total; first += MaxKeptPages {
 		if idle > 0 {
 			// A source that stops reading must not block this side forever.
 			setWriteDeadline(conn, time.Now().Add(idle))
 		}
-		n := int(min(MaxHeldPages, r.total-first))
-		if err := writeRecord(conn, RecHeld, encodeHeld(r.table, first, n)); err != nil {
-			return fmt.Errorf("migrate: send HELD: %w", err)
+		n := int(min(MaxKeptPages, r.total-first))
+		if err := writeRecord(conn, RecKept, encodeKept(r.table, first, n)); err != nil {
+			return fmt.Errorf("migrate: send KEPT: %w", err)
 		}
 	}
 	return nil
 }
 
-// receiveHeld reads the destination's HELD records after a RESUME
+// receiveKept reads the destination's KEPT records after a RESUME
 // HELLO-ACK and fills the digest table with them, so that iteration 0
 // skips the pages the destination holds with the same content.
-func (s *sender) receiveHeld() error {
+func (s *sender) receiveKept() error {
 	t := time.NewTimer(s.opts.HandshakeTimeout)
 	defer t.Stop()
 	for next := uint64(0); next < s.vm.total; {
 		select {
 		case m := <-s.peer.ch:
-			if m.err != nil || m.t != RecHeld {
+			if m.err != nil || m.t != RecKept {
 				s.peer.end = true
-				return s.peerFailure(m, "the wait for HELD")
+				return s.peerFailure(m, "the wait for KEPT")
 			}
-			n, err := decodeHeld(m.payload, next, s.vm.total, func(page uint64, d Digest) {
+			n, err := decodeKept(m.payload, next, s.vm.total, func(page uint64, d Digest) {
 				s.table.Update(page, d, 0)
-				s.stats.DestinationHeld++
+				s.stats.DestinationKept++
 			})
 			if err != nil {
 				return err
@@ -151,7 +151,7 @@ func (s *sender) receiveHeld() error {
 			next += n
 			t.Reset(s.opts.HandshakeTimeout)
 		case <-t.C:
-			return fmt.Errorf("migrate: HELD records stopped coming for %v", s.opts.HandshakeTimeout)
+			return fmt.Errorf("migrate: KEPT records stopped coming for %v", s.opts.HandshakeTimeout)
 		case <-s.ctx.Done():
 			return s.ctx.Err()
 		}
@@ -182,8 +182,8 @@ type kept struct {
 	dst   Resumable
 	info  VMInfo
 	peer  string
-	table *DigestTable // digest of every page held (NeverSent: not held)
-	held  uint64
+	table *DigestTable // digest of every page kept (NeverSent: not kept)
+	pages uint64       // pages kept
 	total uint64
 }
 
@@ -209,7 +209,7 @@ func (k *Keeper) Holding() string {
 	if k.k == nil {
 		return ""
 	}
-	return fmt.Sprintf("%d of %d pages of VM %v", k.k.held, k.k.total, k.k.info.ID)
+	return fmt.Sprintf("%d of %d pages of VM %v", k.k.pages, k.k.total, k.k.info.ID)
 }
 
 // put keeps kp, suspending its destination, in place of anything kept
@@ -225,7 +225,7 @@ func (k *Keeper) put(kp *kept) bool {
 	old := k.swap(kp)
 	k.mu.Unlock()
 	k.discard(old, "pages of another migration are kept instead")
-	k.logf("keeping %d of %d pages of VM %v for a resume (ferry migrate --resume) for %v", kp.held, kp.total, kp.info.ID, k.window)
+	k.logf("keeping %d of %d pages of VM %v for a resume (ferry migrate --resume) for %v", kp.pages, kp.total, kp.info.ID, k.window)
 	return true
 }
 
@@ -261,7 +261,7 @@ func (k *Keeper) discard(kp *kept, why string) {
 		return
 	}
 	kp.dst.Discard()
-	k.logf("dropped the %d pages kept for VM %v: %s", kp.held, kp.info.ID, why)
+	k.logf("dropped the %d pages kept for VM %v: %s", kp.pages, kp.info.ID, why)
 }
 
 // drop discards whatever is kept.

@@ -151,27 +151,27 @@ func TestResumeSendsOnlyDifferingPages(t *testing.T) {
 		t.Fatalf("kept destination started %v discarded %v; keeper still holds %q", kd.started, kd.wasDiscarded(), keep.Holding())
 	}
 	sameMemory(t, src, kd.fakeDest)
-	if !res.stats.Resumed || res.stats.DestinationHeld != 29 || res.rstats.PagesHeld != 29 {
-		t.Fatalf("stats: resumed %v, destination held %d (receiver says %d), want 29", res.stats.Resumed, res.stats.DestinationHeld, res.rstats.PagesHeld)
+	if !res.stats.Resumed || res.stats.DestinationKept != 29 || res.rstats.PagesKept != 29 {
+		t.Fatalf("stats: resumed %v, destination kept %d (receiver says %d), want 29", res.stats.Resumed, res.stats.DestinationKept, res.rstats.PagesKept)
 	}
 	it0 := res.stats.Iterations[0]
-	// Pages 0..28 were held with the content they have now.
-	if it0.PagesHeld != 29 || it0.PagesHeld+it0.PagesSent+it0.PagesZero != r0Pages+r1Pages {
+	// Pages 0..28 were kept with the content they have now.
+	if it0.PagesReused != 29 || it0.PagesReused+it0.PagesSent+it0.PagesZero != r0Pages+r1Pages {
 		t.Fatalf("iteration 0: %+v", it0)
 	}
 	for p := range uint64(29) {
 		if n := res.wire.full[p] + res.wire.zero[p]; n != 0 {
-			t.Fatalf("page %d was held with the right content, yet sent %d times", p, n)
+			t.Fatalf("page %d was kept with the right content, yet sent %d times", p, n)
 		}
 	}
 	if res.wire.full[r0Pages+7] != 1 || res.wire.full[40] != 1 {
 		t.Fatal("pages the destination did not hold were not sent")
 	}
-	t.Logf("resumed: %d bytes sent, %d bytes of HELD received; iteration 0 %+v", res.stats.BytesTotal, res.stats.BytesReceived, it0)
+	t.Logf("resumed: %d bytes sent, %d bytes of KEPT received; iteration 0 %+v", res.stats.BytesTotal, res.stats.BytesReceived, it0)
 }
 
 // The pages changed before a resume are resent, the rest is not.
-func TestResumeResendsChangedHeldPages(t *testing.T) {
+func TestResumeResendsChangedKeptPages(t *testing.T) {
 	src := resumeSource(2)
 	keep := NewKeeper(time.Minute, nil)
 	defer keep.Close()
@@ -182,8 +182,8 @@ func TestResumeResendsChangedHeldPages(t *testing.T) {
 	opts.Resume = true
 	res := migrateVia(t, src, newKeptDest(), opts, ReceiveOptions{Keep: keep}, nil)
 	mustSucceed(t, res)
-	if res.wire.full[3] != 1 || res.wire.zero[5] != 1 || res.stats.Iterations[0].PagesHeld != 30 {
-		t.Fatalf("page 3 sent %d, page 5 zero %d, held %d", res.wire.full[3], res.wire.zero[5], res.stats.Iterations[0].PagesHeld)
+	if res.wire.full[3] != 1 || res.wire.zero[5] != 1 || res.stats.Iterations[0].PagesReused != 30 {
+		t.Fatalf("page 3 sent %d, page 5 zero %d, reused %d", res.wire.full[3], res.wire.zero[5], res.stats.Iterations[0].PagesReused)
 	}
 	sameMemory(t, src, kd.fakeDest)
 }
@@ -318,14 +318,14 @@ func TestKeeperDrops(t *testing.T) {
 	})
 }
 
-// A destination whose HELD records are malformed is refused by the
+// A destination whose KEPT records are malformed is refused by the
 // source, which tells it (ERROR) and keeps its guest.
-func TestSourceChecksHeld(t *testing.T) {
+func TestSourceChecksKept(t *testing.T) {
 	info := newTestSource(true).info
 	total := uint64(r0Pages + r1Pages)
 	good := func(first uint64) []byte {
 		tb := NewDigestTable(total)
-		return encodeHeld(tb, first, int(min(MaxHeldPages, total-first)))
+		return encodeKept(tb, first, int(min(MaxKeptPages, total-first)))
 	}
 	cases := map[string][]byte{
 		"wrong start":     append(good(0)[:0:0], good(0)...),
@@ -336,7 +336,7 @@ func TestSourceChecksHeld(t *testing.T) {
 	cases["wrong start"][7] = 1
 	cases["short count"][11]--
 	cases["reserved"][15] = 1
-	cases["digests missing"][heldFixedSize] = 1 // page 0 held, no digest follows
+	cases["digests missing"][keptFixedSize] = 1 // page 0 kept, no digest follows
 	for name, held := range cases {
 		t.Run(name, func(t *testing.T) {
 			src := resumeSource(1)
@@ -348,7 +348,7 @@ func TestSourceChecksHeld(t *testing.T) {
 					return
 				}
 				writeRecord(b, RecHelloAck, encodeHelloAck(true))
-				writeRecord(b, RecHeld, held)
+				writeRecord(b, RecKept, held)
 				rr.next() // the source's ERROR
 				b.Close()
 			}()
@@ -362,8 +362,8 @@ func TestSourceChecksHeld(t *testing.T) {
 	_ = info
 }
 
-func TestHeldRoundTrip(t *testing.T) {
-	const total = MaxHeldPages + 100
+func TestKeptRoundTrip(t *testing.T) {
+	const total = MaxKeptPages + 100
 	tb := NewDigestTable(total)
 	want := map[uint64]Digest{}
 	for _, p := range []uint64{0, 7, 8, 4095, 4096, 4099, total - 1} {
@@ -376,18 +376,18 @@ func TestHeldRoundTrip(t *testing.T) {
 	got := map[uint64]Digest{}
 	var next uint64
 	for next < total {
-		p := encodeHeld(tb, next, int(min(MaxHeldPages, total-next)))
-		if len(p) > maxHeldPayload {
-			t.Fatalf("HELD of %d bytes", len(p))
+		p := encodeKept(tb, next, int(min(MaxKeptPages, total-next)))
+		if len(p) > maxKeptPayload {
+			t.Fatalf("KEPT of %d bytes", len(p))
 		}
-		n, err := decodeHeld(p, next, total, func(page uint64, d Digest) { got[page] = d })
+		n, err := decodeKept(p, next, total, func(page uint64, d Digest) { got[page] = d })
 		if err != nil {
 			t.Fatal(err)
 		}
 		next += n
 	}
 	if len(got) != len(want) {
-		t.Fatalf("decoded %d held pages, want %d", len(got), len(want))
+		t.Fatalf("decoded %d kept pages, want %d", len(got), len(want))
 	}
 	for p, d := range want {
 		if got[p] != d {
@@ -395,29 +395,29 @@ func TestHeldRoundTrip(t *testing.T) {
 		}
 	}
 	// A non-zero page with the zero page's digest, and padding bits set.
-	bad := encodeHeld(tb, MaxHeldPages, 100)
-	bad[heldFixedSize+12] |= 0x80 // bit 100 of the held bitmap: past the count
-	if _, err := decodeHeld(bad, MaxHeldPages, total, func(uint64, Digest) {}); !errors.Is(err, ErrMalformed) {
+	bad := encodeKept(tb, MaxKeptPages, 100)
+	bad[keptFixedSize+12] |= 0x80 // bit 100 of the held bitmap: past the count
+	if _, err := decodeKept(bad, MaxKeptPages, total, func(uint64, Digest) {}); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("padding bit accepted: %v", err)
 	}
 	zt := NewDigestTable(8)
 	zt.Update(1, ZeroDigest, 0)
-	zp := encodeHeld(zt, 0, 8)
-	zp[heldFixedSize+1] = 0           // clear the zero bit: now a "full" page without a digest
+	zp := encodeKept(zt, 0, 8)
+	zp[keptFixedSize+1] = 0           // clear the zero bit: now a "full" page without a digest
 	zp = append(zp, ZeroDigest[:]...) // with the zero digest
-	if _, err := decodeHeld(zp, 0, 8, func(uint64, Digest) {}); !errors.Is(err, ErrMalformed) {
+	if _, err := decodeKept(zp, 0, 8, func(uint64, Digest) {}); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("zero digest without zero bit accepted: %v", err)
 	}
 }
 
-// The receiver stays strict: HELD never comes from a source, a RESUME HELLO
+// The receiver stays strict: KEPT never comes from a source, a RESUME HELLO
 // needs a VM id.
 func TestReceiverResumeStrict(t *testing.T) {
 	dst := &fakeDest{}
-	held := rec(RecHeld, encodeHeld(NewDigestTable(4), 0, 4))
+	held := rec(RecKept, encodeKept(NewDigestTable(4), 0, 4))
 	err, _ := scripted(t, ReceiveOptions{}, dst, helloRec(smallInfo()), held)
 	if !errors.Is(err, ErrUnexpected) || !dst.discarded {
-		t.Fatalf("HELD from the source: %v", err)
+		t.Fatalf("KEPT from the source: %v", err)
 	}
 	p, _ := encodeHello(smallInfo(), false)
 	p[3] = 1 // RESUME without an id
@@ -450,18 +450,18 @@ func TestResumeKeepalive(t *testing.T) {
 	sameMemory(t, src, kd.fakeDest)
 	it0 := res.stats.Iterations[0]
 	forced := it0.PagesSent + it0.PagesZero - 16 // 16 pages were never kept
-	if it0.PagesHeld+it0.PagesSent+it0.PagesZero != r0Pages+r1Pages || forced < 5 {
+	if it0.PagesReused+it0.PagesSent+it0.PagesZero != r0Pages+r1Pages || forced < 5 {
 		t.Fatalf("iteration 0: %+v: want held pages sent regularly as keepalives", it0)
 	}
 	t.Logf("%d held pages sent as keepalives", forced)
 }
 
-// A source that refuses a HELD record while more are queued still ends
+// A source that refuses a KEPT record while more are queued still ends
 // the goroutine that reads the destination's records (it used to block
 // for ever on its full channel).
 func TestSourceHeldRefusedReaderEnds(t *testing.T) {
 	total := uint64(r0Pages + r1Pages)
-	bad := encodeHeld(NewDigestTable(total), 0, int(min(MaxHeldPages, total)))
+	bad := encodeKept(NewDigestTable(total), 0, int(min(MaxKeptPages, total)))
 	bad[7] = 1 // wrong start
 	src := resumeSource(1)
 	a, b := net.Pipe()
@@ -475,7 +475,7 @@ func TestSourceHeldRefusedReaderEnds(t *testing.T) {
 		writeRecord(b, RecHelloAck, encodeHelloAck(true))
 		// One more than the source takes (one) and buffers (two).
 		for range 4 {
-			if writeRecord(b, RecHeld, bad) != nil {
+			if writeRecord(b, RecKept, bad) != nil {
 				return
 			}
 		}

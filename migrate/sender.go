@@ -266,7 +266,7 @@ func (s *sender) handshake() error {
 			}
 			if resumed {
 				s.stats.Resumed = true
-				return s.receiveHeld()
+				return s.receiveKept()
 			}
 			return nil
 		}

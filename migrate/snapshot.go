@@ -199,7 +199,7 @@ func ReadSnapshot(ctx context.Context, rd io.Reader, dst Destination, opts Recei
 		if err := r.handle(rec); err != nil {
 			return fail(off, n, err)
 		}
-		r.reply, r.sendHeld = RecInvalid, false
+		r.reply, r.sendKept = RecInvalid, false
 		st.Records = n
 		if r.state == stateAwaitCommit { // END checked: every page and the state are in
 			break

@@ -1,11 +1,14 @@
 package migrate
 
-import "fmt"
+import (
+	"encoding/json"
+	"fmt"
+)
 
 // IterationStats describes one pre-copy iteration (or the final
 // stop-and-copy pass). For every iteration
 //
-//	PagesDirty = PagesFalseDirty + PagesHeld + PagesZero + PagesSent + PagesLeft
+//	PagesDirty = PagesFalseDirty + PagesReused + PagesZero + PagesSent + PagesLeft
 //
 // In iteration 0 every page counts as dirty.
 type IterationStats struct {
@@ -17,9 +20,10 @@ type IterationStats struct {
 	// PagesFalseDirty counts dirty pages skipped because their digest matched
 	// the content already sent.
 	PagesFalseDirty uint64 `json:"pages_false_dirty"`
-	// PagesHeld counts pages not sent because the destination already
-	// held them with the same content (iteration 0 of a resumed migration).
-	PagesHeld uint64 `json:"pages_held,omitempty"`
+	// PagesReused counts pages not sent because the destination kept them,
+	// with the same content, from a cut attempt (iteration 0 of a resumed
+	// migration). Older stats called it pages_held; that name is still read.
+	PagesReused uint64 `json:"pages_reused,omitempty"`
 	// PagesZero counts ZERO records (no data) sent.
 	PagesZero uint64 `json:"pages_zero"`
 	// PagesSent counts FULL pages (data + digest) sent.
@@ -48,14 +52,15 @@ type Stats struct {
 	DowntimeMS float64 `json:"downtime_ms"`
 	BytesTotal int64   `json:"bytes_total"`
 	// BytesReceived counts the bytes read from the destination (HELLO-ACK,
-	// READY, DONE-ACK, and the HELD records of a resumed migration).
+	// READY, DONE-ACK, and the KEPT records of a resumed migration).
 	BytesReceived int64 `json:"bytes_received"`
 	// Converged is false when stop-and-copy was forced by a limit.
 	Converged bool `json:"converged"`
 	// Resumed: the migration resumed into pages the destination kept;
-	// DestinationHeld is how many pages it held (HELD records).
+	// DestinationKept is how many pages it kept (KEPT records). Older
+	// stats called it destination_held; that name is still read.
 	Resumed         bool   `json:"resumed,omitempty"`
-	DestinationHeld uint64 `json:"destination_held,omitempty"`
+	DestinationKept uint64 `json:"destination_kept,omitempty"`
 	// SourcePaused: the guest was paused by its user and was sent in one
 	// pass (Options.SourcePaused); it stays paused on the destination.
 	SourcePaused bool `json:"source_paused,omitempty"`
@@ -73,8 +78,8 @@ func FormatIteration(it IterationStats) string {
 		name = fmt.Sprintf("stop-and-copy (iter %d)", it.Iteration)
 	}
 	extra := ""
-	if it.PagesHeld > 0 {
-		extra = fmt.Sprintf(", held by the destination %d", it.PagesHeld)
+	if it.PagesReused > 0 {
+		extra = fmt.Sprintf(", reused from the destination %d", it.PagesReused)
 	}
 	if it.PagesLeft > 0 {
 		extra += fmt.Sprintf(", left to stop-and-copy %d", it.PagesLeft)
@@ -95,7 +100,7 @@ func (s *Stats) Summary() string {
 	}
 	resumed := ""
 	if s.Resumed {
-		resumed = fmt.Sprintf(", resumed (the destination held %d pages; %.2f MiB received from it)", s.DestinationHeld, float64(s.BytesReceived)/mib)
+		resumed = fmt.Sprintf(", resumed (the destination kept %d pages; %.2f MiB received from it)", s.DestinationKept, float64(s.BytesReceived)/mib)
 	}
 	return fmt.Sprintf("migrated in %.3f s, downtime %.1f ms, %d iterations, %.1f MiB sent, %s%s",
 		s.TotalSeconds, s.DowntimeMS, len(s.Iterations), float64(s.BytesTotal)/mib, conv, resumed)
@@ -106,10 +111,65 @@ type ReceiveStats struct {
 	Iterations int    `json:"iterations"`
 	PagesFull  uint64 `json:"pages_full"`
 	PagesZero  uint64 `json:"pages_zero"`
-	// PagesHeld: the pages kept from a failed migration that this one
-	// resumed (0 for a new migration).
-	PagesHeld  uint64  `json:"pages_held,omitempty"`
+	// PagesKept: the pages kept from a failed migration that this one
+	// resumed (0 for a new migration). Older stats called it pages_held;
+	// that name is still read.
+	PagesKept  uint64  `json:"pages_kept,omitempty"`
 	StateBytes int     `json:"state_bytes"`
 	BytesTotal int64   `json:"bytes_total"`
 	Seconds    float64 `json:"seconds"`
+}
+
+// Statistics written by an older ferry used other names for some fields
+// ("held" meant three things then); these decoders still read them.
+
+// UnmarshalJSON reads IterationStats, also with pages_held.
+func (it *IterationStats) UnmarshalJSON(b []byte) error {
+	type plain IterationStats
+	var v struct {
+		plain
+		OldReused uint64 `json:"pages_held"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*it = IterationStats(v.plain)
+	if it.PagesReused == 0 {
+		it.PagesReused = v.OldReused
+	}
+	return nil
+}
+
+// UnmarshalJSON reads Stats, also with destination_held.
+func (s *Stats) UnmarshalJSON(b []byte) error {
+	type plain Stats
+	var v struct {
+		plain
+		OldKept uint64 `json:"destination_held"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*s = Stats(v.plain)
+	if s.DestinationKept == 0 {
+		s.DestinationKept = v.OldKept
+	}
+	return nil
+}
+
+// UnmarshalJSON reads ReceiveStats, also with pages_held.
+func (s *ReceiveStats) UnmarshalJSON(b []byte) error {
+	type plain ReceiveStats
+	var v struct {
+		plain
+		OldKept uint64 `json:"pages_held"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*s = ReceiveStats(v.plain)
+	if s.PagesKept == 0 {
+		s.PagesKept = v.OldKept
+	}
+	return nil
 }

@@ -71,7 +71,7 @@ type migStats struct {
 		PagesFalseDirty uint64 `json:"pages_false_dirty"`
 		PagesZero       uint64 `json:"pages_zero"`
 		PagesSent       uint64 `json:"pages_sent"`
-		PagesHeld       uint64 `json:"pages_held"`
+		PagesReused     uint64 `json:"pages_reused"`
 		PagesLeft       uint64 `json:"pages_left"`
 		Bytes           int64  `json:"bytes"`
 	} `json:"iterations"`

@@ -50,7 +50,7 @@ func TestMigrateResume(t *testing.T) {
 	t.Logf("ferry migrate (exit %d): %s", code, lastLine(out))
 	line, _ := dstA.p.waitFor(reKeeping, dstFrom, 30*time.Second)
 	m := reKeeping.FindStringSubmatch(line)
-	held, _ := strconv.Atoi(m[1])
+	kept, _ := strconv.Atoi(m[1])
 	total, _ := strconv.Atoi(m[2])
 	dstA.p.waitFor(reDstFailed, dstFrom, 30*time.Second)
 	noGuestSince(t, dstA, dstFrom)
@@ -61,9 +61,9 @@ func TestMigrateResume(t *testing.T) {
 	// Most of iteration 0's bytes are its non-zero pages; the zero pages
 	// (tiny ZERO entries) may come later or, when the pass stops early
 	// because its rest fits the downtime budget, in the stop-and-copy.
-	if nonZero := fresh.Iterations[0].PagesSent; uint64(held) < nonZero/2 {
+	if nonZero := fresh.Iterations[0].PagesSent; uint64(kept) < nonZero/2 {
 		t.Fatalf("the receiver kept %d of %d pages, fewer than half the %d non-zero pages of a fresh iteration 0: the cut came too early for this test",
-			held, total, nonZero)
+			kept, total, nonZero)
 	}
 	t.Logf("destination: %s", line)
 
@@ -71,8 +71,8 @@ func TestMigrateResume(t *testing.T) {
 	resumed := migratePlain(t, src, dstA, addrA, "--resume")
 	dstA.p.waitFor(regexp.MustCompile(`resumed: \d+ pages were kept from the failed attempt`), dstFrom, 10*time.Second)
 	it0 := resumed.Iterations[0]
-	if it0.PagesHeld == 0 || it0.PagesHeld > uint64(held) {
-		t.Fatalf("resumed iteration 0 skipped %d held pages (the destination kept %d)", it0.PagesHeld, held)
+	if it0.PagesReused == 0 || it0.PagesReused > uint64(kept) {
+		t.Fatalf("resumed iteration 0 skipped %d pages (reused; the destination kept %d)", it0.PagesReused, kept)
 	}
 	if resumed.BytesTotal*2 > fresh.BytesTotal {
 		t.Fatalf("the resumed migration sent %d bytes, a fresh one %d: not far fewer", resumed.BytesTotal, fresh.BytesTotal)
@@ -81,10 +81,10 @@ func TestMigrateResume(t *testing.T) {
 
 	mb := func(b int64) string { return fmt.Sprintf("%.2f MiB", float64(b)/(1<<20)) }
 	t.Logf("RESUME RESULT (%s, 128 MiB guest, %d pages): fresh migration sent %s (%d iterations, iteration 0 %s); "+
-		"cut attempt sent ~%s before the cut, destination kept %d pages; resumed migration sent %s (%.1f%% of fresh; iteration 0: %d pages held, %d sent, %d zero), received %s from the destination (HELD records and answers)",
+		"cut attempt sent ~%s before the cut, destination kept %d pages; resumed migration sent %s (%.1f%% of fresh; iteration 0: %d pages reused, %d sent, %d zero), received %s from the destination (KEPT records and answers)",
 		cmdline, total, mb(fresh.BytesTotal), len(fresh.Iterations), mb(fresh.Iterations[0].Bytes),
-		mb(cutAt), held, mb(resumed.BytesTotal), 100*float64(resumed.BytesTotal)/float64(fresh.BytesTotal),
-		it0.PagesHeld, it0.PagesSent, it0.PagesZero, mb(resumed.BytesReceived))
+		mb(cutAt), kept, mb(resumed.BytesTotal), 100*float64(resumed.BytesTotal)/float64(fresh.BytesTotal),
+		it0.PagesReused, it0.PagesSent, it0.PagesZero, mb(resumed.BytesReceived))
 }
 
 // resumeOverTLS: the same over mutual TLS (the proxy cuts at a byte
@@ -119,7 +119,7 @@ func resumeOverTLS(t *testing.T, h *hosts, src *guest, cutAt int64) {
 	dst.p.waitFor(reDstFailed, from, 30*time.Second)
 	noGuestSince(t, dst, from)
 	st := migrateTo(t, h, src, dst, addr, "--resume")
-	if st.Iterations[0].PagesHeld == 0 {
-		t.Fatal("the TLS resume skipped no held page")
+	if st.Iterations[0].PagesReused == 0 {
+		t.Fatal("the TLS resume reused no kept page")
 	}
 }

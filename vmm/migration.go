@@ -142,9 +142,9 @@ func newVMID() migrate.VMID {
 	return id
 }
 
-// MigrationTarget builds a Machine for an incoming migration (or a
+// MigrationDestination builds a Machine for an incoming migration (or a
 // snapshot): it implements migrate.Destination and migrate.Resumable.
-type MigrationTarget struct {
+type MigrationDestination struct {
 	// NewID gives the machine an id of its own instead of the source's
 	// (for a restored snapshot: it may be restored more than once).
 	NewID   bool
@@ -165,19 +165,19 @@ type MigrationTarget struct {
 }
 
 // StartsPaused reports whether the restored guest will start paused.
-func (t *MigrationTarget) StartsPaused() bool { return t.paused }
+func (t *MigrationDestination) StartsPaused() bool { return t.paused }
 
-// NewMigrationTarget prepares to receive a guest. The machine is created
+// NewMigrationDestination prepares to receive a guest. The machine is created
 // only when the source announces it.
-func NewMigrationTarget(cfg Config) *MigrationTarget {
-	return &MigrationTarget{cfg: cfg, started: make(chan *Machine, 1)}
+func NewMigrationDestination(cfg Config) *MigrationDestination {
+	return &MigrationDestination{cfg: cfg, started: make(chan *Machine, 1)}
 }
 
 // Started delivers the machine after the guest runs on this host.
-func (t *MigrationTarget) Started() <-chan *Machine { return t.started }
+func (t *MigrationDestination) Started() <-chan *Machine { return t.started }
 
 // Prepare implements migrate.Destination.
-func (t *MigrationTarget) Prepare(info migrate.VMInfo) error {
+func (t *MigrationDestination) Prepare(info migrate.VMInfo) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m != nil {
@@ -205,7 +205,7 @@ func (t *MigrationTarget) Prepare(info migrate.VMInfo) error {
 }
 
 // Machine is the machine being built, nil before Prepare or after Discard.
-func (t *MigrationTarget) Machine() *Machine {
+func (t *MigrationDestination) Machine() *Machine {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.m
@@ -249,10 +249,10 @@ func missingNames(want, have []string) []string {
 }
 
 // Memory implements migrate.Destination.
-func (t *MigrationTarget) Memory(i int) []byte { return t.m.mem.Regions[i].Mem }
+func (t *MigrationDestination) Memory(i int) []byte { return t.m.mem.Regions[i].Mem }
 
 // Restore implements migrate.Destination.
-func (t *MigrationTarget) Restore(state []byte) error {
+func (t *MigrationDestination) Restore(state []byte) error {
 	s, err := DecodeState(state)
 	if err != nil {
 		return err
@@ -270,7 +270,7 @@ func (t *MigrationTarget) Restore(state []byte) error {
 // Start implements migrate.Destination: the guest runs, or, saved paused
 // by its user, waits paused for a resume (its vCPUs never enter the guest
 // before). Its network devices announce it either way.
-func (t *MigrationTarget) Start() error {
+func (t *MigrationDestination) Start() error {
 	if t.LogMemoryHash != nil {
 		t.LogMemoryHash(t.m.mem.Hash())
 	}
@@ -289,7 +289,7 @@ func (t *MigrationTarget) Start() error {
 // announceNets has each virtio-net device announce the guest's MAC on its
 // tap here (devices.Net.Announce: RARP frames, sent in the background), so
 // the network learns where the guest moved. The migration destination and
-// a restored snapshot both start through MigrationTarget.Start.
+// a restored snapshot both start through MigrationDestination.Start.
 func (m *Machine) announceNets() {
 	for _, n := range m.nets {
 		n.Announce()
@@ -298,10 +298,10 @@ func (m *Machine) announceNets() {
 
 // Suspend implements migrate.Resumable: the machine (never started) and
 // its memory stay as they are until Reclaim or Discard.
-func (t *MigrationTarget) Suspend() {}
+func (t *MigrationDestination) Suspend() {}
 
 // Reclaim implements migrate.Resumable.
-func (t *MigrationTarget) Reclaim() error {
+func (t *MigrationDestination) Reclaim() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
@@ -311,7 +311,7 @@ func (t *MigrationTarget) Reclaim() error {
 }
 
 // Discard implements migrate.Destination.
-func (t *MigrationTarget) Discard() {
+func (t *MigrationDestination) Discard() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m != nil {

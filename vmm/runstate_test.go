@@ -87,7 +87,7 @@ func savedCounter(t *testing.T, userPaused bool) (*Machine, []byte, uint32) {
 
 // restoreInto builds the machine of a migration target from src's memory
 // and the state blob, as the receiver does, and starts it.
-func restoreInto(t *testing.T, target *MigrationTarget, src *Machine, blob []byte) (*Machine, error) {
+func restoreInto(t *testing.T, target *MigrationDestination, src *Machine, blob []byte) (*Machine, error) {
 	t.Helper()
 	requireKVM(t)
 	if err := target.Prepare(src.info()); err != nil {
@@ -122,7 +122,7 @@ func restoreInto(t *testing.T, target *MigrationTarget, src *Machine, blob []byt
 func TestMigrationTargetRunState(t *testing.T) {
 	src, blob, saved := savedCounter(t, true)
 
-	tgt := NewMigrationTarget(Config{})
+	tgt := NewMigrationDestination(Config{})
 	if m, err := restoreInto(t, tgt, src, blob); err != nil {
 		t.Fatal(err)
 	} else {
@@ -141,14 +141,14 @@ func TestMigrationTargetRunState(t *testing.T) {
 		}
 	}
 
-	refuse := NewMigrationTarget(Config{})
+	refuse := NewMigrationDestination(Config{})
 	refuse.RefusePaused = "this ferry receive has no --api-socket"
 	if _, err := restoreInto(t, refuse, src, blob); err == nil || !strings.Contains(err.Error(), "paused") ||
 		!strings.Contains(err.Error(), "no --api-socket") {
 		t.Errorf("RefusePaused: Restore error %v, want one saying the guest is paused and why it is refused", err)
 	}
 
-	run := NewMigrationTarget(Config{})
+	run := NewMigrationDestination(Config{})
 	run.Run = true
 	m, err := restoreInto(t, run, src, blob)
 	if err != nil || run.StartsPaused() || m.Paused() {
@@ -157,7 +157,7 @@ func TestMigrationTargetRunState(t *testing.T) {
 	waitCounter(t, m, saved, "started with Run")
 
 	src2, blob2, saved2 := savedCounter(t, false)
-	running := NewMigrationTarget(Config{})
+	running := NewMigrationDestination(Config{})
 	running.RefusePaused = "no control socket" // does not concern a running guest
 	m, err = restoreInto(t, running, src2, blob2)
 	if err != nil || running.StartsPaused() {

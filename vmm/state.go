@@ -18,7 +18,7 @@ type State struct {
 	Clock   kvm.ClockData
 	Devices []DeviceState // in registration order
 	// Paused: the guest's user had paused it when it was saved, and it
-	// restarts paused (MigrationTarget.Start), until a resume. A running
+	// restarts paused (MigrationDestination.Start), until a resume. A running
 	// guest paused only to be saved (a migration's stop-and-copy, a
 	// snapshot) is not Paused.
 	Paused bool

@@ -18,7 +18,7 @@ import (
 // control socket) moves it.
 
 var (
-	reFerryIter     = regexp.MustCompile(`^(?:iter ([0-9]+)|stop-and-copy \(iter ([0-9]+)\)): dirty ([0-9]+), false-dirty skipped ([0-9]+)(?:, held by the destination [0-9]+)?(?:, left to stop-and-copy ([0-9]+))?, zero ([0-9]+), sent ([0-9]+), ([0-9.]+) MiB in ([0-9.]+) s`)
+	reFerryIter     = regexp.MustCompile(`^(?:iter ([0-9]+)|stop-and-copy \(iter ([0-9]+)\)): dirty ([0-9]+), false-dirty skipped ([0-9]+)(?:, (?:held by|reused from) the destination [0-9]+)?(?:, left to stop-and-copy ([0-9]+))?, zero ([0-9]+), sent ([0-9]+), ([0-9.]+) MiB in ([0-9.]+) s`)
 	reFerryWaiting  = regexp.MustCompile(`waiting for a migration on`)
 	reFerryReceived = regexp.MustCompile(`guest received from .* and running`)
 )

@@ -123,12 +123,12 @@ func receiveAction(c *cli.Context) error {
 	hash := memoryHashLogger(c, "destination before start")
 	refusePaused := refusePausedWithout(c.String("api-socket"),
 		"this ferry receive has no --api-socket (start it with --api-socket PATH)")
-	srv := incoming.NewServer(ln, incoming.Config[*vmm.MigrationTarget]{
+	srv := incoming.NewServer(ln, incoming.Config[*vmm.MigrationDestination]{
 		TLS: tlsCfg,
 		Receive: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout"),
 			Keep: keep},
-		NewTarget: func() *vmm.MigrationTarget {
-			t := vmm.NewMigrationTarget(cfg)
+		NewTarget: func() *vmm.MigrationDestination {
+			t := vmm.NewMigrationDestination(cfg)
 			t.LogMemoryHash = hash
 			t.RefusePaused = refusePaused
 			return t

@@ -74,7 +74,7 @@ func restoreAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	target := vmm.NewMigrationTarget(vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets})
+	target := vmm.NewMigrationDestination(vmm.Config{Console: os.Stdout, KVMPath: c.String("kvm"), Disks: disks, Nets: nets})
 	target.NewID = true
 	target.Run = c.Bool("run")
 	target.RefusePaused = refusePausedWithout(c.String("api-socket"),

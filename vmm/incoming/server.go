@@ -23,7 +23,7 @@ import (
 )
 
 // Target is the destination one connection fills: a migrate.Resumable
-// (vmm.MigrationTarget in ferry, a fake in tests). The server starts it
+// (vmm.MigrationDestination in ferry, a fake in tests). The server starts it
 // through Start; it is returned by Serve once its guest runs.
 type Target interface {
 	migrate.Resumable
@@ -176,8 +176,8 @@ func (s *Server[T]) handle(ctx context.Context, raw net.Conn) (t T, ok bool) {
 		s.cfg.Logf("WARNING: %v", err)
 	}
 	kept := ""
-	if stats.PagesHeld > 0 {
-		kept = fmt.Sprintf(" (resumed: %d pages were kept from the failed attempt)", stats.PagesHeld)
+	if stats.PagesKept > 0 {
+		kept = fmt.Sprintf(" (resumed: %d pages were kept from the failed attempt)", stats.PagesKept)
 	}
 	s.cfg.Logf("received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s%s",
 		stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds, kept)

@@ -24,7 +24,7 @@ type slot[T Target] struct {
 	s    *Server[T]
 	t    T
 	peer net.Addr
-	held bool // this target holds the server's slot
+	owns bool // this target holds the server's slot
 }
 
 func (sl *slot[T]) take() error {
@@ -33,16 +33,16 @@ func (sl *slot[T]) take() error {
 	if sl.s.busy {
 		return errBusy
 	}
-	sl.s.busy, sl.held = true, true
+	sl.s.busy, sl.owns = true, true
 	return nil
 }
 
 func (sl *slot[T]) release() {
-	if !sl.held {
+	if !sl.owns {
 		return
 	}
 	sl.s.mu.Lock()
-	sl.s.busy, sl.held = false, false
+	sl.s.busy, sl.owns = false, false
 	sl.s.mu.Unlock()
 }
 
