@@ -44,7 +44,7 @@ func relayProxy(a, b net.Conn, decide func(toDst bool, t RecordType) proxyAction
 			case swallow:
 				continue
 			}
-			if writeRecord(to, rec.Type, rec.Payload) != nil {
+			if _, err := to.Write(appendRecordFlags(nil, rec.Type, rec.Flags, rec.Payload)); err != nil {
 				cut()
 				return
 			}

@@ -47,22 +47,24 @@ func bandwidth(its []IterationStats, capBps int64) float64 {
 	return bw
 }
 
-// sendFraction predicts which share of the dirty pages will really be sent
-// (as a fraction of their full size): the share the last iteration sent,
-// when the digest filter is on and that iteration saw enough dirty pages to
-// tell. Otherwise 1: every dirty page counts in full. Without this, pages
-// the filter will skip would still count against the downtime budget.
+// sendFraction predicts what a dirty page will cost on the wire, as a
+// fraction of a whole page: what the last iteration wrote per page it
+// visited (so zero pages, false-dirty pages, DELTA entries and compression
+// all count for what they cost), when the digest filter is on and that
+// iteration saw enough dirty pages to tell. Otherwise 1: every dirty page
+// counts in full. Without this, pages the filter will skip would still
+// count against the downtime budget.
 func sendFraction(its []IterationStats, digest bool) float64 {
 	const minSample = 64
 	if len(its) == 0 {
 		return 1
 	}
 	last := its[len(its)-1]
-	if !digest || last.Iteration == 0 || last.PagesDirty < minSample {
+	visited := last.PagesDirty - min(last.PagesDirty, last.PagesLeft)
+	if !digest || last.Iteration == 0 || visited < minSample {
 		return 1
 	}
-	sent := float64(last.PagesSent) + float64(last.PagesZero)*zeroEntrySize/fullEntrySize
-	return sent / float64(last.PagesDirty)
+	return min(1, float64(last.Bytes)/float64(visited*PageSize))
 }
 
 // decide chooses, after a fetch that found dirty pages, between another

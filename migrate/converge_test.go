@@ -211,8 +211,8 @@ func TestBandwidth(t *testing.T) {
 }
 
 func TestSendFraction(t *testing.T) {
-	it := func(iter int, dirty, sent, zero uint64) []IterationStats {
-		return []IterationStats{{Iteration: iter, PagesDirty: dirty, PagesSent: sent, PagesZero: zero}}
+	it := func(iter int, dirty, left uint64, bytes int64) []IterationStats {
+		return []IterationStats{{Iteration: iter, PagesDirty: dirty, PagesLeft: left, Bytes: bytes}}
 	}
 	cases := []struct {
 		name   string
@@ -221,11 +221,12 @@ func TestSendFraction(t *testing.T) {
 		want   float64
 	}{
 		{"no iteration yet", nil, true, 1},
-		{"after iteration 0 every page counts", it(0, 1000, 100, 0), true, 1},
-		{"without the digest filter every page counts", it(1, 1000, 100, 0), false, 1},
-		{"too few dirty pages to tell", it(1, 63, 1, 0), true, 1},
-		{"the share sent", it(1, 1000, 250, 0), true, 0.25},
-		{"zero entries weigh their size", it(1, 1000, 0, 1000), true, float64(zeroEntrySize) / fullEntrySize},
+		{"after iteration 0 every page counts", it(0, 1000, 0, 100*PageSize), true, 1},
+		{"without the digest filter every page counts", it(1, 1000, 0, 100*PageSize), false, 1},
+		{"too few dirty pages to tell", it(1, 63, 0, PageSize), true, 1},
+		{"what was written per dirty page", it(1, 1000, 0, 250*PageSize), true, 0.25},
+		{"pages left by a cut pass do not count", it(1, 1000, 500, 250*PageSize), true, 0.5},
+		{"never more than a page", it(1, 1000, 0, 2000*PageSize), true, 1},
 	}
 	for _, c := range cases {
 		if got := sendFraction(c.its, c.digest); got != c.want {

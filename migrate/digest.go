@@ -59,8 +59,13 @@ func NewDigestTable(pages uint64) *DigestTable {
 // Pages returns the number of pages the table covers.
 func (t *DigestTable) Pages() uint64 { return t.pages }
 
-// SizeBytes returns the memory the table occupies.
-func (t *DigestTable) SizeBytes() int { return len(t.b) }
+// SizeBytes returns the memory the table occupies (0 for no table).
+func (t *DigestTable) SizeBytes() int {
+	if t == nil {
+		return 0
+	}
+	return len(t.b)
+}
 
 func (t *DigestTable) entry(page uint64) []byte {
 	return t.b[page*digestEntrySize : page*digestEntrySize+digestEntrySize]

@@ -248,15 +248,19 @@ func (c *tapConn) Read(p []byte) (int, error) {
 
 // wireLog is the sender's stream, decoded.
 type wireLog struct {
-	types []RecordType
-	full  map[uint64]int // FULL entries per global page
-	zero  map[uint64]int // ZERO entries per global page
+	types      []RecordType
+	full       map[uint64]int // pages sent whole
+	zero       map[uint64]int // pages sent as zero
+	delta      map[uint64]int // pages sent as DELTA entries
+	compressed int            // compressed PAGES records
 }
 
 func decodeWire(t *testing.T, b []byte) *wireLog {
 	t.Helper()
-	w := &wireLog{full: map[uint64]int{}, zero: map[uint64]int{}}
+	w := &wireLog{full: map[uint64]int{}, zero: map[uint64]int{}, delta: map[uint64]int{}}
 	rr := newRecordReader(bytes.NewReader(b))
+	unzip := newDecompressor()
+	defer unzip.close()
 	for {
 		rec, err := rr.next()
 		if err != nil {
@@ -266,13 +270,25 @@ func decodeWire(t *testing.T, b []byte) *wireLog {
 		if rec.Type != RecPages {
 			continue
 		}
-		it := pagesIter{p: rec.Payload}
-		var e pageEntry
-		for it.next(&e) {
-			if e.Kind == pageFull {
-				w.full[e.Page]++
-			} else {
-				w.zero[e.Page]++
+		p := rec.Payload
+		if rec.Flags&FlagCompressed != 0 {
+			w.compressed++
+			if p, err = unzip.decode(p, maxPagesPayload); err != nil {
+				t.Fatalf("wire: %v", err)
+			}
+		}
+		it := newRunIter(p, 1<<62)
+		var r pageRun
+		for it.next(&r) {
+			for g := r.First; g < r.First+r.Count; g++ {
+				switch r.Kind {
+				case pageFull:
+					w.full[g]++
+				case pageZero:
+					w.zero[g]++
+				case pageDelta:
+					w.delta[g]++
+				}
 			}
 		}
 		if it.err != nil {

@@ -108,18 +108,7 @@ func decodePayload(t *testing.T, rec record) {
 			t.Fatal("ITERATION-START does not re-encode to its input")
 		}
 	case RecPages:
-		it := pagesIter{p: p}
-		var e pageEntry
-		n := 0
-		for it.next(&e) {
-			n++
-			if e.Kind == pageFull && (len(e.Data) != PageSize || len(e.Digest) != digestSize) {
-				t.Fatalf("FULL entry with %d data bytes", len(e.Data))
-			}
-		}
-		if n > MaxPagesPerBatch {
-			t.Fatalf("%d entries in one PAGES record", n)
-		}
+		checkPages(t, p, 1<<20)
 	case RecEnd:
 		if !bytes.Equal(encodeEnd(decodeEnd(p)), p) {
 			t.Fatal("END does not re-encode")

@@ -68,6 +68,14 @@ type Options struct {
 	// NoDigest disables the digest filter (plain pre-copy: every dirty page
 	// is sent). Pages still carry their digest on the wire.
 	NoDigest bool
+	// NoDelta sends every changed page whole (for comparison): without it,
+	// a page the destination holds of which only some 512-byte blocks
+	// changed goes out as a DELTA entry with those blocks (blocks.go).
+	NoDelta bool
+	// Compress chooses when PAGES records are compressed (compress.go):
+	// CompressAuto (the default) while it pays at the measured link rate,
+	// CompressOff, or CompressZstd always.
+	Compress CompressMode
 	// NoClearBeforeSend, in manual dirty-log mode, clears the whole bitmap
 	// right after fetching it (classic pre-copy) instead of clearing each
 	// chunk just before reading it.
@@ -91,8 +99,8 @@ type Options struct {
 	// records that in the VM state).
 	SourcePaused bool
 
-	// BatchPages is the number of page entries per PAGES record (default
-	// 64, at most MaxPagesPerBatch).
+	// BatchPages is the number of pages per PAGES record, of every kind
+	// (default 64, at most MaxPagesPerBatch).
 	BatchPages int
 	// ChunkPages is the dirty-log clear granularity (default 512, a
 	// multiple of 64).
@@ -141,6 +149,8 @@ func (o Options) Validate() error {
 		return optErr("OnTimeout", "%v: want abort or force", o.OnTimeout)
 	case o.MaxBandwidth < 0:
 		return optErr("MaxBandwidth", "%d: must not be negative", o.MaxBandwidth)
+	case o.Compress < CompressAuto || o.Compress > CompressZstd:
+		return optErr("Compress", "%v: want auto, off or zstd", o.Compress)
 	case o.Resume && o.NoDigest:
 		return optErr("Resume", "needs the digest table: a resumed migration cannot turn the digest filter off")
 	}

@@ -6,6 +6,12 @@ import (
 	"time"
 )
 
+// compressMark is the compressor's count when an iteration began.
+type compressMark struct {
+	records int
+	saved   int64
+}
+
 // The pre-copy passes: iterations, the dirty log, chunks, and the
 // per-page filter. The decisions (when to stop) are in converge.go.
 
@@ -18,6 +24,9 @@ func (s *sender) beginIteration(final bool) error {
 	s.pass.at = time.Now()
 	s.pass.out = s.w.queued + int64(len(s.w.buf))
 	s.pass.written = s.w.written.Load()
+	if c := s.w.comp; c != nil {
+		s.pass.comp = compressMark{c.records, c.rawIn - c.compOut}
+	}
 	if err := s.w.record(RecIterationStart, encodeIterationStart(s.pass.iter, final)); err != nil {
 		return s.ioError("send ITERATION-START", err)
 	}
@@ -33,6 +42,10 @@ func (s *sender) endIteration() error {
 	}
 	s.pass.cur.Bytes = s.w.queued - s.pass.out
 	s.pass.cur.Seconds = time.Since(s.pass.at).Seconds()
+	if c := s.w.comp; c != nil {
+		s.pass.cur.CompressedRecords = c.records - s.pass.comp.records
+		s.pass.cur.CompressSaved = c.rawIn - c.compOut - s.pass.comp.saved
+	}
 	s.stats.Iterations = append(s.stats.Iterations, s.pass.cur)
 	return nil
 }
@@ -239,11 +252,13 @@ func allZero(ws []uint64) bool {
 	return true
 }
 
-// sendPage is the filter every page goes through: zero pages become ZERO
-// entries, pages whose digest matches what was last sent are skipped, the
-// rest are sent in full and their digest recorded.
+// sendPage is the filter every page goes through: zero pages join ZERO
+// runs; pages whose digest matches what was last sent are skipped; a page
+// that changed goes out as a DELTA entry with only its changed blocks when
+// the destination holds it and that is smaller (blocks.go), else whole.
+// The digest and block tables then describe what the destination holds.
 func (s *sender) sendPage(g uint64, page []byte) error {
-	if open, _ := s.w.pagesOpen(); !open {
+	if !s.w.pagesOpen() {
 		if err := s.w.beginPages(); err != nil {
 			return s.ioError("send pages", err)
 		}
@@ -257,6 +272,9 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 			}
 			s.table.Update(g, ZeroDigest, s.pass.iter)
 		}
+		if s.blocks != nil {
+			s.blocks.Set(g, &zeroBlocks)
+		}
 		s.w.addZero(g)
 		s.pass.cur.PagesZero++
 	} else {
@@ -269,11 +287,15 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 			}
 			s.table.Update(g, d, s.pass.iter)
 		}
-		s.w.keepStaged()
-		s.pass.cur.PagesSent++
+		if s.sendChanged(g) {
+			s.pass.cur.PagesDelta++
+		} else {
+			s.w.keepStaged()
+			s.pass.cur.PagesSent++
+		}
 	}
 	s.pass.entries++
-	if _, n := s.w.pagesOpen(); n >= s.opts.BatchPages || force {
+	if s.w.pagesFull(s.opts.BatchPages) || force {
 		s.w.endPages()
 	}
 	if force {
@@ -282,6 +304,24 @@ func (s *sender) sendPage(g uint64, page []byte) error {
 		}
 	}
 	return nil
+}
+
+// sendChanged turns the staged page g into a DELTA entry when the
+// destination holds it and only some of its blocks changed, and records
+// its block hashes; it reports whether it did.
+func (s *sender) sendChanged(g uint64) bool {
+	if s.blocks == nil {
+		return false
+	}
+	h := hashBlocks(s.w.stagedData())
+	mask, known := s.blocks.Changed(g, &h)
+	s.blocks.Set(g, &h)
+	if !known || !deltaWorthIt(mask) {
+		return false
+	}
+	s.w.deltaStaged(mask)
+	s.pass.cur.DeltaBytes += int64(bits.OnesCount8(mask) * BlockSize)
+	return true
 }
 
 // The destination drops a source that sends nothing for its idle timeout

@@ -13,8 +13,10 @@ const (
 	// ProtocolVersion is the only version this package speaks. Version 2
 	// ended with the commit handshake (END, READY, COMMIT, DONE-ACK);
 	// version 3 adds the VM id and the RESUME flag to HELLO, the flags of
-	// HELLO-ACK, and the KEPT record (resuming a cut migration).
-	ProtocolVersion = 3
+	// HELLO-ACK, and the KEPT record (resuming a cut migration); version 4
+	// has PAGES of runs and DELTA entries with one digest per record, and
+	// compressed PAGES records (pages.go, compress.go).
+	ProtocolVersion = 4
 
 	// Magic is the sync word that starts every record ("FRRY").
 	Magic uint32 = 0x46525259
@@ -22,7 +24,8 @@ const (
 	// HeaderSize is the size of the fixed record header.
 	HeaderSize = 16
 
-	// MaxPagesPerBatch caps the entries of one PAGES record.
+	// MaxPagesPerBatch caps the pages with data (FULL and DELTA) of one
+	// PAGES record.
 	MaxPagesPerBatch = 256
 	// MaxStateSize caps the VM state blob carried by the STATE record.
 	MaxStateSize = 16 << 20
@@ -35,24 +38,22 @@ const (
 	MaxDevices    = 256
 	MaxDeviceName = 128
 
-	// Page entry layout inside a PAGES payload.
-	entryHeaderSize = 9 // page index uint64 + kind uint8
-	digestSize      = 16
-	fullEntrySize   = entryHeaderSize + digestSize + PageSize
-	zeroEntrySize   = entryHeaderSize
-
-	// maxPagesPayload is the largest valid PAGES payload.
-	maxPagesPayload = MaxPagesPerBatch * fullEntrySize
+	// digestSize is the size of a Digest on the wire.
+	digestSize = 16
 
 	// MaxRecordSize is the largest record of any type, header included.
 	MaxRecordSize = HeaderSize + MaxStateSize
 )
 
-// Page entry kinds in a PAGES record.
+// Page entry kinds in a PAGES record (pages.go).
 const (
-	pageZero uint8 = 1 // no data: the page is all zero bytes
-	pageFull uint8 = 2 // 16-byte XXH3-128 digest + 4096 bytes of data
+	pageZero uint8 = 1 // a run of pages that are all zero bytes
+	pageFull uint8 = 2 // a run of pages sent whole
 )
+
+// FlagCompressed marks a PAGES record whose payload is compressed
+// (compress.go); no other record type and no other flag is defined.
+const FlagCompressed uint16 = 1
 
 // RecordType identifies a record. Zero is reserved as invalid.
 type RecordType uint16
@@ -116,7 +117,7 @@ func payloadLimits(t RecordType) (minLen, maxLen int, ok bool) {
 	case RecIterationStart:
 		return 8, 8, true
 	case RecPages:
-		return zeroEntrySize, maxPagesPayload, true
+		return 2, maxPagesPayload, true
 	case RecState:
 		return 0, MaxStateSize, true
 	case RecEnd:
@@ -170,7 +171,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 //
 //	0  magic  uint32
 //	4  type   uint16
-//	6  flags  uint16 (must be zero in version 1)
+//	6  flags  uint16 (FlagCompressed on PAGES; otherwise zero)
 //	8  length uint32 (whole record, header included)
 //	12 crc    uint32 (CRC32C of the payload)
 type header struct {
@@ -204,7 +205,11 @@ func parseHeader(b []byte) (header, error) {
 	if !ok {
 		return h, fmt.Errorf("%w: %d", ErrUnknownType, uint16(h.Type))
 	}
-	if h.Flags != 0 {
+	allowed := uint16(0)
+	if h.Type == RecPages {
+		allowed = FlagCompressed
+	}
+	if h.Flags&^allowed != 0 {
 		return h, fmt.Errorf("%w: %#04x on %v", ErrBadFlags, h.Flags, h.Type)
 	}
 	if h.Length < HeaderSize {
@@ -218,9 +223,15 @@ func parseHeader(b []byte) (header, error) {
 
 // appendRecord appends a complete record (header + payload) to dst.
 func appendRecord(dst []byte, t RecordType, payload []byte) []byte {
+	return appendRecordFlags(dst, t, 0, payload)
+}
+
+// appendRecordFlags is appendRecord with header flags.
+func appendRecordFlags(dst []byte, t RecordType, flags uint16, payload []byte) []byte {
 	var h [HeaderSize]byte
 	putHeader(h[:], header{
 		Type:   t,
+		Flags:  flags,
 		Length: uint32(HeaderSize + len(payload)),
 		CRC:    crc32.Checksum(payload, castagnoli),
 	})
@@ -238,6 +249,7 @@ func writeRecord(w io.Writer, t RecordType, payload []byte) error {
 // valid only until the next call to next.
 type record struct {
 	Type    RecordType
+	Flags   uint16
 	Payload []byte
 }
 
@@ -292,7 +304,7 @@ func readRecord(r io.Reader, hdr *[HeaderSize]byte, buf []byte) (record, []byte,
 	if c := crc32.Checksum(p, castagnoli); c != h.CRC {
 		return record{}, buf, fmt.Errorf("%w: %v crc %#08x, header says %#08x", ErrChecksum, h.Type, c, h.CRC)
 	}
-	return record{Type: h.Type, Payload: p}, buf, nil
+	return record{Type: h.Type, Flags: h.Flags, Payload: p}, buf, nil
 }
 
 // readAhead reads and verifies records in a goroutine, up to depth records

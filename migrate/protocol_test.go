@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/zeebo/xxh3"
 )
 
 func testInfo() VMInfo {
@@ -28,13 +30,13 @@ func TestRecordRoundTripOverPipe(t *testing.T) {
 		t.Fatal(err)
 	}
 	recs := []record{
-		{RecHello, hp},
-		{RecHelloAck, encodeHelloAck(false)},
-		{RecIterationStart, encodeIterationStart(7, true)},
-		{RecState, bytes.Repeat([]byte("state"), 100000)},
-		{RecEnd, encodeEnd(123456789)},
-		{RecDoneAck, nil},
-		{RecError, encodeError("restore failed: µ-code mismatch")},
+		{Type: RecHello, Payload: hp},
+		{Type: RecHelloAck, Payload: encodeHelloAck(false)},
+		{Type: RecIterationStart, Payload: encodeIterationStart(7, true)},
+		{Type: RecState, Payload: bytes.Repeat([]byte("state"), 100000)},
+		{Type: RecEnd, Payload: encodeEnd(123456789)},
+		{Type: RecDoneAck, Payload: nil},
+		{Type: RecError, Payload: encodeError("restore failed: µ-code mismatch")},
 	}
 	a, b := net.Pipe()
 	defer a.Close()
@@ -81,12 +83,19 @@ func TestPagesRecordRoundTrip(t *testing.T) {
 	}
 	pg := func(b byte) []byte { return bytes.Repeat([]byte{b}, PageSize) }
 	w.addZero(5)
-	d1 := w.stageFull(1<<40, pg(1))
+	w.addZero(6) // continues the ZERO run
+	d7 := w.stageFull(7, pg(7))
 	w.keepStaged()
-	w.stageFull(6, pg(2))
+	w.stageFull(8, pg(8))
 	w.dropStaged()
-	d3 := w.stageFull(7, pg(3))
+	d9 := w.stageFull(9, pg(9))
 	w.keepStaged()
+	d10 := w.stageFull(10, pg(10)) // continues the FULL run of page 9
+	w.keepStaged()
+	changed := pg(0)
+	copy(changed[2*BlockSize:], pg(0xcc)[:BlockSize])
+	dd := w.stageFull(1<<40, changed)
+	w.deltaStaged(1 << 2)
 	w.endPages()
 	w.beginPages() // empty records vanish
 	w.endPages()
@@ -95,26 +104,37 @@ func TestPagesRecordRoundTrip(t *testing.T) {
 	}
 	rr := newRecordReader(&out)
 	rec, err := rr.next()
-	if err != nil || rec.Type != RecPages {
-		t.Fatalf("%v %v", rec.Type, err)
+	if err != nil || rec.Type != RecPages || rec.Flags != 0 {
+		t.Fatalf("%v %#x %v", rec.Type, rec.Flags, err)
 	}
-	it := pagesIter{p: rec.Payload}
-	var got []pageEntry
-	var e pageEntry
-	for it.next(&e) {
-		got = append(got, pageEntry{e.Page, e.Kind, append([]byte(nil), e.Digest...), append([]byte(nil), e.Data...)})
+	it := newRunIter(rec.Payload, 1<<41)
+	var got []pageRun
+	var r pageRun
+	for it.next(&r) {
+		r.Data = append([]byte(nil), r.Data...)
+		got = append(got, r)
 	}
-	if it.err != nil || len(got) != 3 {
+	if it.err != nil || len(got) != 4 {
 		t.Fatalf("%d entries, %v", len(got), it.err)
 	}
-	if got[0].Page != 5 || got[0].Kind != pageZero || got[0].Data != nil {
-		t.Fatalf("entry 0: %+v", got[0])
+	want := []pageRun{
+		{Kind: pageZero, First: 5, Count: 2},
+		{Kind: pageFull, First: 7, Count: 1, Data: pg(7)},
+		{Kind: pageFull, First: 9, Count: 2, Data: append(pg(9), pg(10)...)},
+		{Kind: pageDelta, First: 1 << 40, Count: 1, Mask: 1 << 2, Data: pg(0xcc)[:BlockSize]},
 	}
-	if got[1].Page != 1<<40 || Digest(got[1].Digest) != d1 || !bytes.Equal(got[1].Data, pg(1)) {
-		t.Fatal("entry 1")
+	for i := range want {
+		if g := got[i]; g.Kind != want[i].Kind || g.First != want[i].First || g.Count != want[i].Count ||
+			g.Mask != want[i].Mask || !bytes.Equal(g.Data, want[i].Data) {
+			t.Fatalf("entry %d: %+v, want %+v", i, g, want[i])
+		}
 	}
-	if got[2].Page != 7 || Digest(got[2].Digest) != d3 || HashPage(got[2].Data) != d3 {
-		t.Fatal("entry 2")
+	sum := xxh3.New()
+	for _, d := range []Digest{d7, d9, d10, dd} {
+		sum.Write(d[:])
+	}
+	if Digest(sum.Sum128().Bytes()) != it.trailer {
+		t.Fatal("the pages digest is not the hash of the pages' digests in entry order")
 	}
 	if _, err := rr.next(); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after the last record: %v, want ErrClosed", err)
@@ -175,31 +195,55 @@ func TestRecordReaderRejects(t *testing.T) {
 }
 
 func TestPagesIterRejects(t *testing.T) {
-	entry := func(page uint64, kind uint8) []byte {
-		return append(binary.BigEndian.AppendUint64(nil, page), kind)
+	const total = 1000
+	trailer := make([]byte, pagesDigestSize)
+	entry := func(kind uint8, gap uint64, body ...byte) []byte {
+		return append(appendEntryHeader(nil, kind, gap), body...)
 	}
-	full := append(entry(1, pageFull), make([]byte, digestSize+PageSize)...)
-	var many []byte
-	for i := range MaxPagesPerBatch + 1 {
-		many = append(many, entry(uint64(i), pageZero)...)
+	count := func(n uint16) []byte { return binary.BigEndian.AppendUint16(nil, n) }
+	full := func(gap uint64, n uint16) []byte {
+		return append(entry(pageFull, gap, count(n)...), make([]byte, int(n)*PageSize)...)
+	}
+	cat := func(parts ...[]byte) []byte {
+		var b []byte
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return append(b, trailer...)
+	}
+	var manyZero, manyFull [][]byte
+	for range MaxPagesPerBatch + 1 {
+		manyZero = append(manyZero, entry(pageZero, 1, count(1)...))
+		manyFull = append(manyFull, full(0, 1))
 	}
 	cases := []struct {
 		name string
 		p    []byte
 		text string
 	}{
-		{"unknown kind", entry(3, 7), "unknown kind 7"},
-		{"truncated entry header", entry(3, pageZero)[:5], "truncated"},
-		{"truncated full page", full[:len(full)-1], "truncated"},
-		{"too many entries", many, "more than 256 entries"},
+		{"unknown kind", cat(entry(7, 3, count(1)...)), "kind 7"},
+		{"no entries", cat(), "without entries"},
+		{"no pages digest", entry(pageZero, 3, count(1)...), "truncated"},
+		{"truncated count", cat(entry(pageZero, 3, 0)), "truncated count"},
+		{"zero count", cat(entry(pageZero, 3, count(0)...)), "0 pages"},
+		{"truncated data", cat(full(0, 2))[:PageSize+20], "truncated"},
+		{"page outside the guest", cat(entry(pageZero, total, count(1)...)), "outside guest memory"},
+		{"run past the guest", cat(entry(pageZero, total-1, count(2)...)), "outside"},
+		{"huge gap", cat(entry(pageZero, 1<<63, count(1)...)), "outside"},
+		{"too many ZERO entries", cat(manyZero...), "ZERO entries"},
+		{"too many pages with data", cat(manyFull...), "this entry may have"},
+		{"FULL run over the batch", cat(full(0, MaxPagesPerBatch+1)), "this entry may have"},
+		{"DELTA without blocks", cat(entry(pageDelta, 3, 0)), "mask"},
+		{"DELTA with every block", cat(entry(pageDelta, 3, 0xff)), "mask"},
+		{"DELTA blocks truncated", cat(entry(pageDelta, 3, 0x03), make([]byte, BlockSize)), "truncated"},
 	}
 	for _, c := range cases {
-		it := pagesIter{p: c.p}
-		var e pageEntry
-		for it.next(&e) {
+		it := newRunIter(c.p, total)
+		var r pageRun
+		for it.next(&r) {
 		}
 		if !errors.Is(it.err, ErrMalformed) || !strings.Contains(it.err.Error(), c.text) {
-			t.Fatalf("%s: %v", c.name, it.err)
+			t.Errorf("%s: %v", c.name, it.err)
 		}
 	}
 }

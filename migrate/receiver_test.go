@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zeebo/xxh3"
 )
 
 // A small guest for scripted streams: 2 regions of 2 pages each.
@@ -33,23 +35,40 @@ func iterRec(k uint32, final bool) []byte {
 	return rec(RecIterationStart, encodeIterationStart(k, final))
 }
 
-func zeroEntry(page uint64) []byte {
-	return append(binary.BigEndian.AppendUint64(nil, page), pageZero)
+// pageEnt is one page of a hand-built PAGES record: pagesRec lays out
+// one entry per page (ZERO without data, else FULL) and the pages digest.
+type pageEnt struct {
+	page    uint64
+	data    []byte
+	corrupt bool // flip a data byte after the digest was taken
 }
 
-func fullEntry(page uint64, data []byte) []byte {
-	d := HashPage(data)
-	e := append(binary.BigEndian.AppendUint64(nil, page), pageFull)
-	e = append(e, d[:]...)
-	return append(e, data...)
-}
+func zeroEntry(page uint64) pageEnt { return pageEnt{page: page} }
 
-func pagesRec(entries ...[]byte) []byte {
+func fullEntry(page uint64, data []byte) pageEnt { return pageEnt{page: page, data: data} }
+
+func pagesRec(entries ...pageEnt) []byte {
 	var p []byte
+	sum := xxh3.New()
+	end := uint64(0)
 	for _, e := range entries {
-		p = append(p, e...)
+		if e.data == nil {
+			p = appendEntryHeader(p, pageZero, e.page-end)
+			p = binary.BigEndian.AppendUint16(p, 1)
+		} else {
+			p = appendEntryHeader(p, pageFull, e.page-end)
+			p = binary.BigEndian.AppendUint16(p, 1)
+			d := HashPage(e.data)
+			sum.Write(d[:])
+			p = append(p, e.data...)
+			if e.corrupt {
+				p[len(p)-1] ^= 1
+			}
+		}
+		end = e.page + 1
 	}
-	return rec(RecPages, p)
+	d := sum.Sum128().Bytes()
+	return rec(RecPages, append(p, d[:]...))
 }
 
 func endRec(n uint64) []byte { return rec(RecEnd, encodeEnd(n)) }
@@ -99,7 +118,7 @@ func scripted(t *testing.T, ropts ReceiveOptions, dst *fakeDest, stream ...[]byt
 				replies <- got
 				return
 			}
-			got = append(got, record{r.Type, append([]byte(nil), r.Payload...)})
+			got = append(got, record{r.Type, r.Flags, append([]byte(nil), r.Payload...)})
 			switch r.Type {
 			case RecHelloAck:
 				close(acked)
@@ -142,7 +161,7 @@ func TestReceiverHappyPath(t *testing.T) {
 func TestReceiverRejects(t *testing.T) {
 	hello, it0, final := helloRec(smallInfo()), iterRec(0, false), iterRec(1, true)
 	bad := fullEntry(3, content(4))
-	bad[20] ^= 1 // digest no longer matches the data
+	bad.corrupt = true // the data no longer matches the digest
 	big := smallInfo()
 	big.Regions[0].Size = 1 << 30
 	big.Regions[1].GPA = 2 << 30

@@ -30,6 +30,7 @@ type sender struct {
 	vm     guestLayout  // what is migrated
 	log    dirtyLog     // the dirty log and the pages still to send
 	table  *DigestTable // what the destination holds; nil with NoDigest
+	blocks *BlockTable  // the block hashes of it; nil with NoDigest or NoDelta
 	peer   peerLink     // what the destination sends (peer.go)
 	commit commitState  // where the migration stands in the commit protocol
 	pass   passState    // the iteration under way
@@ -74,8 +75,9 @@ type passState struct {
 	at      time.Time // when it began
 	out     int64     // w.queued + buffered when it began (its bytes)
 	written int64     // w.written when it began (its measured rate)
-	entries uint64    // page entries sent so far, all iterations, for END
+	entries uint64    // pages sent so far, all iterations, for END
 	keep    keepalive
+	comp    compressMark
 }
 
 // Send migrates src over conn to a Receive running on the other side.
@@ -111,6 +113,9 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 		limit = newTokenBucket(o.MaxBandwidth)
 	}
 	s.w = newRecordWriter(ctx, conn, o.BufferSize, limit)
+	if o.Compress != CompressOff {
+		s.w.comp, s.w.linkBps = newCompressor(o.Compress), s.linkRate
+	}
 	s.w.startAsync()
 	s.commit.unwatch = context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
 	stopWatchdog := watchdog(s.w, conn, o.IOTimeout, &s.commit.stalled)
@@ -200,6 +205,21 @@ func (s *sender) run() error {
 	}
 }
 
+// linkRate is the link's rate for the compressor's choice (compress.go):
+// measured in the pass under way or before it; while the bandwidth cap
+// holds, at most the cap, and the cap itself before anything was measured.
+func (s *sender) linkRate() float64 {
+	capBps := s.opts.MaxBandwidth
+	if s.commit.paused || s.opts.SourcePaused {
+		capBps = 0 // the cap is lifted for the stop-and-copy
+	}
+	bw := passBandwidth(s.w.written.Load()-s.pass.written, time.Since(s.pass.at), s.stats.Iterations, capBps)
+	if bw == 0 && capBps > 0 {
+		return float64(capBps)
+	}
+	return bw
+}
+
 // history is the snapshot of the migration the convergence rules decide on.
 func (s *sender) history() history {
 	return history{its: s.stats.Iterations, elapsed: time.Since(s.start), digest: s.table != nil}
@@ -232,7 +252,11 @@ func (s *sender) setup() error {
 	}
 	if !s.opts.NoDigest {
 		s.table = NewDigestTable(s.vm.total)
+		if !s.opts.NoDelta {
+			s.blocks = NewBlockTable(s.vm.total)
+		}
 	}
+	s.stats.TableBytes = int64(s.table.SizeBytes() + s.blocks.SizeBytes())
 	return nil
 }
 

@@ -319,7 +319,7 @@ func corruptProxy(t *testing.T, fromSender, toReceiver net2, mutate func(final b
 				_, final, _ = decodeIterationStart(rec.Payload)
 			}
 			mutate(final, &rec)
-			if writeRecord(toReceiver, rec.Type, rec.Payload) != nil {
+			if _, err := toReceiver.Write(appendRecordFlags(nil, rec.Type, rec.Flags, rec.Payload)); err != nil {
 				return
 			}
 		}
@@ -337,13 +337,13 @@ func TestDigestMismatchAbortsAndResumes(t *testing.T) {
 	}
 	dst := &fakeDest{}
 	corrupted := false
-	res := runProxied(t, src, dst, Options{Downtime: time.Hour}, func(final bool, rec *record) {
+	res := runProxied(t, src, dst, Options{Downtime: time.Hour, Compress: CompressOff}, func(final bool, rec *record) {
 		if final && rec.Type == RecPages && !corrupted {
-			it := pagesIter{p: rec.Payload}
-			var e pageEntry
-			for it.next(&e) {
-				if e.Kind == pageFull {
-					e.Data[100] ^= 0x01
+			it := newRunIter(rec.Payload, 1<<40)
+			var r pageRun
+			for it.next(&r) {
+				if r.Kind == pageFull {
+					r.Data[100] ^= 0x01
 					corrupted = true
 					return
 				}

@@ -79,7 +79,7 @@ func WriteSnapshot(ctx context.Context, w io.Writer, src SnapshotSource) (*Snaps
 			return st, fmt.Errorf("migrate: snapshot: region %d maps %d bytes, Info says %d", i, len(mem), r.Size)
 		}
 		for off := uint64(0); off < r.Size; off += PageSize {
-			if open, _ := rw.pagesOpen(); !open {
+			if !rw.pagesOpen() {
 				if err := rw.beginPages(); err != nil {
 					return st, err
 				}
@@ -95,7 +95,7 @@ func WriteSnapshot(ctx context.Context, w io.Writer, src SnapshotSource) (*Snaps
 				st.PagesFull++
 			}
 			g++
-			if _, n := rw.pagesOpen(); n == MaxPagesPerBatch {
+			if rw.pagesFull(MaxPagesPerBatch) {
 				rw.endPages()
 				if err := ctx.Err(); err != nil {
 					return st, err

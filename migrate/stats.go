@@ -8,7 +8,7 @@ import (
 // IterationStats describes one pre-copy iteration (or the final
 // stop-and-copy pass). For every iteration
 //
-//	PagesDirty = PagesFalseDirty + PagesReused + PagesZero + PagesSent + PagesLeft
+//	PagesDirty = PagesFalseDirty + PagesReused + PagesZero + PagesSent + PagesDelta + PagesLeft
 //
 // In iteration 0 every page counts as dirty.
 type IterationStats struct {
@@ -26,8 +26,16 @@ type IterationStats struct {
 	PagesReused uint64 `json:"pages_reused,omitempty"`
 	// PagesZero counts ZERO records (no data) sent.
 	PagesZero uint64 `json:"pages_zero"`
-	// PagesSent counts FULL pages (data + digest) sent.
+	// PagesSent counts pages sent whole (FULL).
 	PagesSent uint64 `json:"pages_sent"`
+	// PagesDelta counts pages sent as DELTA entries: only their changed
+	// 512-byte blocks, DeltaBytes in all (the destination held them).
+	PagesDelta uint64 `json:"pages_delta,omitempty"`
+	DeltaBytes int64  `json:"delta_bytes,omitempty"`
+	// CompressedRecords counts the PAGES records sent compressed;
+	// CompressSaved is the bytes compression saved on them.
+	CompressedRecords int   `json:"records_compressed,omitempty"`
+	CompressSaved     int64 `json:"bytes_saved_compression,omitempty"`
 	// PagesLeft counts dirty pages the iteration did not reach because the
 	// sender went to stop-and-copy in the middle of the pass (the downtime
 	// budget could take the rest); the stop-and-copy pass sends them.
@@ -64,6 +72,9 @@ type Stats struct {
 	// SourcePaused: the guest was paused by its user and was sent in one
 	// pass (Options.SourcePaused); it stays paused on the destination.
 	SourcePaused bool `json:"source_paused,omitempty"`
+	// TableBytes is the memory of the sender's per-page tables (digests
+	// and block hashes): about 1.66% of guest memory, 0.49% with NoDelta.
+	TableBytes int64 `json:"table_bytes"`
 	// Warnings are failures that did not fail the migration (the guest
 	// already runs on the destination) but need an operator's eye.
 	Warnings []string `json:"warnings,omitempty"`
@@ -84,9 +95,16 @@ func FormatIteration(it IterationStats) string {
 	if it.PagesLeft > 0 {
 		extra += fmt.Sprintf(", left to stop-and-copy %d", it.PagesLeft)
 	}
-	return fmt.Sprintf("%s: dirty %d, false-dirty skipped %d%s, zero %d, sent %d, %.1f MiB in %.3f s, dirty rate %.1f MiB/s",
+	tail := ""
+	if it.PagesDelta > 0 {
+		tail = fmt.Sprintf(", delta %d (%.1f KiB of blocks)", it.PagesDelta, float64(it.DeltaBytes)/1024)
+	}
+	if it.CompressedRecords > 0 {
+		tail += fmt.Sprintf(", %d records compressed (saved %.1f MiB)", it.CompressedRecords, float64(it.CompressSaved)/mib)
+	}
+	return fmt.Sprintf("%s: dirty %d, false-dirty skipped %d%s, zero %d, sent %d, %.1f MiB in %.3f s, dirty rate %.1f MiB/s%s",
 		name, it.PagesDirty, it.PagesFalseDirty, extra, it.PagesZero, it.PagesSent,
-		float64(it.Bytes)/mib, it.Seconds, it.DirtyRate/mib)
+		float64(it.Bytes)/mib, it.Seconds, it.DirtyRate/mib, tail)
 }
 
 // Summary renders the end-of-migration line.
@@ -111,6 +129,10 @@ type ReceiveStats struct {
 	Iterations int    `json:"iterations"`
 	PagesFull  uint64 `json:"pages_full"`
 	PagesZero  uint64 `json:"pages_zero"`
+	// PagesDelta counts pages received as DELTA entries (only the blocks
+	// that changed); RecordsCompressed counts compressed PAGES records.
+	PagesDelta        uint64 `json:"pages_delta,omitempty"`
+	RecordsCompressed uint64 `json:"records_compressed,omitempty"`
 	// PagesKept: the pages kept from a failed migration that this one
 	// resumed (0 for a new migration). Older stats called it pages_held;
 	// that name is still read.

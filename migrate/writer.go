@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/zeebo/xxh3"
 )
 
 // recordWriter is the sender's buffered output. It plays the part of a
@@ -27,9 +29,15 @@ type recordWriter struct {
 
 	buf     []byte // complete records, then the open PAGES record if any
 	open    int    // offset of the open PAGES record's header; -1 if none
-	crc     uint32 // running CRC32C of the open record's kept entries
-	entries int    // kept entries in the open record
-	staged  int    // offset of the staged FULL entry; -1 if none
+	pg      pagesState
+	staged  stagedPage
+	digests *xxh3.Hasher // the open record's pages digest (pages.go)
+	scratch []byte       // a DELTA entry's blocks, while they move
+	// comp compresses PAGES payloads when it pays, at the link rate
+	// linkBps gives (nil: never; both set by the owner before use).
+	comp     *compressor
+	linkBps  func() float64
+	rawPages int64 // bytes of the PAGES records before compression
 
 	queued  int64        // bytes handed to flush (owned by the filling goroutine)
 	written atomic.Int64 // bytes the connection accepted
@@ -45,6 +53,28 @@ type recordWriter struct {
 	err    error // first write error
 }
 
+// pagesState is where the open PAGES record stands (pages.go has its
+// layout).
+type pagesState struct {
+	end      uint64 // the page after the last entry's last page
+	run      int    // offset of the open ZERO or FULL entry's count; -1: none
+	runKind  uint8
+	pages    int // pages in its entries, all kinds
+	data     int // pages with data: FULL and DELTA
+	zeroRuns int // ZERO entries
+}
+
+// stagedPage is a page copied into the open record, not yet kept.
+type stagedPage struct {
+	active  bool
+	off     int // the record's length before it
+	data    int // offset of its data
+	page    uint64
+	digest  Digest
+	run     int // the open run before it
+	runKind uint8
+}
+
 type writeJob struct {
 	b      []byte
 	pooled bool // return b to free once written
@@ -54,7 +84,7 @@ func newRecordWriter(ctx context.Context, w io.Writer, size int, lim *tokenBucke
 	if size < HeaderSize+maxPagesPayload {
 		size = HeaderSize + maxPagesPayload
 	}
-	return &recordWriter{ctx: ctx, w: w, lim: lim, buf: make([]byte, 0, size), open: -1, staged: -1}
+	return &recordWriter{ctx: ctx, w: w, lim: lim, buf: make([]byte, 0, size), open: -1, digests: xxh3.New()}
 }
 
 // startAsync moves the writes to a goroutine; stop must be called later.
@@ -184,7 +214,7 @@ func (rw *recordWriter) stop(limit time.Duration) bool {
 
 // discard drops whatever is buffered and not yet handed over.
 func (rw *recordWriter) discard() {
-	rw.buf, rw.open, rw.staged, rw.entries = rw.buf[:0], -1, -1, 0
+	rw.buf, rw.open, rw.staged = rw.buf[:0], -1, stagedPage{}
 }
 
 // record appends a whole record; large payloads bypass the buffer.
@@ -226,72 +256,149 @@ func (rw *recordWriter) beginPages() error {
 	}
 	rw.open = len(rw.buf)
 	rw.buf = rw.buf[:rw.open+HeaderSize]
-	rw.crc, rw.entries = 0, 0
+	rw.pg = pagesState{run: -1}
+	rw.digests.Reset()
 	return nil
 }
 
-// pagesOpen reports whether a PAGES record is open, and how many entries it holds.
-func (rw *recordWriter) pagesOpen() (bool, int) { return rw.open >= 0, rw.entries }
+// pagesOpen reports whether a PAGES record is open.
+func (rw *recordWriter) pagesOpen() bool { return rw.open >= 0 }
 
-func (rw *recordWriter) putEntryHeader(off int, page uint64, kind uint8) {
-	binary.BigEndian.PutUint64(rw.buf[off:], page)
-	rw.buf[off+8] = kind
+// pagesFull reports whether the open record should end: it holds batch
+// pages (of every kind; at most MaxPagesPerBatch, the most pages with data
+// a record may hold), or as many ZERO entries as a record may have.
+func (rw *recordWriter) pagesFull(batch int) bool {
+	return rw.pg.pages >= batch || rw.pg.data >= MaxPagesPerBatch || rw.pg.zeroRuns >= MaxPagesPerBatch
 }
 
-// addZero appends a ZERO entry to the open record.
+// startRun appends the header of a new ZERO or FULL entry for page with a
+// count of 0 and makes it the open run.
+func (rw *recordWriter) startRun(kind uint8, page uint64) {
+	rw.buf = appendEntryHeader(rw.buf, kind, page-rw.pg.end)
+	rw.pg.run, rw.pg.runKind = len(rw.buf), kind
+	rw.buf = append(rw.buf, 0, 0)
+}
+
+// extendRun reports whether page continues the open run of kind, which
+// has room for it.
+func (rw *recordWriter) extendRun(kind uint8, page uint64) bool {
+	if rw.pg.run < 0 || rw.pg.runKind != kind || page != rw.pg.end {
+		return false
+	}
+	n := binary.BigEndian.Uint16(rw.buf[rw.pg.run:])
+	return n < maxZeroRun
+}
+
+// countPage adds one page to the open run.
+func (rw *recordWriter) countPage(page uint64) {
+	c := rw.buf[rw.pg.run:]
+	binary.BigEndian.PutUint16(c, binary.BigEndian.Uint16(c)+1)
+	rw.pg.end = page + 1
+	rw.pg.pages++
+}
+
+// addZero adds a zero page to the open record.
 func (rw *recordWriter) addZero(page uint64) {
-	off := len(rw.buf)
-	rw.buf = rw.buf[:off+zeroEntrySize]
-	rw.putEntryHeader(off, page, pageZero)
-	rw.crc = crc32.Update(rw.crc, castagnoli, rw.buf[off:])
-	rw.entries++
+	if !rw.extendRun(pageZero, page) {
+		rw.startRun(pageZero, page)
+		rw.pg.zeroRuns++
+	}
+	rw.countPage(page)
 }
 
-// stageFull appends a FULL entry for page to the open record: src is copied
-// into the record first and the copy is hashed, so the digest always
-// describes exactly the bytes that will be sent, even if the guest writes src
-// meanwhile. The entry must then be kept or dropped.
+// stageFull places src as page's data in the open record (continuing the
+// open FULL run, or in a new one): it is copied first and the copy is
+// hashed, so the digest always describes exactly the bytes that will be
+// sent, even if the guest writes src meanwhile. The page must then be
+// kept, turned into a DELTA, or dropped.
 func (rw *recordWriter) stageFull(page uint64, src []byte) Digest {
-	off := len(rw.buf)
-	rw.buf = rw.buf[:off+fullEntrySize]
-	rw.putEntryHeader(off, page, pageFull)
-	data := rw.buf[off+entryHeaderSize+digestSize : off+fullEntrySize]
-	copy(data, src)
-	d := HashPage(data)
-	copy(rw.buf[off+entryHeaderSize:], d[:])
-	rw.staged = off
-	return d
+	rw.staged = stagedPage{off: len(rw.buf), page: page, run: rw.pg.run, runKind: rw.pg.runKind}
+	if !rw.extendRun(pageFull, page) {
+		rw.startRun(pageFull, page)
+	}
+	rw.staged.data = len(rw.buf)
+	rw.buf = append(rw.buf, src[:PageSize]...)
+	rw.staged.digest = HashPage(rw.buf[rw.staged.data:])
+	rw.staged.active = true
+	return rw.staged.digest
 }
 
-// keepStaged commits the staged entry.
+// stagedData is the copy of the staged page.
+func (rw *recordWriter) stagedData() []byte {
+	return rw.buf[rw.staged.data : rw.staged.data+PageSize]
+}
+
+// keepStaged sends the staged page whole.
 func (rw *recordWriter) keepStaged() {
-	rw.crc = crc32.Update(rw.crc, castagnoli, rw.buf[rw.staged:])
-	rw.staged = -1
-	rw.entries++
+	rw.countPage(rw.staged.page)
+	rw.pg.data++
+	rw.digests.Write(rw.staged.digest[:])
+	rw.staged.active = false
 }
 
-// dropStaged removes the staged entry (its content was already sent).
+// dropStaged removes the staged page (its content was already sent).
 func (rw *recordWriter) dropStaged() {
-	rw.buf = rw.buf[:rw.staged]
-	rw.staged = -1
+	rw.buf = rw.buf[:rw.staged.off]
+	rw.pg.run, rw.pg.runKind = rw.staged.run, rw.staged.runKind
+	rw.staged.active = false
 }
 
-// endPages closes the open PAGES record (an empty one is removed).
+// deltaStaged sends, instead of the staged page, the blocks of it that
+// mask selects, as a DELTA entry.
+func (rw *recordWriter) deltaStaged(mask uint8) {
+	rw.scratch = appendDeltaBlocks(rw.scratch[:0], mask, rw.stagedData())
+	page, d := rw.staged.page, rw.staged.digest
+	rw.dropStaged()
+	rw.buf = appendEntryHeader(rw.buf, pageDelta, page-rw.pg.end)
+	rw.buf = append(rw.buf, mask)
+	rw.buf = append(rw.buf, rw.scratch...)
+	rw.pg.run = -1 // a DELTA entry is never extended
+	rw.pg.end = page + 1
+	rw.pg.pages++
+	rw.pg.data++
+	rw.digests.Write(d[:])
+}
+
+// endPages closes the open PAGES record (an empty one is removed): the
+// pages digest, then compression if the compressor takes it, the CRC and
+// the header.
 func (rw *recordWriter) endPages() {
 	if rw.open < 0 {
 		return
 	}
-	if rw.staged >= 0 {
-		panic("migrate: endPages with a staged entry")
+	if rw.staged.active {
+		panic("migrate: endPages with a staged page")
 	}
-	if rw.entries == 0 {
+	if rw.pg.pages == 0 {
 		rw.buf = rw.buf[:rw.open]
-	} else {
-		n := len(rw.buf) - rw.open
-		if n > HeaderSize+maxPagesPayload {
-			panic(fmt.Sprintf("migrate: PAGES record of %d bytes", n))
-		}
-		putHeader(rw.buf[rw.open:], header{Type: RecPages, Length: uint32(n), CRC: rw.crc})
+		rw.open = -1
+		return
 	}
-	rw.open, rw.entries = -1, 0
+	sum := rw.digests.Sum128().Bytes()
+	rw.buf = append(rw.buf, sum[:]...)
+	payload := rw.buf[rw.open+HeaderSize:]
+	if len(payload) > maxPagesPayload {
+		panic(fmt.Sprintf("migrate: PAGES payload of %d bytes", len(payload)))
+	}
+	rw.rawPages += int64(HeaderSize + len(payload))
+	var flags uint16
+	if rw.comp != nil {
+		if c := rw.comp.compress(payload, rw.linkRate()); c != nil {
+			rw.buf = append(rw.buf[:rw.open+HeaderSize], c...)
+			payload = rw.buf[rw.open+HeaderSize:]
+			flags = FlagCompressed
+		}
+	}
+	putHeader(rw.buf[rw.open:], header{Type: RecPages, Flags: flags, Length: uint32(HeaderSize + len(payload)),
+		CRC: crc32.Checksum(payload, castagnoli)})
+	rw.open = -1
+}
+
+// linkRate is the link's rate for the compressor's choice: the callback's
+// answer, or 0 (not known) without one.
+func (rw *recordWriter) linkRate() float64 {
+	if rw.linkBps == nil {
+		return 0
+	}
+	return rw.linkBps()
 }

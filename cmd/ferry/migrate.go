@@ -56,6 +56,8 @@ destination, then 'ferry resume' here only if the guest does not run there.`,
 		&cli.StringFlag{Name: "max-bandwidth", Usage: "cap, e.g. 32MiB/s (default unlimited)"},
 		&cli.BoolFlag{Name: "no-digest", Usage: "plain pre-copy: resend every dirty page (for comparison)"},
 		&cli.BoolFlag{Name: "no-clear-before-send", Usage: "clear the dirty log right after fetching it, as classic pre-copy (for comparison)"},
+		&cli.BoolFlag{Name: "no-delta", Usage: "send every changed page whole, not only its changed 512-byte blocks (for comparison)"},
+		&cli.StringFlag{Name: "compress", Value: "auto", Usage: "compress page records with zstd: auto (while it pays at the measured link rate), off, or zstd (always)"},
 		&cli.StringFlag{Name: "stats-json", Usage: "write the migration statistics to `FILE`"},
 		&cli.BoolFlag{Name: "resume", Usage: "resume a cut migration into the pages the destination kept (sends only the pages that differ)"},
 	}, tlsFlags("this host's")...),
@@ -71,6 +73,8 @@ var optionFlags = map[string]string{
 	"MaxBandwidth":      "max-bandwidth",
 	"NoDigest":          "no-digest",
 	"NoClearBeforeSend": "no-clear-before-send",
+	"NoDelta":           "no-delta",
+	"Compress":          "compress",
 	"Resume":            "resume",
 }
 
@@ -83,6 +87,8 @@ func migrateAction(c *cli.Context) error {
 		OnTimeout:         c.String("on-timeout"),
 		NoDigest:          c.Bool("no-digest"),
 		NoClearBeforeSend: c.Bool("no-clear-before-send"),
+		NoDelta:           c.Bool("no-delta"),
+		Compress:          c.String("compress"),
 		Resume:            c.Bool("resume"),
 	}
 	// A flag given as 0 would mean "the default" to migrate.Options: the

@@ -21,6 +21,10 @@ type MigrateRequest struct {
 	MaxBandwidth      int64   `json:"max_bandwidth,omitempty"` // bytes per second, 0 = unlimited
 	NoDigest          bool    `json:"no_digest,omitempty"`
 	NoClearBeforeSend bool    `json:"no_clear_before_send,omitempty"`
+	// NoDelta sends changed pages whole; Compress is auto (default), off
+	// or zstd (migrate.CompressMode).
+	NoDelta  bool   `json:"no_delta,omitempty"`
+	Compress string `json:"compress,omitempty"`
 	// Resume resumes a cut migration into the pages the destination kept.
 	Resume bool `json:"resume,omitempty"`
 	// TLS names the PEM files (absolute paths, read by this process) for a
@@ -49,10 +53,14 @@ func (r MigrateRequest) MigrateOptions() (migrate.Options, error) {
 		MaxBandwidth:      r.MaxBandwidth,
 		NoDigest:          r.NoDigest,
 		NoClearBeforeSend: r.NoClearBeforeSend,
+		NoDelta:           r.NoDelta,
 		Resume:            r.Resume,
 	}
 	var err error
 	if o.OnTimeout, err = migrate.ParseTimeoutAction(r.OnTimeout); err != nil {
+		return o, err
+	}
+	if o.Compress, err = migrate.ParseCompressMode(r.Compress); err != nil {
 		return o, err
 	}
 	return o, o.Validate()
@@ -86,6 +94,8 @@ var OptionJSON = map[string]string{
 	"MaxBandwidth":      "max_bandwidth",
 	"NoDigest":          "no_digest",
 	"NoClearBeforeSend": "no_clear_before_send",
+	"NoDelta":           "no_delta",
+	"Compress":          "compress",
 	"Resume":            "resume",
 }
 
