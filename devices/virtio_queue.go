@@ -83,9 +83,22 @@ func (q *Queue) validate() error {
 	if q.S.Desc%16 != 0 || q.S.Avail%2 != 0 || q.S.Used%4 != 0 {
 		return ringErr("misaligned rings desc %#x avail %#x used %#x", q.S.Desc, q.S.Avail, q.S.Used)
 	}
-	for _, r := range [][2]uint64{{q.S.Desc, n * vringDescSize}, {q.S.Avail, 6 + 2*n}, {q.S.Used, 6 + vringUsedElem*n}} {
+	desc, avail, used := [2]uint64{q.S.Desc, n * vringDescSize}, [2]uint64{q.S.Avail, 6 + 2*n}, [2]uint64{q.S.Used, 6 + vringUsedElem*n}
+	for _, r := range [][2]uint64{desc, avail, used} {
 		if _, err := q.Mem.Slice(r[0], r[1]); err != nil {
 			return ringErr("ring outside RAM: %v", err)
+		}
+	}
+	// The device writes the used ring: over the driver's rings, its own
+	// writes would change what the driver offered (a used idx written
+	// over the avail idx makes every chain returned offer one more, and
+	// the device would never stop).
+	for _, r := range []struct {
+		name string
+		r    [2]uint64
+	}{{"descriptor table", desc}, {"avail ring", avail}} {
+		if used[0] < r.r[0]+r.r[1] && r.r[0] < used[0]+used[1] {
+			return ringErr("used ring %#x+%d overlaps the %s %#x+%d", used[0], used[1], r.name, r.r[0], r.r[1])
 		}
 	}
 	return nil

@@ -36,6 +36,11 @@ func TestVirtioMMIORestoreRefuses(t *testing.T) {
 		{"bad queue size", func(s *VirtioMMIOState) { s.Queues[0].Num = 3 }, "queue 0"},
 		{"ring outside RAM", func(s *VirtioMMIOState) { s.Queues[0].Used = 1 << 40 }, "queue 0"},
 		{"ready value", func(s *VirtioMMIOState) { s.Queues[0].Ready = 2 }, "queue 0"},
+		{"used ring on the avail ring", func(s *VirtioMMIOState) {
+			s.Queues[0].Used = s.Queues[0].Avail
+			s.Queues[0].UsedIdx = s.Queues[0].LastAvail + 1 // each push would make one more chain available
+		}, "overlaps"},
+		{"used ring on the descriptors", func(s *VirtioMMIOState) { s.Queues[0].Used = s.Queues[0].Desc + 16 }, "overlaps"},
 		{"queue the device lacks", func(s *VirtioMMIOState) { s.Queues[1] = good.Queues[0] }, "queue 1"},
 		{"not-ready queue the device lacks", func(s *VirtioMMIOState) { s.Queues[1].Num = 8 }, "queue 1"},
 		{"interrupt bits", func(s *VirtioMMIOState) { s.InterruptStatus = 4 }, "interrupt"},
@@ -71,5 +76,31 @@ func TestVirtioMMIORestoreRefuses(t *testing.T) {
 	}
 	if now, _ := r.t.Save(); !bytes.Equal(now, live) {
 		t.Fatal("state changed by its own restore")
+	}
+}
+
+// TestVirtqueueUsedRingOverlap: a driver that puts the used ring over its
+// avail ring or descriptor table (whose contents the device's used-ring
+// writes would then change: a used idx written over the avail idx makes
+// each returned chain offer the next one, for ever) gets the queue
+// refused when it sets it ready; rings that only touch are fine.
+func TestVirtqueueUsedRingOverlap(t *testing.T) {
+	m := newTestMem(1 << 20)
+	n := uint64(tQSize)
+	for _, c := range []struct {
+		name              string
+		desc, avail, used uint64
+		ok                bool
+	}{
+		{"apart", tDesc, tAvail, tUsed, true},
+		{"touching", tDesc, tAvail, tAvail + (6+2*n+3)&^3, true},
+		{"used on avail", tDesc, tAvail, tAvail, false},
+		{"used over avail idx", tDesc, tAvail, tAvail - 4, false},
+		{"used on descriptors", tDesc, tAvail, tDesc + 16*n - 4, false},
+	} {
+		q := &Queue{Mem: m, S: QueueState{Num: tQSize, Ready: 1, Desc: c.desc, Avail: c.avail, Used: c.used}}
+		if err := q.validate(); (err == nil) != c.ok {
+			t.Errorf("%s: validate = %v, want ok %v", c.name, err, c.ok)
+		}
 	}
 }
