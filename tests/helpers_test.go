@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -87,7 +88,16 @@ func start(t *testing.T, args ...string) *proc {
 // startCmd runs a command (ferry, or ferry under ip netns exec).
 func startCmd(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startCmdWith(t, nil, name, args...)
+}
+
+// startCmdWith is startCmd with setup applied to the command before it starts.
+func startCmdWith(t *testing.T, setup func(*exec.Cmd), name string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, cmd: exec.Command(name, args...), done: make(chan struct{})}
+	if setup != nil {
+		setup(p.cmd)
+	}
 	p.cond = sync.NewCond(&p.mu)
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
@@ -96,7 +106,7 @@ func startCmd(t *testing.T, name string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", ferryBin, err)
+		t.Fatalf("start %s: %v", name, err)
 	}
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -132,6 +142,12 @@ func (p *proc) kill() {
 		p.cmd.Process.Kill()
 		<-p.done
 	}
+}
+
+// signal sends sig to the process's group (as Ctrl-C does to a
+// foreground job): a process started in a group of its own (Setpgid).
+func (p *proc) signal(sig syscall.Signal) {
+	syscall.Kill(-p.cmd.Process.Pid, sig)
 }
 
 // count is the number of lines read so far.
