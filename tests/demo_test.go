@@ -24,7 +24,8 @@ type demo struct {
 }
 
 // startDemo runs the demo with the binary and guest image under test, in a
-// process group of its own (as a shell runs a foreground job).
+// process group of its own (as a shell runs a foreground job), and
+// registers its namespaces for removal should the test run be stopped.
 func startDemo(t *testing.T) *demo {
 	t.Helper()
 	bin, err := filepath.Abs(ferryBin)
@@ -38,7 +39,6 @@ func startDemo(t *testing.T) *demo {
 	d := &demo{tmp: t.TempDir()}
 	d.p = startCmdWith(t, func(c *exec.Cmd) {
 		c.Env = append(os.Environ(), "FERRY="+bin, "FERRY_GUEST_DIR="+guest, "TMPDIR="+d.tmp)
-		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	}, "bash", "demo.sh")
 	t.Cleanup(func() { // before the SIGKILL of startCmd's cleanup: let the demo clean up
 		select {
@@ -52,6 +52,9 @@ func startDemo(t *testing.T) *demo {
 		}
 	})
 	d.p.waitFor(reDemoHosts, 0, time.Minute)
+	for _, ns := range d.names(reDemoNetns) {
+		registerNetns(ns)
+	}
 	return d
 }
 
