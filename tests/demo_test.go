@@ -36,7 +36,7 @@ func startDemo(t *testing.T) *demo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &demo{tmp: t.TempDir()}
+	d := &demo{tmp: shortTempDir(t)}
 	d.p = startCmdWith(t, func(c *exec.Cmd) {
 		c.Env = append(os.Environ(), "FERRY="+bin, "FERRY_GUEST_DIR="+guest, "TMPDIR="+d.tmp)
 	}, "bash", "demo.sh")

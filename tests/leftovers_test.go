@@ -129,6 +129,20 @@ func runTracked(name string, args ...string) ([]byte, error) {
 	return out.Bytes(), err
 }
 
+// shortTempDir is a new directory with a short name under the run's
+// $TMPDIR, removed when t ends. t.TempDir's names carry the test's name:
+// under a script's work directory there, a unix socket path can exceed
+// the 107 bytes a socket address holds.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // addNetns creates network namespace ns, registered for removal.
 func addNetns(ns string) error {
 	registerNetns(ns)

@@ -61,7 +61,7 @@ func TestStoppedRunLeavesNothing(t *testing.T) {
 		{"timeout", nil, "10s"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tmp := t.TempDir()
+			tmp := shortTempDir(t)
 			mark := fmt.Sprintf("%s=%s-%d", helperEnv, c.name, os.Getpid())
 			args := []string{"-test.run=^TestStoppedRunHelper$", "-test.v"}
 			if c.timeout != "" {
