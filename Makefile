@@ -105,7 +105,7 @@ BENCH_FLAGS ?=
 .PHONY: bench
 bench: deps build guest
 	$(GO) build -o bin/migbench ./bench/migbench
-	bash -c 'set -o pipefail; bin/migbench $(BENCH_FLAGS) -markdown BENCHMARKS.md 2>&1 | tee bench/results/migbench.txt'
+	bash -c 'set -o pipefail; bin/migbench $(BENCH_FLAGS) -markdown BENCHMARKS.md 2>&1 | tee -i bench/results/migbench.txt'
 
 clean:
 	rm -rf bin $(GUESTOUT)

@@ -95,8 +95,34 @@ QEMU_ARGS=(-M microvm,x-option-roms=off,acpi=off,rtc=on,auto-kernel-cmdline=off
 [ -n "$LOGDIR" ] && mkdir -p "$LOGDIR" && echo "# cmdline: $CMDLINE" >&2 &&
 	printf '%s ' "$QEMU" "${QEMU_ARGS[@]}" > "$LOGDIR/qemu-command"
 
-rcfile=$(mktemp)
-trap 'rm -f "$rcfile"' EXIT
+# Every process this script starts carries BOOT_QEMU_RUN in its
+# environment: cleanup finds QEMU that way, although timeout runs it in a
+# process group of its own, where Ctrl-C does not reach it.
+export BOOT_QEMU_RUN=$$-$EPOCHREALTIME
+started() {
+	local p IFS=$' \t\n' # (a trap may run inside "IFS= read")
+	for p in $(grep -lsxzF "BOOT_QEMU_RUN=$BOOT_QEMU_RUN" /proc/[0-9]*/environ | cut -d/ -f3); do
+		[ "$p" != $$ ] && [ -e "/proc/$p" ] && echo "$p"
+	done
+	return 0
+}
+cleanup() {
+	local pids i IFS=$' \t\n'
+	trap - EXIT INT TERM
+	set +e
+	for ((i = 0; i < 50; i++)); do
+		pids=$(started)
+		[ -n "$pids" ] || break
+		[ $i = 0 ] && kill $pids 2>/dev/null
+		sleep 0.1
+	done
+	[ -n "$pids" ] && kill -9 $pids 2>/dev/null
+	wait 2>/dev/null # the shells around them, before their files go
+	return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 for run in $(seq 1 "$RUNS"); do
 	log=/dev/null
@@ -109,10 +135,11 @@ for run in $(seq 1 "$RUNS"); do
 		if [ -z "$marker" ] && [[ $line == *"$MARKER"* ]]; then
 			marker=$EPOCHREALTIME
 		fi
-	done < <(timeout "$TIMEOUT" "$QEMU" "${QEMU_ARGS[@]}" </dev/null 2>&1; echo $? > "$rcfile")
+	done < <(timeout "$TIMEOUT" "$QEMU" "${QEMU_ARGS[@]}" </dev/null 2>&1)
+	qpid=$!
 	end=$EPOCHREALTIME
-	wait 2>/dev/null || true
-	rc=$(cat "$rcfile")
+	rc=0
+	wait "$qpid" || rc=$?
 	awk -v s="$start" -v m="$marker" -v e="$end" -v rc="$rc" 'BEGIN {
 		ms = (m == "") ? "NA" : sprintf("%.2f", m - s)
 		printf "qemu marker_s=%s exit_s=%.2f rc=%s\n", ms, e - s, rc

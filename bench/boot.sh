@@ -51,8 +51,38 @@ done
 command -v "$QEMU" >/dev/null || { echo "boot.sh: $QEMU not found" >&2; exit 1; }
 [ -w /dev/kvm ] || { echo "boot.sh: /dev/kvm is not usable" >&2; exit 1; }
 
-LOGS=$(mktemp -d /tmp/ferry-bench-boot.XXXXXX)
-if [ -z "${KEEP_LOGS:-}" ]; then trap 'rm -rf "$LOGS"' EXIT; else echo "logs: $LOGS"; fi
+# Every process this script starts carries BOOT_SH_RUN in its environment:
+# cleanup finds ferry and QEMU that way, although timeout runs them in a
+# process group of their own (Ctrl-C does not reach them) and a shell
+# around them may be gone. Guests are waited for in the background, so
+# that a signal is acted on at once.
+export BOOT_SH_RUN=$$-$EPOCHREALTIME
+started() {
+	local p IFS=$' \t\n' # (a trap may run inside "IFS= read")
+	for p in $(grep -lsxzF "BOOT_SH_RUN=$BOOT_SH_RUN" /proc/[0-9]*/environ | cut -d/ -f3); do
+		[ "$p" != $$ ] && [ -e "/proc/$p" ] && echo "$p"
+	done
+	return 0
+}
+LOGS=$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench-boot.XXXXXX")
+cleanup() {
+	local pids i IFS=$' \t\n'
+	trap - EXIT INT TERM
+	set +e
+	for ((i = 0; i < 50; i++)); do
+		pids=$(started)
+		[ -n "$pids" ] || break
+		[ $i = 0 ] && kill $pids 2>/dev/null
+		sleep 0.1
+	done
+	[ -n "$pids" ] && kill -9 $pids 2>/dev/null
+	wait 2>/dev/null # the shells around them, before their files go
+	[ -n "${KEEP_LOGS:-}" ] || rm -rf "$LOGS"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if [ -n "${KEEP_LOGS:-}" ]; then echo "logs: $LOGS"; fi
 # Private copies of the binary and the guest image: other people may rebuild
 # bin/ferry or guest-images/out while this runs.
 cp "$FERRY" "$LOGS/ferry" && FERRY=$LOGS/ferry
@@ -65,7 +95,7 @@ timeout "$TIMEOUT" "$FERRY" run -v --memory "$MEM" --kernel "$KERNEL" --initrd "
 	--cmdline "ferry.run=poweroff" </dev/null >"$probe" 2>&1 &
 ppid=$!
 for _ in $(seq 1 300); do
-	grep -q '^ferry: cmdline: ' "$probe" && break
+	grep -qs '^ferry: cmdline: ' "$probe" && break
 	kill -0 "$ppid" 2>/dev/null || break
 	sleep 0.1
 done
@@ -83,7 +113,8 @@ echo "ferry:  $FERRY ${FERRY_ARGS[*]}"
 echo "        ($("$FERRY" version 2>/dev/null || echo "version unknown"), tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?"), sha256 $(sha256sum "$FERRY" | cut -c1-12))"
 # one QEMU boot just to record its exact command line (not timed)
 mkdir -p "$LOGS/qemu-probe"
-CMDLINE=$CMDLINE GUEST_DIR=$LOGS QEMU=$QEMU timeout 10 "$QEMU_SH" -n 1 -m "$MEM" -t 1 -l "$LOGS/qemu-probe" >/dev/null 2>&1 || true
+CMDLINE=$CMDLINE GUEST_DIR=$LOGS QEMU=$QEMU timeout 10 "$QEMU_SH" -n 1 -m "$MEM" -t 1 -l "$LOGS/qemu-probe" >/dev/null 2>&1 &
+wait $! || true
 echo "qemu:   via bench/boot-qemu.sh: $(sed 's/-append .*/-append "<cmdline>"/' "$LOGS/qemu-probe/qemu-command" 2>/dev/null || echo "?")"
 echo "        ($("$QEMU" --version | head -1))"
 echo "guest:  vmlinux sha256 $(sha256sum "$KERNEL" | cut -c1-12), initramfs.cpio sha256 $(sha256sum "$INITRD" | cut -c1-12) (copies of $GUEST_DIR)"
@@ -100,7 +131,10 @@ timed() {
 	rm -f "$log.marker"
 	t0=$EPOCHREALTIME
 	set +e
-	timeout "$TIMEOUT" "$@" </dev/null 2>&1 | {
+	{
+		timeout "$TIMEOUT" "$@" </dev/null 2>&1
+		echo $? >"$log.rc"
+	} | {
 		seen=""
 		while IFS= read -r line; do
 			if [ -z "$seen" ] && [[ $line == *"$MARKER"* ]]; then
@@ -109,10 +143,11 @@ timed() {
 			fi
 			printf '%s\n' "$line"
 		done
-	} >"$log"
-	R_RC=${PIPESTATUS[0]}
+	} >"$log" &
+	wait $!
 	set -e
 	t1=$EPOCHREALTIME
+	R_RC=$(cat "$log.rc" 2>/dev/null || echo 255)
 	tm=$(cat "$log.marker" 2>/dev/null || true)
 	R_EXIT=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')
 	if [ -n "$tm" ]; then
@@ -129,8 +164,10 @@ timed() {
 qemu_run() {
 	local dir=$LOGS/qemu-$1 out
 	set +e
-	out=$(CMDLINE=$CMDLINE GUEST_DIR=$LOGS QEMU=$QEMU "$QEMU_SH" -n 1 -m "$MEM" -t "$TIMEOUT" -l "$dir" 2>/dev/null)
+	CMDLINE=$CMDLINE GUEST_DIR=$LOGS QEMU=$QEMU "$QEMU_SH" -n 1 -m "$MEM" -t "$TIMEOUT" -l "$dir" >"$dir.out" 2>/dev/null &
+	wait $!
 	set -e
+	out=$(cat "$dir.out")
 	R_MARKER=$(sed -n 's/.*marker_s=\([^ ]*\).*/\1/p' <<<"$out"); R_MARKER=${R_MARKER:-NA}
 	R_EXIT=$(sed -n 's/.*exit_s=\([^ ]*\).*/\1/p' <<<"$out"); R_EXIT=${R_EXIT:-NA}
 	R_RC=$(sed -n 's/.*rc=\([^ ]*\).*/\1/p' <<<"$out"); R_RC=${R_RC:-255}

@@ -49,25 +49,48 @@ for f in "$FERRY_SRC" "$GUEST_DIR/vmlinux" "$GUEST_DIR/initramfs.cpio"; do
 done
 command -v jq >/dev/null || { echo "migrate-digest.sh: needs jq" >&2; exit 1; }
 
-LOGS=$(mktemp -d /tmp/ferry-bench-mig.XXXXXX)
+LOGS=$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench-mig.XXXXXX")
 # A private copy: other people may rebuild bin/ferry while this runs.
 FERRY=$LOGS/ferry
 cp "$FERRY_SRC" "$FERRY"
 cp "$GUEST_DIR/vmlinux" "$GUEST_DIR/initramfs.cpio" "$LOGS/"
 KERNEL=$LOGS/vmlinux INITRD=$LOGS/initramfs.cpio
 
+# Every process this script starts carries MIGRATE_DIGEST_RUN in its
+# environment: cleanup finds them all that way, whatever became of the
+# shell or timeout around them. Long commands run in the background and
+# are waited for, so that a signal is acted on at once.
+export MIGRATE_DIGEST_RUN=$$-$EPOCHREALTIME
+started() {
+	local p IFS=$' \t\n' # (a trap may run inside "IFS= read")
+	for p in $(grep -lsxzF "MIGRATE_DIGEST_RUN=$MIGRATE_DIGEST_RUN" /proc/[0-9]*/environ | cut -d/ -f3); do
+		[ "$p" != $$ ] && [ -e "/proc/$p" ] && echo "$p"
+	done
+	return 0
+}
 PIDS=()
-NS_A="" NS_B=""
+NS_A="" NS_B="" VETH=""
 cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	local p pids i IFS=$' \t\n'
+	trap - EXIT INT TERM
+	set +e
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for ((i = 0; i < 50; i++)); do
+		pids=$(started)
+		[ -n "$pids" ] || break
+		[ $i = 0 ] && kill $pids 2>/dev/null
+		sleep 0.1
+	done
+	[ -n "$pids" ] && kill -9 $pids 2>/dev/null
+	wait 2>/dev/null
 	[ -n "$NS_A" ] && ip netns del "$NS_A" 2>/dev/null
 	[ -n "$NS_B" ] && ip netns del "$NS_B" 2>/dev/null
+	[ -n "$VETH" ] && ip link show "$VETH" >/dev/null 2>&1 && ip link del "$VETH"
 	if [ -z "${KEEP_LOGS:-}" ]; then rm -rf "$LOGS"; else echo "logs: $LOGS"; fi
 }
 trap cleanup EXIT
-trap 'echo "migrate-digest.sh: interrupted" >&2; exit 130' INT TERM
+trap 'echo "migrate-digest.sh: interrupted" >&2; exit 130' INT
+trap 'echo "migrate-digest.sh: terminated" >&2; exit 143' TERM
 
 # --- two hosts --------------------------------------------------------------
 if [ "$NETNS" = auto ]; then
@@ -80,6 +103,7 @@ if [ "$NETNS" = 1 ]; then
 	ADDR_A=10.233.0.1 ADDR_B=10.233.0.2
 	ip netns add "$NS_A"
 	ip netns add "$NS_B"
+	VETH=fba$id
 	ip link add "fba$id" type veth peer name "fbb$id"
 	ip link set "fba$id" netns "$NS_A"
 	ip link set "fbb$id" netns "$NS_B"
@@ -189,7 +213,9 @@ run_one() {
 	timeout 600 "$FERRY" migrate --api-socket "$d/src.sock" --to "$ADDR_B:$PORT" \
 		--max-bandwidth "$bw" --downtime "$DOWNTIME" --max-iterations "$MAX_ITER" \
 		--timeout "$MIG_TIMEOUT" --on-timeout force --stats-json "$d/stats.json" "${extra[@]}" \
-		>"$d/mig.log" 2>&1
+		</dev/null >"$d/mig.log" 2>&1 &
+	PIDS+=($!)
+	wait $!
 	mrc=$?
 	set -e
 	sed 's/^/     /' "$d/mig.log"

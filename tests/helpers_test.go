@@ -4,7 +4,7 @@ package tests
 
 import (
 	"bufio"
-	"bytes"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -32,13 +33,20 @@ func TestMain(m *testing.M) {
 }
 
 func setup(m *testing.M) (int, error) {
+	flag.Parse()
+	done, err := setupRun()
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	var keep []string
 	ferryBin = os.Getenv("FERRY_BIN")
 	if ferryBin == "" {
 		dir, err := os.MkdirTemp("", "ferry-bin")
 		if err != nil {
 			return 0, err
 		}
-		defer os.RemoveAll(dir)
+		keep = append(keep, dir)
 		ferryBin = filepath.Join(dir, "ferry")
 		out, err := exec.Command("go", "build", "-o", ferryBin, "../cmd/ferry").CombinedOutput()
 		if err != nil {
@@ -49,13 +57,21 @@ func setup(m *testing.M) (int, error) {
 	if guestDir == "" {
 		guestDir = filepath.Join("..", "guest-images", "out")
 	}
-	return m.Run(), nil
+	code := m.Run()
+	if left := leftovers(true, keep...); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "tests: FAIL: left behind after the tests:\n  %s\n", strings.Join(left, "\n  "))
+		removeAll()
+		code = 1
+	}
+	return code, nil
 }
 
 // needGuest skips without /dev/kvm (and only then) and fails without a
-// built guest image.
+// built guest image. After the test's other cleanups it checks that the
+// test left no process, namespace or interface behind.
 func needGuest(t *testing.T) {
 	t.Helper()
+	t.Cleanup(func() { checkNothingLeft(t) })
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		t.Skip("skipped: /dev/kvm is absent on this machine")
 	}
@@ -84,10 +100,20 @@ func start(t *testing.T, args ...string) *proc {
 	return startCmd(t, ferryBin, args...)
 }
 
-// startCmd runs a command (ferry, or ferry under ip netns exec).
+// startCmd runs a command (ferry, or ferry under ip netns exec) in a
+// process group of its own (startTracked), killed when the test ends.
 func startCmd(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startCmdWith(t, nil, name, args...)
+}
+
+// startCmdWith is startCmd with setup applied to the command before it starts.
+func startCmdWith(t *testing.T, setup func(*exec.Cmd), name string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, cmd: exec.Command(name, args...), done: make(chan struct{})}
+	if setup != nil {
+		setup(p.cmd)
+	}
 	p.cond = sync.NewCond(&p.mu)
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
@@ -95,8 +121,8 @@ func startCmd(t *testing.T, name string, args ...string) *proc {
 	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", ferryBin, err)
+	if err := startTracked(p.cmd); err != nil {
+		t.Fatalf("start %s: %v", name, err)
 	}
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -110,6 +136,7 @@ func startCmd(t *testing.T, name string, args ...string) *proc {
 	}()
 	go func() {
 		p.err = p.cmd.Wait()
+		forget(p.cmd)
 		pw.Close()
 		close(p.done)
 		p.mu.Lock()
@@ -125,13 +152,21 @@ func startCmd(t *testing.T, name string, args ...string) *proc {
 	return p
 }
 
+// kill kills the process's group (ferry itself under ip netns exec, which
+// execs it) and waits for it.
 func (p *proc) kill() {
 	select {
 	case <-p.done:
 	default:
-		p.cmd.Process.Kill()
+		p.signal(syscall.SIGKILL)
 		<-p.done
 	}
+}
+
+// signal sends sig to the process's group (as Ctrl-C does to a
+// foreground job).
+func (p *proc) signal(sig syscall.Signal) {
+	syscall.Kill(-p.cmd.Process.Pid, sig)
 }
 
 // count is the number of lines read so far.
@@ -207,17 +242,14 @@ func (p *proc) wait(timeout time.Duration) int {
 // runFerry runs a short ferry command and returns its combined output and exit code.
 func runFerry(t *testing.T, args ...string) (string, int) {
 	t.Helper()
-	var out bytes.Buffer
-	cmd := exec.Command(ferryBin, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	out, err := runTracked(ferryBin, args...)
 	if ee, ok := err.(*exec.ExitError); ok {
-		return out.String(), ee.ExitCode()
+		return string(out), ee.ExitCode()
 	}
 	if err != nil {
 		t.Fatalf("ferry %v: %v", args, err)
 	}
-	return out.String(), 0
+	return string(out), 0
 }
 
 func kernelArgs(extra ...string) []string {

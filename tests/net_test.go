@@ -29,14 +29,15 @@ func addTap(t *testing.T, h *hosts, i int) {
 		if h.ns[i] != "" {
 			args = append([]string{"-n", h.ns[i]}, args...)
 		}
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		if out, err := runTracked("ip", args...); err != nil {
 			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	ip("tuntap", "add", "dev", netTap, "mode", "tap")
 	if h.ns[i] == "" {
+		registerLink(netTap)
 		t.Cleanup(func() { exec.Command("ip", "link", "del", netTap).Run() })
-	}
+	} // (in a namespace, the tap goes with it)
+	ip("tuntap", "add", "dev", netTap, "mode", "tap")
 	ip("link", "set", netTap, "address", netTapMAC)
 	ip("addr", "add", "10.0.2.1/24", "dev", netTap)
 	ip("link", "set", netTap, "up")
@@ -49,7 +50,7 @@ func hostPing(t *testing.T, h *hosts, i int) {
 	if h.ns[i] != "" {
 		args = append([]string{"ip", "netns", "exec", h.ns[i]}, args...)
 	}
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	out, err := runTracked(args[0], args[1:]...)
 	if err != nil {
 		t.Fatalf("host %d: %s: %v\n%s", i, strings.Join(args, " "), err, out)
 	}

@@ -35,9 +35,25 @@ func twoHosts(t *testing.T) *hosts {
 	h.ns = [2]string{"ferry-a-" + id, "ferry-b-" + id}
 	h.addr = [2]string{"10.231.0.1", "10.231.0.2"}
 	va, vb := "fva"+id, "fvb"+id
+	registerLink(va)
+	registerLink(vb)
+	t.Cleanup(func() {
+		for _, ns := range h.ns {
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+		// (moved into the namespaces, the veth ends go with them)
+		for _, l := range []string{va, vb} {
+			if linkExists(l) {
+				exec.Command("ip", "link", "del", l).Run()
+			}
+		}
+	})
+	for _, ns := range h.ns {
+		if err := addNetns(ns); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cmds := [][]string{
-		{"netns", "add", h.ns[0]},
-		{"netns", "add", h.ns[1]},
 		{"link", "add", va, "type", "veth", "peer", "name", vb},
 		{"link", "set", va, "netns", h.ns[0]},
 		{"link", "set", vb, "netns", h.ns[1]},
@@ -48,13 +64,8 @@ func twoHosts(t *testing.T) *hosts {
 		{"-n", h.ns[0], "link", "set", "lo", "up"},
 		{"-n", h.ns[1], "link", "set", "lo", "up"},
 	}
-	t.Cleanup(func() {
-		for _, ns := range h.ns {
-			exec.Command("ip", "netns", "del", ns).Run()
-		}
-	})
 	for _, c := range cmds {
-		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+		if out, err := runTracked("ip", c...); err != nil {
 			t.Fatalf("ip %s: %v: %s", strings.Join(c, " "), err, out)
 		}
 	}

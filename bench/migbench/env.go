@@ -2,11 +2,15 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -69,6 +73,10 @@ func setupHosts(netns bool) ([2]*host, func(), error) {
 	cleanup := func() {
 		exec.Command("ip", "netns", "del", a.ns).Run()
 		exec.Command("ip", "netns", "del", b.ns).Run()
+		// (moved into the namespaces, the veth ends went with them)
+		if exec.Command("ip", "link", "show", "dev", a.dev).Run() == nil {
+			exec.Command("ip", "link", "del", a.dev).Run()
+		}
 	}
 	cmds := [][]string{
 		{"netns", "add", a.ns},
@@ -110,10 +118,56 @@ type proc struct {
 	err   error
 }
 
+// Every VMM and ferry command runs in a process group of its own, killed
+// when migbench dies (Pdeathsig), and is registered until it has ended, so
+// that stopAll can stop it however the benchmark ends.
 var (
-	procsMu sync.Mutex
-	procs   = map[*proc]bool{}
+	procsMu  sync.Mutex
+	procs    = map[*proc]bool{}
+	groups   = map[int]bool{} // process groups of commands run to their end
+	stopping bool             // stopAll was called: nothing starts any more
+
+	errStopping = errors.New("the benchmark is being stopped")
 )
+
+// startGroup starts cmd in a process group of its own; under procsMu.
+func startGroup(cmd *exec.Cmd) error {
+	if stopping {
+		return errStopping
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return cmd.Start()
+}
+
+// runGroup runs cmd to its end (or ctx's) in a process group of its own and
+// returns its combined output and exit status (-1: it did not exit).
+func runGroup(ctx context.Context, cmd *exec.Cmd) ([]byte, int) {
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	procsMu.Lock()
+	err := startGroup(cmd)
+	if err == nil {
+		groups[cmd.Process.Pid] = true
+	}
+	procsMu.Unlock()
+	if err != nil {
+		return []byte(err.Error()), -1
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		case <-done:
+		}
+	}()
+	cmd.Wait()
+	close(done)
+	procsMu.Lock()
+	delete(groups, cmd.Process.Pid)
+	procsMu.Unlock()
+	return out.Bytes(), cmd.ProcessState.ExitCode()
+}
 
 func startProc(name, logPath string, argv []string) (*proc, error) {
 	f, err := os.Create(logPath)
@@ -122,14 +176,14 @@ func startProc(name, logPath string, argv []string) (*proc, error) {
 	}
 	fmt.Fprintf(f, "# %s\n", shellQuote(argv))
 	p := &proc{name: name, cmd: exec.Command(argv[0], argv[1:]...), log: f, done: make(chan struct{})}
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
-	if err := p.cmd.Start(); err != nil {
+	procsMu.Lock()
+	if err := startGroup(p.cmd); err != nil {
+		procsMu.Unlock()
 		f.Close()
 		return nil, fmt.Errorf("start %s: %v", argv[0], err)
 	}
-	procsMu.Lock()
 	procs[p] = true
 	procsMu.Unlock()
 	read := make(chan struct{})
@@ -202,16 +256,82 @@ func (p *proc) stop() {
 	<-p.done
 }
 
+// stopAll stops every process the benchmark started, for good: TERM to
+// each process group, KILL 5 s later; then KILL to any other process of
+// the run (runMark in its environment), whatever became of its parent.
 func stopAll() {
 	procsMu.Lock()
+	stopping = true
 	var ps []*proc
 	for p := range procs {
 		ps = append(ps, p)
 	}
-	procsMu.Unlock()
-	for _, p := range ps {
-		p.stop()
+	var gs []int
+	for g := range groups {
+		gs = append(gs, g)
 	}
+	procsMu.Unlock()
+	for _, g := range gs {
+		syscall.Kill(-g, syscall.SIGTERM)
+	}
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.stop() }()
+	}
+	wg.Wait()
+	for _, g := range gs {
+		syscall.Kill(-g, syscall.SIGKILL)
+	}
+	for _, p := range runProcesses() {
+		syscall.Kill(p.pid, syscall.SIGKILL)
+	}
+}
+
+// runMark (NAME=value) is in the environment of every process the
+// benchmark starts, directly or not.
+var runMark string
+
+func markRun() {
+	id := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
+	os.Setenv("FERRY_MIGBENCH_RUN", id)
+	runMark = "FERRY_MIGBENCH_RUN=" + id
+}
+
+type procInfo struct {
+	pid     int
+	cmdline string
+}
+
+func (p procInfo) String() string { return fmt.Sprintf("process %d: %s", p.pid, p.cmdline) }
+
+// runProcesses lists the live processes (migbench aside) with runMark in
+// their environment.
+func runProcesses() []procInfo {
+	if runMark == "" {
+		return nil
+	}
+	return processesWithEnv(runMark)
+}
+
+// processesWithEnv lists the live processes (this one aside) whose
+// environment holds entry ("NAME=value").
+func processesWithEnv(entry string) []procInfo {
+	dirs, _ := os.ReadDir("/proc")
+	var ps []procInfo
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", d.Name(), "environ"))
+		if err != nil || !bytes.Contains(append([]byte{0}, env...), []byte("\x00"+entry+"\x00")) {
+			continue // gone, a zombie (empty environment), or not ours to read
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		ps = append(ps, procInfo{pid, strings.TrimSpace(string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))})
+	}
+	return ps
 }
 
 func (p *proc) count() int {

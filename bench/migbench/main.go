@@ -19,10 +19,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -233,7 +235,7 @@ func main() {
 		bootWait  = flag.Duration("boot-wait", 400*time.Second, "wait this long for the guest's first FERRY-DIRTY line")
 		netns     = flag.String("netns", "auto", "two network namespaces (1), loopback (0), or auto (namespaces as root)")
 		out       = flag.String("out", filepath.Join(root, "bench"), "directory for results.json and the SVG plot")
-		logs      = flag.String("logs", "", "directory for the VMMs' logs (default: a new one under /tmp)")
+		logs      = flag.String("logs", "", "keep the VMMs' logs in this directory (default: in the temporary directory, removed at the end)")
 		reportDir = flag.String("report", "", "only print the report for an existing results.json in this directory")
 		markdown  = flag.String("markdown", "", "also write the report's tables into this Markdown file, between the lines "+mdBegin+" and "+mdEnd)
 	)
@@ -279,10 +281,30 @@ func main() {
 		caps = append(caps, n)
 	}
 
+	// Whatever the end (done, failed, Ctrl-C, SIGTERM), stopRun stops every
+	// process the benchmark started, removes the namespaces and the
+	// temporary directory, and says if anything survived.
+	markRun()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sig
+		code := stopRun() // before any output: Ctrl-C may have ended tee (make bench)
+		fmt.Fprintf(os.Stderr, "migbench: %v: stopped\n", s)
+		os.Exit(max(code, 130))
+	}()
+	// A write to a closed stdout (tee gone) must not kill migbench before
+	// stopRun: the write fails with EPIPE instead (and children do not
+	// inherit an ignored SIGPIPE, as with signal.Ignore).
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+
 	var err error
 	if b.tmp, err = os.MkdirTemp("", "ferry-migbench."); err != nil {
 		fatal("%v", err)
 	}
+	runMu.Lock()
+	runTmp = b.tmp
+	runMu.Unlock()
 	b.logs = *logs
 	if b.logs == "" {
 		b.logs = filepath.Join(b.tmp, "logs")
@@ -298,26 +320,12 @@ func main() {
 	}
 
 	useNetns := *netns == "1" || (*netns == "auto" && os.Geteuid() == 0)
-	if b.hosts, cleanupHosts, err = setupHosts(useNetns); err != nil {
+	hosts, cleanup, err := setupHosts(useNetns)
+	setHosts(hosts, cleanup)
+	if err != nil {
 		fatal("%v", err)
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		s := <-sig
-		fmt.Fprintf(os.Stderr, "migbench: %v: stopping\n", s)
-		stopAll()
-		cleanupHosts()
-		os.Exit(130)
-	}()
-	defer cleanupHosts()
-	defer stopAll()
-	// The logs stay (their path is printed at the end); the copies go.
-	defer func() {
-		for _, f := range []string{b.ferry, b.kernel, b.initrd} {
-			os.Remove(f)
-		}
-	}()
+	b.hosts = hosts
 
 	if b.defaultCmdline, err = b.probeCmdline(); err != nil {
 		fatal("%v", err)
@@ -339,7 +347,12 @@ func main() {
 	}
 	fmt.Println()
 	reportTo(*markdown, b.runs, b.out)
-	fmt.Printf("\nlogs: %s\n", b.logs)
+	if *logs != "" {
+		fmt.Printf("\nlogs: %s\n", b.logs)
+	} else {
+		fmt.Printf("\nlogs: removed with the temporary directory (-logs DIR keeps them)\n")
+	}
+	os.Exit(stopRun())
 }
 
 func findWorkload(name string) (workload, bool) {
@@ -351,11 +364,64 @@ func findWorkload(name string) (workload, bool) {
 	return workload{}, false
 }
 
-var cleanupHosts = func() {}
+var (
+	runMu    sync.Mutex
+	runHosts [2]*host
+	removeNS = func() {}
+	runTmp   string // the temporary directory: copies, sockets, logs
+	stopOnce sync.Once
+	stopCode int
+)
+
+func setHosts(h [2]*host, cleanup func()) {
+	if cleanup == nil {
+		cleanup = func() {}
+	}
+	runMu.Lock()
+	defer runMu.Unlock()
+	runHosts, removeNS = h, cleanup
+}
+
+// stopRun (once; a second caller waits for the first) stops every process
+// of the run, removes its namespaces and temporary directory, then checks
+// that none of it survived: 0, or 1 after saying what did.
+func stopRun() int {
+	stopOnce.Do(func() {
+		stopAll()
+		runMu.Lock()
+		defer runMu.Unlock()
+		removeNS()
+		if runTmp != "" {
+			os.RemoveAll(runTmp)
+		}
+		var left []string
+		for _, p := range runProcesses() {
+			left = append(left, p.String())
+		}
+		for _, h := range runHosts {
+			if h == nil || h.ns == "" {
+				continue
+			}
+			if exec.Command("ip", "netns", "pids", h.ns).Run() == nil {
+				left = append(left, "network namespace "+h.ns)
+			}
+			if exec.Command("ip", "link", "show", "dev", h.dev).Run() == nil {
+				left = append(left, "veth "+h.dev)
+			}
+		}
+		if _, err := os.Stat(runTmp); runTmp != "" && err == nil {
+			left = append(left, "temporary directory "+runTmp)
+		}
+		if len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "migbench: left behind:\n  %s\n", strings.Join(left, "\n  "))
+			stopCode = 1
+		}
+	})
+	return stopCode
+}
 
 func fatal(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "migbench: "+format+"\n", a...)
-	stopAll()
-	cleanupHosts()
+	stopRun()
 	os.Exit(1)
 }
