@@ -3,7 +3,6 @@ package kvm
 import (
 	"errors"
 	"fmt"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,10 +34,7 @@ func (vm *VM) GetDirtyLog(slot uint32, bitmap []uint64) error {
 	if need := BitmapWords(pages * 4096); len(bitmap) < need {
 		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: bitmap of %d words, the slot's %d pages need %d", slot, len(bitmap), pages, need)
 	}
-	d := dirtyLog{Slot: slot, Bitmap: bitmapPtr(bitmap)}
-	_, err := ioctl(vm.fd, reqGetDirtyLog, unsafe.Pointer(&d))
-	keepAlive(bitmap)
-	if err != nil {
+	if err := getDirtyLog(vm.fd, slot, bitmap); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w: %w", slot, ErrNotLogging, err)
 		}
@@ -58,10 +54,7 @@ func (vm *VM) ClearDirtyLog(slot uint32, first uint64, numPages uint32, bits []u
 	if len(bits) == 0 || uint64(numPages) > uint64(len(bits))*64 {
 		return fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d: %d pages do not fit a %d-word bitmap", slot, numPages, len(bits))
 	}
-	c := clearDirtyLog{Slot: slot, NumPages: numPages, FirstPage: first, Bitmap: bitmapPtr(bits)}
-	_, err := ioctl(vm.fd, reqClearDirtyLog, unsafe.Pointer(&c))
-	keepAlive(bits)
-	if err != nil {
+	if err := clearDirtyLogIoctl(vm.fd, slot, first, numPages, bits); err != nil {
 		return fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d pages %d+%d: %w", slot, first, numPages, err)
 	}
 	return nil

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"unsafe"
 
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
@@ -130,7 +129,7 @@ func (s *System) CheckExtension(c Capability) (int, error) {
 func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
 	var c cpuid2
 	c.N = maxCPUIDEntries
-	if _, err := ioctl(s.fd, reqGetSupportedCPUID, unsafe.Pointer(&c)); err != nil {
+	if _, err := ioctlPtr(s.fd, reqGetSupportedCPUID, &c); err != nil {
 		return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
 	}
 	return append([]CPUIDEntry(nil), c.Entries[:c.N]...), nil
@@ -141,7 +140,7 @@ func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
 func (s *System) MSRIndexList() ([]uint32, error) {
 	var l msrList
 	l.N = maxMSRs
-	if _, err := ioctl(s.fd, reqGetMSRIndexList, unsafe.Pointer(&l)); err != nil {
+	if _, err := ioctlPtr(s.fd, reqGetMSRIndexList, &l); err != nil {
 		return nil, fmt.Errorf("KVM_GET_MSR_INDEX_LIST: %w", err)
 	}
 	return append([]uint32(nil), l.Indices[:l.N]...), nil

@@ -3,7 +3,6 @@ package kvm
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -236,5 +235,3 @@ func (v *VCPU) SetTSCKHz(khz uint64) error {
 	}
 	return nil
 }
-
-func keepAlive(x any) { runtime.KeepAlive(x) }

@@ -2,7 +2,6 @@ package vmm
 
 import (
 	"fmt"
-	"unsafe"
 
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
@@ -116,8 +115,6 @@ func (m *Memory) Write(gpa uint64, b []byte) error {
 
 // lowEnd is the end of RAM below the PCI hole (the first region).
 func (m *Memory) lowEnd() uint64 { return m.Regions[0].GPA + m.Regions[0].Size() }
-
-func hostAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 
 // E820 entry types.
 const (
