@@ -13,6 +13,8 @@ type VM struct {
 	fd  int
 	sys *System
 
+	// mu guards slots: SetMemoryRegion (turning dirty logging on or off)
+	// may run while another goroutine reads or clears the dirty log.
 	mu    sync.Mutex
 	slots map[uint32]uint64 // slot -> size in pages, for dirty bitmap sizes
 }

@@ -41,8 +41,13 @@ type recordWriter struct {
 	jobs   chan writeJob
 	free   chan []byte // the spare buffer comes back here
 	exited chan struct{}
-	errMu  sync.Mutex
-	err    error // first write error
+	// errMu guards err, set by whichever goroutine's write fails first
+	// (the writer goroutine in async mode) and read by the filling one.
+	// The buffer fields above belong to the filling goroutine; written
+	// and busySince are atomics; buffers change hands through jobs and
+	// free.
+	errMu sync.Mutex
+	err   error // first write error
 }
 
 type writeJob struct {

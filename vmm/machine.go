@@ -59,16 +59,20 @@ type Machine struct {
 	serial  *devices.Serial
 	devices []devices.Device // in registration order
 
+	// ctl guards the run state below (started, pauseReq, parked,
+	// stopping, exit, and the closing of stopReq); cond, on ctl, is
+	// broadcast whenever it changes. The vCPU threads (run.go) take ctl
+	// only to park; each touches its own kvm.VCPU without it.
 	ctl      sync.Mutex
 	cond     *sync.Cond
-	pauseReq bool
-	parked   int // vCPUs parked or stopped
+	pauseReq bool // vCPUs park at their next exit, and stay parked, while set
+	parked   int  // vCPUs parked or stopped
 	stopping bool
 	stopReq  chan struct{} // closed by the first stop
 	started  bool
 	exit     *Exit
-	done     chan struct{}
-	wg       sync.WaitGroup
+	done     chan struct{}  // closed by reap once every vCPU thread has ended
+	wg       sync.WaitGroup // the vCPU threads
 	// kick makes a vCPU leave KVM_RUN ((*kvm.VCPU).Kick; tests lose kicks).
 	kick func(*kvm.VCPU) error
 }

@@ -147,8 +147,10 @@ func newVMID() migrate.VMID {
 type MigrationDestination struct {
 	// NewID gives the machine an id of its own instead of the source's
 	// (for a restored snapshot: it may be restored more than once).
-	NewID   bool
-	cfg     Config // Console and KVMPath; Memory and CPUs come from the source
+	NewID bool
+	cfg   Config // Console and KVMPath; Memory and CPUs come from the source
+	// mu guards m: the receiver prepares and discards it, while Machine
+	// (the CLI, a kept resume's Reclaim) may ask for it.
 	mu      sync.Mutex
 	m       *Machine
 	started chan *Machine // receives the machine once it runs

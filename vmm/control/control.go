@@ -170,7 +170,9 @@ type Status struct {
 
 // Controller is the control API of one machine.
 type Controller struct {
-	m  Machine
+	m Machine
+	// mu guards state, was and progress: every request is one step of the
+	// state machine, taken under mu, so racing requests are ordered.
 	mu sync.Mutex
 	// state is the current state; was, while state is busy, the run state
 	// (Running or Paused) recorded when the operation began.
