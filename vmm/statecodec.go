@@ -31,6 +31,13 @@ import (
 // cap before anything is allocated, so a hostile blob cannot make the
 // decoder allocate more than the blob's own (capped) size.
 //
+// Those structures are types of gokvm (at the version go.mod pins) and of
+// package kvm, so the format is pinned by tests, not by their definitions:
+// statelayout_test.go checks the encoded size of each, and a real encoded
+// state (testdata/state-v3.bin, rewritten only with -write-golden-state)
+// must still decode to the values listed in testdata/state-v3.txt and
+// encode back to the same bytes. A change there is a new format version.
+//
 // Version 2 added QueueState.SignalledUsed (VIRTIO_F_EVENT_IDX) to the
 // virtio-mmio devices' state; a version 1 blob is still read, its virtio
 // devices' states converted (devices.UpgradeVirtioStateV1).
