@@ -164,7 +164,13 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string { return "migrate: peer reported: " + e.Msg }
 
+// castagnoli is the CRC32C table of every checksum ferry computes: record
+// payloads here, and the VM state format (vmm) through Checksum.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Checksum is the CRC32C (Castagnoli polynomial) of p: the checksum of a
+// record's payload, and of ferry's other formats (the VM state blob).
+func Checksum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
 
 // header is the fixed 16-byte record header (all fields big-endian):
 //
@@ -222,7 +228,7 @@ func appendRecord(dst []byte, t RecordType, payload []byte) []byte {
 	putHeader(h[:], header{
 		Type:   t,
 		Length: uint32(HeaderSize + len(payload)),
-		CRC:    crc32.Checksum(payload, castagnoli),
+		CRC:    Checksum(payload),
 	})
 	dst = append(dst, h[:]...)
 	return append(dst, payload...)
@@ -289,7 +295,7 @@ func readRecord(r io.Reader, hdr *[HeaderSize]byte, buf []byte) (record, []byte,
 		}
 		return record{}, buf, err
 	}
-	if c := crc32.Checksum(p, castagnoli); c != h.CRC {
+	if c := Checksum(p); c != h.CRC {
 		return record{}, buf, fmt.Errorf("%w: %v crc %#08x, header says %#08x", ErrChecksum, h.Type, c, h.CRC)
 	}
 	return record{Type: h.Type, Payload: p}, buf, nil

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"strings"
 
@@ -68,8 +67,6 @@ const (
 	maxDevNameLen  = 64
 	maxDevStateLen = 1 << 20
 )
-
-var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 // ErrBadState wraps every reason a state blob is refused.
 var ErrBadState = errors.New("invalid VM state")
@@ -136,7 +133,7 @@ func EncodeState(s *State) ([]byte, error) {
 	copy(out, stateMagic)
 	binary.LittleEndian.PutUint32(out[8:], stateVersion)
 	binary.LittleEndian.PutUint64(out[12:], uint64(p.Len()))
-	binary.LittleEndian.PutUint32(out[20:], crc32.Checksum(p.Bytes(), crcTable))
+	binary.LittleEndian.PutUint32(out[20:], migrate.Checksum(p.Bytes()))
 	return append(out, p.Bytes()...), nil
 }
 
@@ -196,7 +193,7 @@ func DecodeState(b []byte) (*State, error) {
 		return nil, fmt.Errorf("%w: payload length %d does not match the %d bytes present", ErrBadState, n, len(b)-stateHdrLen)
 	}
 	payload := b[stateHdrLen:]
-	if crc := crc32.Checksum(payload, crcTable); crc != binary.LittleEndian.Uint32(b[20:]) {
+	if crc := migrate.Checksum(payload); crc != binary.LittleEndian.Uint32(b[20:]) {
 		return nil, fmt.Errorf("%w: checksum mismatch", ErrBadState)
 	}
 	d := &stateReader{r: bytes.NewReader(payload)}
