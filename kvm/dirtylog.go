@@ -12,11 +12,17 @@ import (
 // which would make a migration silently skip every page.)
 var ErrNotLogging = errors.New("memory slot has no dirty logging")
 
+// PageSize is the page of memory slots and of the dirty log: one bit of a
+// dirty bitmap per PageSize bytes of guest memory (x86's base page).
+const PageSize = 4096
+
+// sizePages is the number of pages that size bytes of a slot cover.
+func sizePages(size uint64) uint64 { return (size + PageSize - 1) / PageSize }
+
 // BitmapWords is the number of uint64 words a dirty bitmap for size bytes of
-// guest memory needs (one bit per 4 KiB page, KVM rounds up to 64 bits).
+// guest memory needs (one bit per page, KVM rounds up to 64 bits).
 func BitmapWords(size uint64) int {
-	pages := (size + 4095) / 4096
-	return int((pages + 63) / 64)
+	return int((sizePages(size) + 63) / 64)
 }
 
 // GetDirtyLog copies the slot's dirty bitmap into bitmap (bit p of word p/64
@@ -31,7 +37,7 @@ func (vm *VM) GetDirtyLog(slot uint32, bitmap []uint64) error {
 	if !ok {
 		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w: no such slot in this VM", slot, ErrNotLogging)
 	}
-	if need := BitmapWords(pages * 4096); len(bitmap) < need {
+	if need := BitmapWords(pages * PageSize); len(bitmap) < need {
 		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: bitmap of %d words, the slot's %d pages need %d", slot, len(bitmap), pages, need)
 	}
 	if err := getDirtyLog(vm.fd, slot, bitmap); err != nil {

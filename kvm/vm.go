@@ -61,7 +61,7 @@ func (vm *VM) SetMemoryRegion(r MemoryRegion) error {
 		if vm.slots == nil {
 			vm.slots = map[uint32]uint64{}
 		}
-		vm.slots[r.Slot] = (r.Size + 4095) / 4096
+		vm.slots[r.Slot] = sizePages(r.Size)
 	}
 	return nil
 }

@@ -28,6 +28,19 @@ type Config struct {
 	noIRQFD, noIOEventFD bool
 }
 
+// MaxCPUs is the most vCPUs a machine has: the MP table announces each
+// (mptable.go), and the VM state format caps its vCPU count with it. The
+// CLI's --cpus and the default of --max-cpus (receive, restore) follow it.
+const MaxCPUs = 32
+
+// CheckCPUs says whether a machine can have n vCPUs: 1 to MaxCPUs.
+func CheckCPUs(n int) error {
+	if n < 1 || n > MaxCPUs {
+		return fmt.Errorf("ferry supports 1 to %d vCPUs", MaxCPUs)
+	}
+	return nil
+}
+
 // Exit says how a machine stopped. Err is nil for a guest that powered off
 // or reset (a clean exit).
 type Exit struct {
@@ -80,8 +93,8 @@ type Machine struct {
 // New creates the VM, its memory, irqchip, timer, devices and vCPUs. The
 // guest does not run until Boot or Restore and then Start.
 func New(cfg Config) (m *Machine, err error) {
-	if cfg.CPUs < 1 || cfg.CPUs > mpMaxCPUs {
-		return nil, fmt.Errorf("--cpus %d: ferry supports 1 to %d vCPUs", cfg.CPUs, mpMaxCPUs)
+	if err := CheckCPUs(cfg.CPUs); err != nil {
+		return nil, fmt.Errorf("--cpus %d: %w", cfg.CPUs, err)
 	}
 	mc := &Machine{cfg: cfg, id: newVMID(), done: make(chan struct{}), stopReq: make(chan struct{}), kick: (*kvm.VCPU).Kick}
 	mc.cond = sync.NewCond(&mc.ctl)

@@ -60,7 +60,7 @@ const (
 	// maxStatePayload is what is left of it after the header.
 	maxStatePayload = MaxStateSize - stateHdrLen
 
-	maxStateVCPUs  = mpMaxCPUs
+	maxStateVCPUs  = MaxCPUs
 	maxStateCPUID  = 256
 	maxStateMSRs   = 1024
 	maxStateDevs   = 64
