@@ -6,35 +6,6 @@
 // tested against fake guest memory without KVM. vmm.Machine implements them.
 package migrate
 
-import "fmt"
-
-// PageSize is the guest page size tracked by KVM's dirty log.
-const PageSize = 4096
-
-// Region is one contiguous range of guest-physical memory (one KVM slot).
-type Region struct {
-	GPA  uint64 // guest-physical start, page aligned
-	Size uint64 // bytes, a multiple of PageSize
-}
-
-// VMID identifies one VM across migration attempts: a resumed migration
-// is accepted only into pages kept for the same id. The zero VMID means
-// "no id" (such a VM cannot resume a migration).
-type VMID [16]byte
-
-// IsZero reports whether id is the zero (absent) id.
-func (id VMID) IsZero() bool { return id == VMID{} }
-
-func (id VMID) String() string { return fmt.Sprintf("%x", id[:]) }
-
-// VMInfo is what the handshake compares between source and destination.
-type VMInfo struct {
-	ID      VMID
-	Regions []Region
-	VCPUs   int
-	Devices []string // device names in registration order
-}
-
 // Source is a running VM as the sender sees it.
 type Source interface {
 	Info() VMInfo
