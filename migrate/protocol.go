@@ -8,7 +8,8 @@ import (
 	"io"
 )
 
-// Wire constants. PROTOCOL.md is the normative description; keep both in step.
+// Wire constants. PROTOCOL.md is the normative description of every
+// layout and limit; the comments here name them, PROTOCOL.md says them.
 const (
 	// ProtocolVersion is the only version this package speaks. Version 2
 	// ended with the commit handshake (END, READY, COMMIT, DONE-ACK);
@@ -35,8 +36,8 @@ const (
 	MaxDevices    = 256
 	MaxDeviceName = 128
 
-	// Page entry layout inside a PAGES payload.
-	entryHeaderSize = 9 // page index uint64 + kind uint8
+	// Page entry sizes inside a PAGES payload (PROTOCOL.md, "PAGES").
+	entryHeaderSize = 9 // page index and kind
 	digestSize      = 16
 	fullEntrySize   = entryHeaderSize + digestSize + PageSize
 	zeroEntrySize   = entryHeaderSize
@@ -172,13 +173,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // record's payload, and of ferry's other formats (the VM state blob).
 func Checksum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
 
-// header is the fixed 16-byte record header (all fields big-endian):
-//
-//	0  magic  uint32
-//	4  type   uint16
-//	6  flags  uint16 (must be zero in version 1)
-//	8  length uint32 (whole record, header included)
-//	12 crc    uint32 (CRC32C of the payload)
+// header is the fixed record header (layout: PROTOCOL.md, "Record
+// header"); Length counts the whole record, header included.
 type header struct {
 	Type   RecordType
 	Flags  uint16

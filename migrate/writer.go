@@ -12,8 +12,8 @@ import (
 )
 
 // recordWriter is the sender's buffered output. It plays the part of a
-// bufio.Writer with a big buffer, but PAGES records are built in place inside
-// the buffer: a page is copied from guest memory straight to its slot in the
+// bufio.Writer with a big buffer, but PAGES records (layout: PROTOCOL.md)
+// are built in place inside the buffer: a page is copied from guest memory straight to its slot in the
 // record, hashed there, and the running CRC32C is updated while the entry is
 // still hot in cache. Nothing is copied again before the write system call.
 //
