@@ -1,6 +1,26 @@
 // Package vmm is ferry's machine: guest RAM and its memory map, kernel
-// loading, the vCPU threads, exit dispatch to devices, pause and resume, and
-// the whole-VM state.
+// loading, the vCPU threads and their exits, pause and resume, the devices
+// with their virtio plumbing, the whole-VM state and its format, and the
+// adapters through which package migrate moves a machine. Two packages
+// below it serve a machine from outside: vmm/control is its control socket
+// (one state machine for status, pause, resume, migrate and snapshot, and
+// its JSON-over-HTTP server on a unix socket), and vmm/incoming is the
+// receiving end of a migration (the server ferry receive runs).
+//
+//	machine.go        Machine and Config: New (VM, memory, irqchip, devices, vCPUs), Boot, Close, MaxCPUs
+//	memory.go         guest RAM: the PC memory map, regions, E820, CheckMemory
+//	memory_unsafe.go  the host address of a RAM mapping, for KVM
+//	boot.go           loading a PVH vmlinux or a bzImage and the initrd; the boot vCPU's registers
+//	cmdline.go        the kernel command line ferry gives the guest
+//	cpuid.go          the guest's CPUID (features an emulating KVM cannot run are hidden)
+//	mptable.go        the MP table: CPUs, the IOAPIC and the interrupt wiring
+//	run.go            the vCPU threads and their exits; Start, Stop, Wait, Pause, Resume
+//	virtio.go         virtio-blk and virtio-net devices on virtio-mmio, and their flags
+//	notify.go         irqfd interrupt lines and ioeventfd queue notifies
+//	dirty.go          pages the devices write into guest memory, for the dirty log
+//	state.go          State: save and restore the whole VM (vCPUs, irqchip, PIT, clock, devices)
+//	statecodec.go     the VM state format (version 3; versions 1 and 2 still read)
+//	migration.go      MigrationSource and MigrationDestination: a Machine as migrate sees it
 package vmm
 
 import (
