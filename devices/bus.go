@@ -10,7 +10,7 @@ import (
 // Unclaimed reads return all ones, as on a PC with nothing on the bus, and
 // unclaimed writes are dropped; both are counted for diagnostics.
 type PortBus struct {
-	mu        sync.Mutex
+	mu        sync.Mutex // guards ranges and unclaimed (every vCPU thread routes through the bus)
 	ranges    []portRange
 	unclaimed map[uint16]int
 }

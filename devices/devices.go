@@ -1,7 +1,19 @@
 // Package devices holds ferry's emulated devices and the buses that route
 // guest port I/O and MMIO to them. Every stateful device keeps its whole
-// state in a plain State struct with explicit Save and Restore, so the VMM
-// can snapshot and migrate it.
+// state in a plain State struct with explicit Save and Restore, and checks
+// a saved state fully before it changes anything, so the VMM can snapshot
+// and migrate it.
+//
+//	devices.go        Device, Stateful, PortDevice, IRQLine; the state codec helpers
+//	bus.go            PortBus: port I/O to the device of each range
+//	mmiobus.go        MMIOBus: MMIO to the device of each window
+//	serial.go         the 8250/16550A UART (the console)
+//	legacy.go         the i8042 (its reset line ends the VM), the CMOS RTC, sinks for unused ports
+//	virtio_mmio.go    the virtio-mmio transport (version 2 registers) of one device
+//	virtio_queue.go   split virtqueues: descriptor chains, used ring, event index
+//	ring_unsafe.go    atomic access to ring words in guest memory
+//	virtio_blk.go     virtio-blk on a raw image file
+//	virtio_net.go     virtio-net on a tap interface, and the RARP announce
 package devices
 
 import (

@@ -12,7 +12,7 @@ import (
 // line (command 0xfe on port 0x64), which is how Linux reboots with
 // reboot=k. ferry has no ACPI, so a guest restart ends the VM.
 type I8042 struct {
-	mu    sync.Mutex
+	mu    sync.Mutex // guards s
 	s     I8042State
 	reset func()
 }
@@ -88,7 +88,7 @@ func (k *I8042) Restore(data []byte) error {
 // The clock registers read the host's wall clock (UTC) in BCD, 24-hour mode,
 // never "update in progress"; the guest reads its boot time from them.
 type CMOS struct {
-	mu  sync.Mutex
+	mu  sync.Mutex // guards s
 	s   CMOSState
 	now func() time.Time
 }

@@ -9,7 +9,7 @@ import (
 // MMIOBus routes guest MMIO exits to the device whose window holds the
 // address. Unclaimed reads return all ones and unclaimed writes are dropped.
 type MMIOBus struct {
-	mu      sync.Mutex
+	mu      sync.Mutex // guards windows: vCPU threads route while devices register
 	windows []mmioWindow
 }
 

@@ -8,5 +8,6 @@ import "unsafe"
 // page aligned, so the host address is aligned too).
 func word32(b []byte) *uint32 {
 	_ = b[3]
+	// SAFETY: b holds the 4 bytes (checked above), the typed pointer keeps b's array alive, and callers pass addr&^3 of page-aligned RAM, so the word is aligned.
 	return (*uint32)(unsafe.Pointer(&b[0]))
 }

@@ -66,8 +66,11 @@ type SerialState struct {
 // Input reach the guest, and the interrupt output drives irq.
 type Serial struct {
 	name string
+	// mu guards every field below but name and out's own state: the
+	// vCPU threads (register accesses) and the console's input
+	// goroutine (Input) share the UART.
 	mu   sync.Mutex
-	room *sync.Cond // signalled when the guest drains RX
+	room *sync.Cond // on mu; signalled when the guest drains RX
 	s    SerialState
 	out  io.Writer
 	irq  irqOut

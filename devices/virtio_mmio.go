@@ -97,7 +97,11 @@ type VirtioMMIOState struct {
 
 // VirtioMMIO is a virtio-mmio (version 2) transport for one device.
 type VirtioMMIO struct {
-	name    string
+	name string
+	// mu guards s, queues and irq: register accesses (vCPU threads),
+	// notifies (ioeventfd goroutines) and the backend's Process, which
+	// always runs under it, as does a backend's own state that it says
+	// is on t.mu (Net's).
 	mu      sync.Mutex
 	s       VirtioMMIOState
 	mem     GuestMemory

@@ -33,10 +33,12 @@ type Net struct {
 	tap     *os.File
 	mac     [6]byte
 	t       *VirtioMMIO
-	room    *sync.Cond // on t.mu: receive buffers, resume, close
-	paused  bool       // the VM is paused: guest memory must not change
-	closed  bool
-	done    chan struct{}
+	// paused, closed and Dropped are guarded by the transport's lock
+	// (t.mu), under which Process runs too; room waits on it.
+	room   *sync.Cond // on t.mu: receive buffers, resume, close
+	paused bool       // the VM is paused: guest memory must not change
+	closed bool
+	done   chan struct{}
 	// Dropped counts frames read from the tap that were dropped (too big
 	// for the guest's buffer, or the device closed while holding one).
 	Dropped int

@@ -3,7 +3,6 @@ package kvm
 import (
 	"errors"
 	"fmt"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,11 +12,17 @@ import (
 // which would make a migration silently skip every page.)
 var ErrNotLogging = errors.New("memory slot has no dirty logging")
 
+// PageSize is the page of memory slots and of the dirty log: one bit of a
+// dirty bitmap per PageSize bytes of guest memory (x86's base page).
+const PageSize = 4096
+
+// sizePages is the number of pages that size bytes of a slot cover.
+func sizePages(size uint64) uint64 { return (size + PageSize - 1) / PageSize }
+
 // BitmapWords is the number of uint64 words a dirty bitmap for size bytes of
-// guest memory needs (one bit per 4 KiB page, KVM rounds up to 64 bits).
+// guest memory needs (one bit per page, KVM rounds up to 64 bits).
 func BitmapWords(size uint64) int {
-	pages := (size + 4095) / 4096
-	return int((pages + 63) / 64)
+	return int((sizePages(size) + 63) / 64)
 }
 
 // GetDirtyLog copies the slot's dirty bitmap into bitmap (bit p of word p/64
@@ -32,13 +37,10 @@ func (vm *VM) GetDirtyLog(slot uint32, bitmap []uint64) error {
 	if !ok {
 		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w: no such slot in this VM", slot, ErrNotLogging)
 	}
-	if need := BitmapWords(pages * 4096); len(bitmap) < need {
+	if need := BitmapWords(pages * PageSize); len(bitmap) < need {
 		return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: bitmap of %d words, the slot's %d pages need %d", slot, len(bitmap), pages, need)
 	}
-	d := dirtyLog{Slot: slot, Bitmap: bitmapPtr(bitmap)}
-	_, err := ioctl(vm.fd, reqGetDirtyLog, unsafe.Pointer(&d))
-	keepAlive(bitmap)
-	if err != nil {
+	if err := getDirtyLog(vm.fd, slot, bitmap); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w: %w", slot, ErrNotLogging, err)
 		}
@@ -58,10 +60,7 @@ func (vm *VM) ClearDirtyLog(slot uint32, first uint64, numPages uint32, bits []u
 	if len(bits) == 0 || uint64(numPages) > uint64(len(bits))*64 {
 		return fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d: %d pages do not fit a %d-word bitmap", slot, numPages, len(bits))
 	}
-	c := clearDirtyLog{Slot: slot, NumPages: numPages, FirstPage: first, Bitmap: bitmapPtr(bits)}
-	_, err := ioctl(vm.fd, reqClearDirtyLog, unsafe.Pointer(&c))
-	keepAlive(bits)
-	if err != nil {
+	if err := clearDirtyLogIoctl(vm.fd, slot, first, numPages, bits); err != nil {
 		return fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d pages %d+%d: %w", slot, first, numPages, err)
 	}
 	return nil

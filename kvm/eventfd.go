@@ -1,9 +1,6 @@
 package kvm
 
-import (
-	"fmt"
-	"unsafe"
-)
+import "fmt"
 
 // irqfds and ioeventfds: eventfds that KVM signals or reads itself, so a
 // device model can raise an interrupt, or learn of a guest write to a
@@ -24,7 +21,7 @@ const (
 // irqchip input. Needs KVM_CAP_IRQFD and an in-kernel irqchip.
 func (vm *VM) IRQFD(efd int, gsi uint32) error {
 	r := irqfd{FD: uint32(efd), GSI: gsi}
-	if _, err := ioctl(vm.fd, reqIRQFD, unsafe.Pointer(&r)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqIRQFD, &r); err != nil {
 		return fmt.Errorf("KVM_IRQFD gsi %d: %w", gsi, err)
 	}
 	return nil
@@ -38,7 +35,7 @@ func (vm *VM) IRQFD(efd int, gsi uint32) error {
 // or removing the last resampling irqfd of the GSI, deasserts it.
 func (vm *VM) IRQFDResample(efd, resamplefd int, gsi uint32) error {
 	r := irqfd{FD: uint32(efd), GSI: gsi, Flags: irqfdFlagResample, ResampleFD: uint32(resamplefd)}
-	if _, err := ioctl(vm.fd, reqIRQFD, unsafe.Pointer(&r)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqIRQFD, &r); err != nil {
 		return fmt.Errorf("KVM_IRQFD gsi %d (resample fd %d): %w", gsi, resamplefd, err)
 	}
 	return nil
@@ -49,7 +46,7 @@ func (vm *VM) IRQFDResample(efd, resamplefd int, gsi uint32) error {
 // eventfd's release in a work item).
 func (vm *VM) DeassignIRQFD(efd int, gsi uint32) error {
 	r := irqfd{FD: uint32(efd), GSI: gsi, Flags: irqfdFlagDeassign}
-	if _, err := ioctl(vm.fd, reqIRQFD, unsafe.Pointer(&r)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqIRQFD, &r); err != nil {
 		return fmt.Errorf("KVM_IRQFD deassign gsi %d: %w", gsi, err)
 	}
 	return nil
@@ -96,7 +93,7 @@ func (e IOEvent) String() string {
 // (EEXIST) a second one on the same address, length and match value.
 func (vm *VM) IOEventFD(e IOEvent) error {
 	r := e.raw()
-	if _, err := ioctl(vm.fd, reqIOEventFD, unsafe.Pointer(&r)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqIOEventFD, &r); err != nil {
 		return fmt.Errorf("KVM_IOEVENTFD %v: %w", e, err)
 	}
 	return nil
@@ -108,7 +105,7 @@ func (vm *VM) IOEventFD(e IOEvent) error {
 func (vm *VM) DeassignIOEventFD(e IOEvent) error {
 	r := e.raw()
 	r.Flags |= ioeventfdFlagDeassign
-	if _, err := ioctl(vm.fd, reqIOEventFD, unsafe.Pointer(&r)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqIOEventFD, &r); err != nil {
 		return fmt.Errorf("KVM_IOEVENTFD deassign %v: %w", e, err)
 	}
 	return nil

@@ -1,63 +1,61 @@
 package kvm
 
-import (
-	"unsafe"
+import gokvm "github.com/bobuhiro11/gokvm/kvm"
 
-	gokvm "github.com/bobuhiro11/gokvm/kvm"
-)
-
-// Request numbers, built with gokvm's _IO/_IOR/_IOW/_IOWR helpers and the
-// sizes of the structures they carry (include/uapi/linux/kvm.h).
+// Request numbers (include/uapi/linux/kvm.h), built with gokvm's _IO
+// helper, or, for those whose argument is a pointer, typed by the argument
+// they carry (ioctl_unsafe.go) so that the size in the number is that of
+// the structure passed. kvm/abi_test.go pins every number to the kernel's.
 var (
 	reqGetAPIVersion     = gokvm.IIO(0x00)
 	reqCreateVM          = gokvm.IIO(0x01)
-	reqGetMSRIndexList   = gokvm.IIOWR(0x02, 4)
+	reqGetMSRIndexList   = iowrHead[msrList](0x02, 4) // struct kvm_msr_list: nmsrs, then the indices
 	reqCheckExtension    = gokvm.IIO(0x03)
 	reqGetVCPUMmapSize   = gokvm.IIO(0x04)
-	reqGetSupportedCPUID = gokvm.IIOWR(0x05, 8)
+	reqGetSupportedCPUID = iowrHead[cpuid2](0x05, 8) // struct kvm_cpuid2: nent, padding, then the entries
 
 	reqCreateVCPU          = gokvm.IIO(0x41)
-	reqGetDirtyLog         = gokvm.IIOW(0x42, unsafe.Sizeof(dirtyLog{}))
-	reqSetUserMemoryRegion = gokvm.IIOW(0x46, unsafe.Sizeof(gokvm.UserspaceMemoryRegion{}))
+	reqGetDirtyLog         = iow[dirtyLog](0x42)
+	reqSetUserMemoryRegion = iow[gokvm.UserspaceMemoryRegion](0x46)
 	reqSetTSSAddr          = gokvm.IIO(0x47)
-	reqSetIdentityMapAddr  = gokvm.IIOW(0x48, 8)
+	reqSetIdentityMapAddr  = iow[uint64](0x48)
 	reqCreateIRQChip       = gokvm.IIO(0x60)
-	reqIRQLine             = gokvm.IIOW(0x61, 8)
-	reqGetIRQChip          = gokvm.IIOWR(0x62, unsafe.Sizeof(IRQChip{}))
-	reqSetIRQChip          = gokvm.IIOR(0x63, unsafe.Sizeof(IRQChip{}))
-	reqIRQFD               = gokvm.IIOW(0x76, unsafe.Sizeof(irqfd{}))
-	reqCreatePIT2          = gokvm.IIOW(0x77, 64)
-	reqIOEventFD           = gokvm.IIOW(0x79, unsafe.Sizeof(ioeventfd{}))
-	reqSetClock            = gokvm.IIOW(0x7b, unsafe.Sizeof(ClockData{}))
-	reqGetClock            = gokvm.IIOR(0x7c, unsafe.Sizeof(ClockData{}))
-	reqGetPIT2             = gokvm.IIOR(0x9f, unsafe.Sizeof(PITState2{}))
-	reqSetPIT2             = gokvm.IIOW(0xa0, unsafe.Sizeof(PITState2{}))
-	reqEnableCap           = gokvm.IIOW(0xa3, unsafe.Sizeof(enableCap{}))
-	reqClearDirtyLog       = gokvm.IIOWR(0xc0, unsafe.Sizeof(clearDirtyLog{}))
+	reqIRQLine             = iow[irqLevel](0x61)
+	reqGetIRQChip          = iowr[IRQChip](0x62)
+	reqSetIRQChip          = ior[IRQChip](0x63) // _IOR in kvm.h, although it writes
+	reqIRQFD               = iow[irqfd](0x76)
+	reqCreatePIT2          = iow[pitConfig](0x77)
+	reqIOEventFD           = iow[ioeventfd](0x79)
+	reqSetClock            = iow[ClockData](0x7b)
+	reqGetClock            = ior[ClockData](0x7c)
+	reqGetPIT2             = ior[PITState2](0x9f)
+	reqSetPIT2             = iow[PITState2](0xa0)
+	reqEnableCap           = iow[enableCap](0xa3)
+	reqClearDirtyLog       = iowr[clearDirtyLog](0xc0)
 
 	reqRun          = gokvm.IIO(0x80)
-	reqGetRegs      = gokvm.IIOR(0x81, unsafe.Sizeof(Regs{}))
-	reqSetRegs      = gokvm.IIOW(0x82, unsafe.Sizeof(Regs{}))
-	reqGetSregs     = gokvm.IIOR(0x83, unsafe.Sizeof(Sregs{}))
-	reqSetSregs     = gokvm.IIOW(0x84, unsafe.Sizeof(Sregs{}))
-	reqGetMSRs      = gokvm.IIOWR(0x88, 8)
-	reqSetMSRs      = gokvm.IIOW(0x89, 8)
-	reqGetFPU       = gokvm.IIOR(0x8c, unsafe.Sizeof(FPU{}))
-	reqSetFPU       = gokvm.IIOW(0x8d, unsafe.Sizeof(FPU{}))
-	reqGetLAPIC     = gokvm.IIOR(0x8e, unsafe.Sizeof(LAPIC{}))
-	reqSetLAPIC     = gokvm.IIOW(0x8f, unsafe.Sizeof(LAPIC{}))
-	reqSetCPUID2    = gokvm.IIOW(0x90, 8)
-	reqGetCPUID2    = gokvm.IIOWR(0x91, 8)
-	reqGetMPState   = gokvm.IIOR(0x98, unsafe.Sizeof(MPState{}))
-	reqSetMPState   = gokvm.IIOW(0x99, unsafe.Sizeof(MPState{}))
-	reqGetEvents    = gokvm.IIOR(0x9f, unsafe.Sizeof(VCPUEvents{}))
-	reqSetEvents    = gokvm.IIOW(0xa0, unsafe.Sizeof(VCPUEvents{}))
-	reqGetDebugRegs = gokvm.IIOR(0xa1, unsafe.Sizeof(DebugRegs{}))
-	reqSetDebugRegs = gokvm.IIOW(0xa2, unsafe.Sizeof(DebugRegs{}))
+	reqGetRegs      = ior[Regs](0x81)
+	reqSetRegs      = iow[Regs](0x82)
+	reqGetSregs     = ior[Sregs](0x83)
+	reqSetSregs     = iow[Sregs](0x84)
+	reqGetMSRs      = iowrHead[msrs](0x88, 8) // struct kvm_msrs: nmsrs, pad, then the entries
+	reqSetMSRs      = iowHead[msrs](0x89, 8)
+	reqGetFPU       = ior[FPU](0x8c)
+	reqSetFPU       = iow[FPU](0x8d)
+	reqGetLAPIC     = ior[LAPIC](0x8e)
+	reqSetLAPIC     = iow[LAPIC](0x8f)
+	reqSetCPUID2    = iowHead[cpuid2](0x90, 8)
+	reqGetCPUID2    = iowrHead[cpuid2](0x91, 8)
+	reqGetMPState   = ior[MPState](0x98)
+	reqSetMPState   = iow[MPState](0x99)
+	reqGetEvents    = ior[VCPUEvents](0x9f)
+	reqSetEvents    = iow[VCPUEvents](0xa0)
+	reqGetDebugRegs = ior[DebugRegs](0xa1)
+	reqSetDebugRegs = iow[DebugRegs](0xa2)
 	reqSetTSCKHz    = gokvm.IIO(0xa2)
 	reqGetTSCKHz    = gokvm.IIO(0xa3)
-	reqGetXSave     = gokvm.IIOR(0xa4, unsafe.Sizeof(XSave{}))
-	reqSetXSave     = gokvm.IIOW(0xa5, unsafe.Sizeof(XSave{}))
-	reqGetXCRs      = gokvm.IIOR(0xa6, unsafe.Sizeof(XCRs{}))
-	reqSetXCRs      = gokvm.IIOW(0xa7, unsafe.Sizeof(XCRs{}))
+	reqGetXSave     = ior[XSave](0xa4)
+	reqSetXSave     = iow[XSave](0xa5)
+	reqGetXCRs      = ior[XCRs](0xa6)
+	reqSetXCRs      = iow[XCRs](0xa7)
 )

@@ -1,9 +1,6 @@
 package kvm
 
-import (
-	"fmt"
-	"unsafe"
-)
+import "fmt"
 
 // vCPU state accessors. The order in which they are called matters; the
 // whole-vCPU Save and Restore in vcpustate.go encode the rules.
@@ -11,117 +8,117 @@ import (
 // Regs reads the general-purpose registers.
 func (v *VCPU) Regs() (Regs, error) {
 	var r Regs
-	_, err := ioctl(v.fd, reqGetRegs, unsafe.Pointer(&r))
+	_, err := ioctlPtr(v.fd, reqGetRegs, &r)
 	return r, v.wrap("KVM_GET_REGS", err)
 }
 
 // SetRegs writes the general-purpose registers.
 func (v *VCPU) SetRegs(r Regs) error {
-	_, err := ioctl(v.fd, reqSetRegs, unsafe.Pointer(&r))
+	_, err := ioctlPtr(v.fd, reqSetRegs, &r)
 	return v.wrap("KVM_SET_REGS", err)
 }
 
 // Sregs reads segment, control and descriptor-table registers.
 func (v *VCPU) Sregs() (Sregs, error) {
 	var s Sregs
-	_, err := ioctl(v.fd, reqGetSregs, unsafe.Pointer(&s))
+	_, err := ioctlPtr(v.fd, reqGetSregs, &s)
 	return s, v.wrap("KVM_GET_SREGS", err)
 }
 
 // SetSregs writes segment, control and descriptor-table registers.
 func (v *VCPU) SetSregs(s Sregs) error {
-	_, err := ioctl(v.fd, reqSetSregs, unsafe.Pointer(&s))
+	_, err := ioctlPtr(v.fd, reqSetSregs, &s)
 	return v.wrap("KVM_SET_SREGS", err)
 }
 
 // FPU reads the legacy FPU/SSE state.
 func (v *VCPU) FPU() (FPU, error) {
 	var f FPU
-	_, err := ioctl(v.fd, reqGetFPU, unsafe.Pointer(&f))
+	_, err := ioctlPtr(v.fd, reqGetFPU, &f)
 	return f, v.wrap("KVM_GET_FPU", err)
 }
 
 // SetFPU writes the legacy FPU/SSE state.
 func (v *VCPU) SetFPU(f FPU) error {
-	_, err := ioctl(v.fd, reqSetFPU, unsafe.Pointer(&f))
+	_, err := ioctlPtr(v.fd, reqSetFPU, &f)
 	return v.wrap("KVM_SET_FPU", err)
 }
 
 // XSave reads the XSAVE area (includes the FPU state).
 func (v *VCPU) XSave() (XSave, error) {
 	var x XSave
-	_, err := ioctl(v.fd, reqGetXSave, unsafe.Pointer(&x))
+	_, err := ioctlPtr(v.fd, reqGetXSave, &x)
 	return x, v.wrap("KVM_GET_XSAVE", err)
 }
 
 // SetXSave writes the XSAVE area.
 func (v *VCPU) SetXSave(x XSave) error {
-	_, err := ioctl(v.fd, reqSetXSave, unsafe.Pointer(&x))
+	_, err := ioctlPtr(v.fd, reqSetXSave, &x)
 	return v.wrap("KVM_SET_XSAVE", err)
 }
 
 // XCRs reads the extended control registers.
 func (v *VCPU) XCRs() (XCRs, error) {
 	var x XCRs
-	_, err := ioctl(v.fd, reqGetXCRs, unsafe.Pointer(&x))
+	_, err := ioctlPtr(v.fd, reqGetXCRs, &x)
 	return x, v.wrap("KVM_GET_XCRS", err)
 }
 
 // SetXCRs writes the extended control registers.
 func (v *VCPU) SetXCRs(x XCRs) error {
-	_, err := ioctl(v.fd, reqSetXCRs, unsafe.Pointer(&x))
+	_, err := ioctlPtr(v.fd, reqSetXCRs, &x)
 	return v.wrap("KVM_SET_XCRS", err)
 }
 
 // LAPIC reads the local APIC register page.
 func (v *VCPU) LAPIC() (LAPIC, error) {
 	var l LAPIC
-	_, err := ioctl(v.fd, reqGetLAPIC, unsafe.Pointer(&l))
+	_, err := ioctlPtr(v.fd, reqGetLAPIC, &l)
 	return l, v.wrap("KVM_GET_LAPIC", err)
 }
 
 // SetLAPIC writes the local APIC register page.
 func (v *VCPU) SetLAPIC(l LAPIC) error {
-	_, err := ioctl(v.fd, reqSetLAPIC, unsafe.Pointer(&l))
+	_, err := ioctlPtr(v.fd, reqSetLAPIC, &l)
 	return v.wrap("KVM_SET_LAPIC", err)
 }
 
 // Events reads pending exceptions, interrupts, NMIs and SMIs.
 func (v *VCPU) Events() (VCPUEvents, error) {
 	var e VCPUEvents
-	_, err := ioctl(v.fd, reqGetEvents, unsafe.Pointer(&e))
+	_, err := ioctlPtr(v.fd, reqGetEvents, &e)
 	return e, v.wrap("KVM_GET_VCPU_EVENTS", err)
 }
 
 // SetEvents writes pending exceptions, interrupts, NMIs and SMIs.
 func (v *VCPU) SetEvents(e VCPUEvents) error {
-	_, err := ioctl(v.fd, reqSetEvents, unsafe.Pointer(&e))
+	_, err := ioctlPtr(v.fd, reqSetEvents, &e)
 	return v.wrap("KVM_SET_VCPU_EVENTS", err)
 }
 
 // MPState reads the multiprocessing state (runnable, halted, waiting for SIPI...).
 func (v *VCPU) MPState() (MPState, error) {
 	var m MPState
-	_, err := ioctl(v.fd, reqGetMPState, unsafe.Pointer(&m))
+	_, err := ioctlPtr(v.fd, reqGetMPState, &m)
 	return m, v.wrap("KVM_GET_MP_STATE", err)
 }
 
 // SetMPState writes the multiprocessing state.
 func (v *VCPU) SetMPState(m MPState) error {
-	_, err := ioctl(v.fd, reqSetMPState, unsafe.Pointer(&m))
+	_, err := ioctlPtr(v.fd, reqSetMPState, &m)
 	return v.wrap("KVM_SET_MP_STATE", err)
 }
 
 // DebugRegs reads DR0-3, DR6, DR7.
 func (v *VCPU) DebugRegs() (DebugRegs, error) {
 	var d DebugRegs
-	_, err := ioctl(v.fd, reqGetDebugRegs, unsafe.Pointer(&d))
+	_, err := ioctlPtr(v.fd, reqGetDebugRegs, &d)
 	return d, v.wrap("KVM_GET_DEBUGREGS", err)
 }
 
 // SetDebugRegs writes DR0-3, DR6, DR7.
 func (v *VCPU) SetDebugRegs(d DebugRegs) error {
-	_, err := ioctl(v.fd, reqSetDebugRegs, unsafe.Pointer(&d))
+	_, err := ioctlPtr(v.fd, reqSetDebugRegs, &d)
 	return v.wrap("KVM_SET_DEBUGREGS", err)
 }
 
@@ -135,7 +132,7 @@ func (v *VCPU) MSRs(entries []MSREntry) (int, error) {
 	var m msrs
 	m.N = uint32(len(entries))
 	copy(m.Entries[:], entries)
-	n, err := ioctl(v.fd, reqGetMSRs, unsafe.Pointer(&m))
+	n, err := ioctlPtr(v.fd, reqGetMSRs, &m)
 	if err != nil {
 		return 0, v.wrap("KVM_GET_MSRS", err)
 	}
@@ -155,7 +152,7 @@ func (v *VCPU) SetMSRs(entries []MSREntry) (int, error) {
 	var m msrs
 	m.N = uint32(len(entries))
 	copy(m.Entries[:], entries)
-	n, err := ioctl(v.fd, reqSetMSRs, unsafe.Pointer(&m))
+	n, err := ioctlPtr(v.fd, reqSetMSRs, &m)
 	if err != nil {
 		return 0, v.wrap("KVM_SET_MSRS", err)
 	}
@@ -173,7 +170,7 @@ func (v *VCPU) SetCPUID(entries []CPUIDEntry) error {
 	var c cpuid2
 	c.N = uint32(len(entries))
 	copy(c.Entries[:], entries)
-	_, err := ioctl(v.fd, reqSetCPUID2, unsafe.Pointer(&c))
+	_, err := ioctlPtr(v.fd, reqSetCPUID2, &c)
 	return v.wrap("KVM_SET_CPUID2", err)
 }
 
@@ -181,7 +178,7 @@ func (v *VCPU) SetCPUID(entries []CPUIDEntry) error {
 func (v *VCPU) CPUID() ([]CPUIDEntry, error) {
 	var c cpuid2
 	c.N = maxCPUIDEntries
-	if _, err := ioctl(v.fd, reqGetCPUID2, unsafe.Pointer(&c)); err != nil {
+	if _, err := ioctlPtr(v.fd, reqGetCPUID2, &c); err != nil {
 		return nil, v.wrap("KVM_GET_CPUID2", err)
 	}
 	return append([]CPUIDEntry(nil), c.Entries[:c.N]...), nil

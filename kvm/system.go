@@ -1,18 +1,28 @@
 // Package kvm is ferry's typed layer over /dev/kvm: the system, VMs, vCPUs,
-// memory slots, the dirty log and the full get/set of vCPU and VM state.
+// memory slots, the dirty log, irqfds and ioeventfds, and the full get and
+// set of vCPU and VM state. Wrappers are thin (one method per ioctl; errors
+// wrap the errno with %w). Structures come from gokvm's kvm package where
+// its definitions match the kernel ABI, the calls are ours (several gokvm
+// wrappers pass pointers as uintptr through Go calls or drop results), and
+// every unsafe.Pointer is in the *_unsafe.go files.
 //
-// Wrappers are thin: one method per ioctl, errors wrap the errno with %w, and
-// pointers stay unsafe.Pointer until the system call (ioctl_unsafe.go).
-// Structures come from gokvm's kvm package where its definitions match the
-// kernel ABI; the calls are ours, since several gokvm wrappers pass pointers
-// as uintptr through Go calls or drop results (see ioctls.go, dirtylog.go).
+//	system.go           /dev/kvm: open, capabilities, supported CPUID, MSR list, CreateVM
+//	vm.go               a VM: memory slots, TSS and identity map, irqchip, PIT, clock, EnableCap
+//	vcpu.go             a vCPU: Run, Kick, the exit data in kvm_run, TSC frequency
+//	state.go            one vCPU state ioctl per method (registers, FPU, XSAVE, LAPIC, MSRs, CPUID, ...)
+//	vcpustate.go        VCPUState: the whole vCPU saved and restored in the order KVM needs
+//	dirtylog.go         the dirty log: get, clear, manual protection, PageSize
+//	dirtylog_unsafe.go  struct kvm_dirty_log and kvm_clear_dirty_log, whose bitmap is a pointer
+//	eventfd.go          irqfds and ioeventfds
+//	types.go            kernel structures: gokvm's, and ours where gokvm has none
+//	ioctls.go           the request numbers, each typed by its argument
+//	ioctl_unsafe.go     the ioctl calls with pointer arguments, and the kvm_run mapping
 package kvm
 
 import (
 	"errors"
 	"fmt"
 	"os"
-	"unsafe"
 
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
@@ -130,7 +140,7 @@ func (s *System) CheckExtension(c Capability) (int, error) {
 func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
 	var c cpuid2
 	c.N = maxCPUIDEntries
-	if _, err := ioctl(s.fd, reqGetSupportedCPUID, unsafe.Pointer(&c)); err != nil {
+	if _, err := ioctlPtr(s.fd, reqGetSupportedCPUID, &c); err != nil {
 		return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
 	}
 	return append([]CPUIDEntry(nil), c.Entries[:c.N]...), nil
@@ -141,7 +151,7 @@ func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
 func (s *System) MSRIndexList() ([]uint32, error) {
 	var l msrList
 	l.N = maxMSRs
-	if _, err := ioctl(s.fd, reqGetMSRIndexList, unsafe.Pointer(&l)); err != nil {
+	if _, err := ioctlPtr(s.fd, reqGetMSRIndexList, &l); err != nil {
 		return nil, fmt.Errorf("KVM_GET_MSR_INDEX_LIST: %w", err)
 	}
 	return append([]uint32(nil), l.Indices[:l.N]...), nil

@@ -1,10 +1,6 @@
 package kvm
 
-import (
-	"unsafe"
-
-	gokvm "github.com/bobuhiro11/gokvm/kvm"
-)
+import gokvm "github.com/bobuhiro11/gokvm/kvm"
 
 // Structures whose gokvm definitions match the kernel ABI are reused as is.
 type (
@@ -91,29 +87,17 @@ type cpuid2 struct {
 // CPUID entry flags (struct kvm_cpuid_entry2.flags).
 const CPUIDFlagSignificantIndex = 1
 
-// The bitmap address in these two structures is a real pointer, not an
-// integer: a bitmap may be on a goroutine stack, and a stack that grows (as
-// it can at the call to ioctl) is moved. The runtime adjusts pointers into
-// the stack when it moves it, never integers; the stack cannot move during
-// the system call itself. (u64 in the kernel ABI; amd64 pointers are 8 bytes.)
-type dirtyLog struct {
-	Slot   uint32
-	_      uint32
-	Bitmap unsafe.Pointer // the bitmap
-}
-
-type clearDirtyLog struct {
-	Slot      uint32
-	NumPages  uint32
-	FirstPage uint64
-	Bitmap    unsafe.Pointer // the bitmap
-}
-
 type enableCap struct {
 	Cap   uint32
 	Flags uint32
 	Args  [4]uint64
 	_     [64]uint8
+}
+
+// pitConfig is struct kvm_pit_config (flags, then padding).
+type pitConfig struct {
+	Flags uint32
+	_     [15]uint32
 }
 
 type irqLevel struct {

@@ -3,7 +3,6 @@ package kvm
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -25,12 +24,19 @@ const KickSignal = unix.SIGURG
 
 // VCPU is one virtual CPU. Run must be called from a goroutine locked to its
 // OS thread (runtime.LockOSThread); Kick may be called from anywhere.
+//
+// Threads: only the vCPU's own thread calls Run and reads or writes the
+// exit data in run (ExitReason, IO, MMIO, InternalError, SystemEvent,
+// FailEntry), between two Runs. Kick, from any thread, touches only
+// run's immediate_exit byte and reads tid. The state ioctls (state.go,
+// vcpustate.go) may come from any thread while the vCPU is outside
+// KVM_RUN (KVM would make them wait for KVM_RUN to return otherwise).
 type VCPU struct {
 	ID  int
 	fd  int
 	vm  *VM
-	run []byte
-	tid atomic.Int32 // thread in Run, or 0
+	run []byte       // the kvm_run mapping; unmapped by Close, after the last Kick
+	tid atomic.Int32 // thread in Run, or 0: set by that thread, read by Kick
 }
 
 // CreateVCPU creates vCPU id and maps its kvm_run area.
@@ -236,5 +242,3 @@ func (v *VCPU) SetTSCKHz(khz uint64) error {
 	}
 	return nil
 }
-
-func keepAlive(x any) { runtime.KeepAlive(x) }

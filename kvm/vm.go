@@ -3,7 +3,6 @@ package kvm
 import (
 	"fmt"
 	"sync"
-	"unsafe"
 
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
@@ -14,6 +13,8 @@ type VM struct {
 	fd  int
 	sys *System
 
+	// mu guards slots: SetMemoryRegion (turning dirty logging on or off)
+	// may run while another goroutine reads or clears the dirty log.
 	mu    sync.Mutex
 	slots map[uint32]uint64 // slot -> size in pages, for dirty bitmap sizes
 }
@@ -49,7 +50,7 @@ func (vm *VM) SetMemoryRegion(r MemoryRegion) error {
 	if r.LogDirty {
 		region.Flags |= memLogDirtyPages
 	}
-	if _, err := ioctl(vm.fd, reqSetUserMemoryRegion, unsafe.Pointer(&region)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqSetUserMemoryRegion, &region); err != nil {
 		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d (gpa %#x size %#x): %w", r.Slot, r.GPA, r.Size, err)
 	}
 	vm.mu.Lock()
@@ -60,7 +61,7 @@ func (vm *VM) SetMemoryRegion(r MemoryRegion) error {
 		if vm.slots == nil {
 			vm.slots = map[uint32]uint64{}
 		}
-		vm.slots[r.Slot] = (r.Size + 4095) / 4096
+		vm.slots[r.Slot] = sizePages(r.Size)
 	}
 	return nil
 }
@@ -87,7 +88,7 @@ func (vm *VM) CheckExtension(c Capability) (int, error) {
 func (vm *VM) EnableCap(c Capability, args ...uint64) error {
 	e := enableCap{Cap: uint32(c)}
 	copy(e.Args[:], args)
-	if _, err := ioctl(vm.fd, reqEnableCap, unsafe.Pointer(&e)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqEnableCap, &e); err != nil {
 		return fmt.Errorf("KVM_ENABLE_CAP(%v): %w", c, err)
 	}
 	return nil
@@ -103,7 +104,7 @@ func (vm *VM) SetTSSAddr(addr uint32) error {
 
 // SetIdentityMapAddr places the one-page identity map KVM needs on Intel.
 func (vm *VM) SetIdentityMapAddr(addr uint64) error {
-	if _, err := ioctl(vm.fd, reqSetIdentityMapAddr, unsafe.Pointer(&addr)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqSetIdentityMapAddr, &addr); err != nil {
 		return fmt.Errorf("KVM_SET_IDENTITY_MAP_ADDR %#x: %w", addr, err)
 	}
 	return nil
@@ -119,8 +120,8 @@ func (vm *VM) CreateIRQChip() error {
 
 // CreatePIT2 creates the in-kernel i8254 timer.
 func (vm *VM) CreatePIT2() error {
-	var cfg [64]byte // struct kvm_pit_config: flags 0
-	if _, err := ioctl(vm.fd, reqCreatePIT2, unsafe.Pointer(&cfg)); err != nil {
+	var cfg pitConfig // flags 0
+	if _, err := ioctlPtr(vm.fd, reqCreatePIT2, &cfg); err != nil {
 		return fmt.Errorf("KVM_CREATE_PIT2: %w", err)
 	}
 	return nil
@@ -132,7 +133,7 @@ func (vm *VM) IRQLine(gsi uint32, high bool) error {
 	if high {
 		l.Level = 1
 	}
-	if _, err := ioctl(vm.fd, reqIRQLine, unsafe.Pointer(&l)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqIRQLine, &l); err != nil {
 		return fmt.Errorf("KVM_IRQ_LINE gsi %d: %w", gsi, err)
 	}
 	return nil
@@ -141,7 +142,7 @@ func (vm *VM) IRQLine(gsi uint32, high bool) error {
 // IRQChip reads one in-kernel interrupt controller (IRQChipPIC*, IRQChipIOAPIC).
 func (vm *VM) IRQChip(id uint32) (IRQChip, error) {
 	c := IRQChip{ChipID: id}
-	if _, err := ioctl(vm.fd, reqGetIRQChip, unsafe.Pointer(&c)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqGetIRQChip, &c); err != nil {
 		return c, fmt.Errorf("KVM_GET_IRQCHIP %d: %w", id, err)
 	}
 	return c, nil
@@ -149,7 +150,7 @@ func (vm *VM) IRQChip(id uint32) (IRQChip, error) {
 
 // SetIRQChip writes one in-kernel interrupt controller.
 func (vm *VM) SetIRQChip(c IRQChip) error {
-	if _, err := ioctl(vm.fd, reqSetIRQChip, unsafe.Pointer(&c)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqSetIRQChip, &c); err != nil {
 		return fmt.Errorf("KVM_SET_IRQCHIP %d: %w", c.ChipID, err)
 	}
 	return nil
@@ -158,7 +159,7 @@ func (vm *VM) SetIRQChip(c IRQChip) error {
 // PIT2 reads the in-kernel PIT.
 func (vm *VM) PIT2() (PITState2, error) {
 	var p PITState2
-	if _, err := ioctl(vm.fd, reqGetPIT2, unsafe.Pointer(&p)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqGetPIT2, &p); err != nil {
 		return p, fmt.Errorf("KVM_GET_PIT2: %w", err)
 	}
 	return p, nil
@@ -166,7 +167,7 @@ func (vm *VM) PIT2() (PITState2, error) {
 
 // SetPIT2 writes the in-kernel PIT.
 func (vm *VM) SetPIT2(p PITState2) error {
-	if _, err := ioctl(vm.fd, reqSetPIT2, unsafe.Pointer(&p)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqSetPIT2, &p); err != nil {
 		return fmt.Errorf("KVM_SET_PIT2: %w", err)
 	}
 	return nil
@@ -175,7 +176,7 @@ func (vm *VM) SetPIT2(p PITState2) error {
 // Clock reads the VM's kvmclock.
 func (vm *VM) Clock() (ClockData, error) {
 	var c ClockData
-	if _, err := ioctl(vm.fd, reqGetClock, unsafe.Pointer(&c)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqGetClock, &c); err != nil {
 		return c, fmt.Errorf("KVM_GET_CLOCK: %w", err)
 	}
 	return c, nil
@@ -185,7 +186,7 @@ func (vm *VM) Clock() (ClockData, error) {
 // Realtime) are inputs; the other fields must be zero.
 func (vm *VM) SetClock(c ClockData) error {
 	in := ClockData{Clock: c.Clock}
-	if _, err := ioctl(vm.fd, reqSetClock, unsafe.Pointer(&in)); err != nil {
+	if _, err := ioctlPtr(vm.fd, reqSetClock, &in); err != nil {
 		return fmt.Errorf("KVM_SET_CLOCK: %w", err)
 	}
 	return nil

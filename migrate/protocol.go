@@ -8,7 +8,8 @@ import (
 	"io"
 )
 
-// Wire constants. PROTOCOL.md is the normative description; keep both in step.
+// Wire constants. PROTOCOL.md is the normative description of every
+// layout and limit; the comments here name them, PROTOCOL.md says them.
 const (
 	// ProtocolVersion is the only version this package speaks. Version 2
 	// ended with the commit handshake (END, READY, COMMIT, DONE-ACK);
@@ -165,15 +166,16 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string { return "migrate: peer reported: " + e.Msg }
 
+// castagnoli is the CRC32C table of every checksum ferry computes: record
+// payloads here, and the VM state format (vmm) through Checksum.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// header is the fixed 16-byte record header (all fields big-endian):
-//
-//	0  magic  uint32
-//	4  type   uint16
-//	6  flags  uint16 (FlagCompressed on PAGES; otherwise zero)
-//	8  length uint32 (whole record, header included)
-//	12 crc    uint32 (CRC32C of the payload)
+// Checksum is the CRC32C (Castagnoli polynomial) of p: the checksum of a
+// record's payload, and of ferry's other formats (the VM state blob).
+func Checksum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
+
+// header is the fixed record header (layout: PROTOCOL.md, "Record
+// header"); Length counts the whole record, header included.
 type header struct {
 	Type   RecordType
 	Flags  uint16
@@ -233,7 +235,7 @@ func appendRecordFlags(dst []byte, t RecordType, flags uint16, payload []byte) [
 		Type:   t,
 		Flags:  flags,
 		Length: uint32(HeaderSize + len(payload)),
-		CRC:    crc32.Checksum(payload, castagnoli),
+		CRC:    Checksum(payload),
 	})
 	dst = append(dst, h[:]...)
 	return append(dst, payload...)
@@ -301,7 +303,7 @@ func readRecord(r io.Reader, hdr *[HeaderSize]byte, buf []byte) (record, []byte,
 		}
 		return record{}, buf, err
 	}
-	if c := crc32.Checksum(p, castagnoli); c != h.CRC {
+	if c := Checksum(p); c != h.CRC {
 		return record{}, buf, fmt.Errorf("%w: %v crc %#08x, header says %#08x", ErrChecksum, h.Type, c, h.CRC)
 	}
 	return record{Type: h.Type, Flags: h.Flags, Payload: p}, buf, nil

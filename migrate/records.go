@@ -7,24 +7,20 @@ import (
 	"unicode/utf8"
 )
 
-// Payload codecs. All integers are big-endian; see PROTOCOL.md.
+// Payload codecs. Every layout is in PROTOCOL.md, under the record's name;
+// all integers are big-endian.
 
-// helloFixedSize is the fixed part of a HELLO payload:
-//
-//	0  version   uint16
-//	2  flags     uint16 (bit 0: RESUME; the others zero)
-//	4  page size uint32 (4096)
-//	8  vCPUs     uint32
-//	12 regions   uint16 (count)
-//	14 devices   uint16 (count)
-//	16 VM id     16 bytes
-//	32 regions × {gpa uint64, size uint64}
-//	   devices × {len uint16, UTF-8 name}
+// helloFixedSize is the fixed part of a HELLO payload, before its regions
+// and devices (PROTOCOL.md, "HELLO").
 const helloFixedSize = 32
 
 // helloResume is HELLO's RESUME flag (and HELLO-ACK's): the source asks to
 // resume a cut migration into the pages the destination kept.
 const helloResume uint16 = 1
+
+// maxHelloVCPUs bounds HELLO's vCPU count as a sanity check of the
+// payload; what a destination accepts is ReceiveOptions.MaxVCPUs.
+const maxHelloVCPUs = 1 << 20
 
 // hello is the decoded HELLO payload.
 type hello struct {
@@ -41,7 +37,7 @@ func checkInfo(info VMInfo) error {
 	if len(info.Regions) == 0 || len(info.Regions) > MaxRegions {
 		return fmt.Errorf("%d memory regions (allowed 1..%d)", len(info.Regions), MaxRegions)
 	}
-	if info.VCPUs < 1 || int64(info.VCPUs) > 1<<20 {
+	if info.VCPUs < 1 || int64(info.VCPUs) > maxHelloVCPUs {
 		return fmt.Errorf("%d vCPUs", info.VCPUs)
 	}
 	for i, r := range info.Regions {
@@ -163,8 +159,8 @@ func decodeHello(p []byte) (hello, error) {
 	return h, nil
 }
 
-// HELLO-ACK: version uint16, flags uint16 (bit 0: RESUME, KEPT records
-// follow; set exactly when the HELLO asked to resume).
+// encodeHelloAck makes a HELLO-ACK (PROTOCOL.md, "HELLO-ACK"): resume is
+// set exactly when the HELLO asked to resume, and KEPT records follow.
 func encodeHelloAck(resume bool) []byte {
 	p := make([]byte, 4)
 	binary.BigEndian.PutUint16(p, ProtocolVersion)

@@ -75,8 +75,8 @@ func WriteSnapshot(ctx context.Context, w io.Writer, src SnapshotSource) (*Snaps
 	var g uint64
 	for i, r := range info.Regions {
 		mem := src.Memory(i)
-		if uint64(len(mem)) != r.Size {
-			return st, fmt.Errorf("migrate: snapshot: region %d maps %d bytes, Info says %d", i, len(mem), r.Size)
+		if err := r.checkMapped(i, mem); err != nil {
+			return st, fmt.Errorf("migrate: snapshot: %w", err)
 		}
 		for off := uint64(0); off < r.Size; off += PageSize {
 			if !rw.pagesOpen() {

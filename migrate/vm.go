@@ -1,39 +1,35 @@
-// Package migrate implements ferry's pre-copy live migration: the wire
-// protocol, the per-page digest table that filters false-dirty pages, the
-// sender's iteration loop and the receiver's state machine.
+// Package migrate is ferry's live migration: pre-copy migration of a
+// running guest (or a one-pass copy of a paused one) over one stream, with
+// a per-page digest table that skips the "false dirty" pages KVM's dirty
+// log reports although they did not change; the commit handshake that
+// keeps a guest from ever running on both hosts; resuming a cut migration
+// into the pages the destination kept; snapshot files, which are the same
+// records in a file; and mutual TLS for the connection. PROTOCOL.md is the
+// wire format. The engine sees a VM only through the interfaces below, so
+// it is tested against fake guest memory without KVM; package vmm
+// implements them.
 //
-// The engine sees a VM only through the narrow interfaces below, so it can be
-// tested against fake guest memory without KVM. vmm.Machine implements them.
+//	vm.go          Source, Destination, Resumable: what the engine needs of a VM
+//	vminfo.go      VMInfo, Region, VMID: a VM's shape, its sums, SameLayout
+//	protocol.go    record header, types and limits, the record readers, Checksum
+//	records.go     payload codecs (HELLO, HELLO-ACK, ITERATION-START, PAGES, END, ERROR)
+//	writer.go      the sender's record writer: PAGES built in place, optional writer goroutine
+//	ratelimit.go   the token bucket behind Options.MaxBandwidth
+//	digest.go      XXH3-128 page digests and the digest table
+//	dirtybits.go   DirtyBitmap: pages a VMM wrote itself, under KVM's dirty-log rules
+//	options.go     Options of Send: defaults and checks
+//	sender.go      Send: setup, the handshake and the run loop
+//	precopy.go     the pre-copy passes: the dirty log, chunks, the per-page filter
+//	converge.go    the convergence rules, as pure functions
+//	peer.go        the destination's records, read on their own goroutine
+//	commit.go      stop-and-copy, the commit handshake, the roll-back before COMMIT
+//	conn.go        connection helpers shared by sender and receiver (deadlines, ERROR, watchdog)
+//	stats.go       per-iteration and whole-migration statistics
+//	receiver.go    Receive: the destination's state machine
+//	resume.go      resuming a cut migration: KEPT records and the Keeper
+//	snapshot.go    WriteSnapshot and ReadSnapshot: the snapshot file format
+//	tls.go         mutual TLS configurations of both sides
 package migrate
-
-import "fmt"
-
-// PageSize is the guest page size tracked by KVM's dirty log.
-const PageSize = 4096
-
-// Region is one contiguous range of guest-physical memory (one KVM slot).
-type Region struct {
-	GPA  uint64 // guest-physical start, page aligned
-	Size uint64 // bytes, a multiple of PageSize
-}
-
-// VMID identifies one VM across migration attempts: a resumed migration
-// is accepted only into pages kept for the same id. The zero VMID means
-// "no id" (such a VM cannot resume a migration).
-type VMID [16]byte
-
-// IsZero reports whether id is the zero (absent) id.
-func (id VMID) IsZero() bool { return id == VMID{} }
-
-func (id VMID) String() string { return fmt.Sprintf("%x", id[:]) }
-
-// VMInfo is what the handshake compares between source and destination.
-type VMInfo struct {
-	ID      VMID
-	Regions []Region
-	VCPUs   int
-	Devices []string // device names in registration order
-}
 
 // Source is a running VM as the sender sees it.
 type Source interface {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -14,8 +13,8 @@ import (
 )
 
 // recordWriter is the sender's buffered output. It plays the part of a
-// bufio.Writer with a big buffer, but PAGES records are built in place inside
-// the buffer: a page is copied from guest memory straight to its slot in the
+// bufio.Writer with a big buffer, but PAGES records (layout: PROTOCOL.md)
+// are built in place inside the buffer: a page is copied from guest memory straight to its slot in the
 // record, hashed there, and the running CRC32C is updated while the entry is
 // still hot in cache. Nothing is copied again before the write system call.
 //
@@ -49,8 +48,13 @@ type recordWriter struct {
 	jobs   chan writeJob
 	free   chan []byte // the spare buffer comes back here
 	exited chan struct{}
-	errMu  sync.Mutex
-	err    error // first write error
+	// errMu guards err, set by whichever goroutine's write fails first
+	// (the writer goroutine in async mode) and read by the filling one.
+	// The buffer fields above belong to the filling goroutine; written
+	// and busySince are atomics; buffers change hands through jobs and
+	// free.
+	errMu sync.Mutex
+	err   error // first write error
 }
 
 // pagesState is where the open PAGES record stands (pages.go has its
@@ -390,7 +394,7 @@ func (rw *recordWriter) endPages() {
 		}
 	}
 	putHeader(rw.buf[rw.open:], header{Type: RecPages, Flags: flags, Length: uint32(HeaderSize + len(payload)),
-		CRC: crc32.Checksum(payload, castagnoli)})
+		CRC: Checksum(payload)})
 	rw.open = -1
 }
 

@@ -1,6 +1,26 @@
 // Package vmm is ferry's machine: guest RAM and its memory map, kernel
-// loading, the vCPU threads, exit dispatch to devices, pause and resume, and
-// the whole-VM state.
+// loading, the vCPU threads and their exits, pause and resume, the devices
+// with their virtio plumbing, the whole-VM state and its format, and the
+// adapters through which package migrate moves a machine. Two packages
+// below it serve a machine from outside: vmm/control is its control socket
+// (one state machine for status, pause, resume, migrate and snapshot, and
+// its JSON-over-HTTP server on a unix socket), and vmm/incoming is the
+// receiving end of a migration (the server ferry receive runs).
+//
+//	machine.go        Machine and Config: New (VM, memory, irqchip, devices, vCPUs), Boot, Close, MaxCPUs
+//	memory.go         guest RAM: the PC memory map, regions, E820, CheckMemory
+//	memory_unsafe.go  the host address of a RAM mapping, for KVM
+//	boot.go           loading a PVH vmlinux or a bzImage and the initrd; the boot vCPU's registers
+//	cmdline.go        the kernel command line ferry gives the guest
+//	cpuid.go          the guest's CPUID (features an emulating KVM cannot run are hidden)
+//	mptable.go        the MP table: CPUs, the IOAPIC and the interrupt wiring
+//	run.go            the vCPU threads and their exits; Start, Stop, Wait, Pause, Resume
+//	virtio.go         virtio-blk and virtio-net devices on virtio-mmio, and their flags
+//	notify.go         irqfd interrupt lines and ioeventfd queue notifies
+//	dirty.go          pages the devices write into guest memory, for the dirty log
+//	state.go          State: save and restore the whole VM (vCPUs, irqchip, PIT, clock, devices)
+//	statecodec.go     the VM state format (version 3; versions 1 and 2 still read)
+//	migration.go      MigrationSource and MigrationDestination: a Machine as migrate sees it
 package vmm
 
 import (
@@ -26,6 +46,19 @@ type Config struct {
 	// Tests: use the fallbacks (KVM_IRQ_LINE, MMIO exits) as if KVM
 	// lacked KVM_CAP_IRQFD or KVM_CAP_IOEVENTFD.
 	noIRQFD, noIOEventFD bool
+}
+
+// MaxCPUs is the most vCPUs a machine has: the MP table announces each
+// (mptable.go), and the VM state format caps its vCPU count with it. The
+// CLI's --cpus and the default of --max-cpus (receive, restore) follow it.
+const MaxCPUs = 32
+
+// CheckCPUs says whether a machine can have n vCPUs: 1 to MaxCPUs.
+func CheckCPUs(n int) error {
+	if n < 1 || n > MaxCPUs {
+		return fmt.Errorf("ferry supports 1 to %d vCPUs", MaxCPUs)
+	}
+	return nil
 }
 
 // Exit says how a machine stopped. Err is nil for a guest that powered off
@@ -59,16 +92,20 @@ type Machine struct {
 	serial  *devices.Serial
 	devices []devices.Device // in registration order
 
+	// ctl guards the run state below (started, pauseReq, parked,
+	// stopping, exit, and the closing of stopReq); cond, on ctl, is
+	// broadcast whenever it changes. The vCPU threads (run.go) take ctl
+	// only to park; each touches its own kvm.VCPU without it.
 	ctl      sync.Mutex
 	cond     *sync.Cond
-	pauseReq bool
-	parked   int // vCPUs parked or stopped
+	pauseReq bool // vCPUs park at their next exit, and stay parked, while set
+	parked   int  // vCPUs parked or stopped
 	stopping bool
 	stopReq  chan struct{} // closed by the first stop
 	started  bool
 	exit     *Exit
-	done     chan struct{}
-	wg       sync.WaitGroup
+	done     chan struct{}  // closed by reap once every vCPU thread has ended
+	wg       sync.WaitGroup // the vCPU threads
 	// kick makes a vCPU leave KVM_RUN ((*kvm.VCPU).Kick; tests lose kicks).
 	kick func(*kvm.VCPU) error
 }
@@ -76,8 +113,8 @@ type Machine struct {
 // New creates the VM, its memory, irqchip, timer, devices and vCPUs. The
 // guest does not run until Boot or Restore and then Start.
 func New(cfg Config) (m *Machine, err error) {
-	if cfg.CPUs < 1 || cfg.CPUs > mpMaxCPUs {
-		return nil, fmt.Errorf("--cpus %d: ferry supports 1 to %d vCPUs", cfg.CPUs, mpMaxCPUs)
+	if err := CheckCPUs(cfg.CPUs); err != nil {
+		return nil, fmt.Errorf("--cpus %d: %w", cfg.CPUs, err)
 	}
 	mc := &Machine{cfg: cfg, id: newVMID(), done: make(chan struct{}), stopReq: make(chan struct{}), kick: (*kvm.VCPU).Kick}
 	mc.cond = sync.NewCond(&mc.ctl)

@@ -584,7 +584,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		want    string
 	}{
 		{"0 vCPUs", Config{Memory: 16 << 20, CPUs: 0}, false, "vCPU"},
-		{"33 vCPUs", Config{Memory: 16 << 20, CPUs: mpMaxCPUs + 1}, false, "vCPU"},
+		{"33 vCPUs", Config{Memory: 16 << 20, CPUs: MaxCPUs + 1}, false, "vCPU"},
 		{"unaligned memory", Config{Memory: 16<<20 + 1, CPUs: 1}, true, "4 KiB"},
 		{"too little memory", Config{Memory: 8 << 20, CPUs: 1}, true, "MiB"},
 		{"missing KVM device", Config{Memory: 16 << 20, CPUs: 1, KVMPath: "/nonexistent/kvm"}, false, "/nonexistent/kvm"},

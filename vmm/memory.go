@@ -2,18 +2,22 @@ package vmm
 
 import (
 	"fmt"
-	"unsafe"
 
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 
+	"github.com/ferryvmm/ferry/kvm"
 	"github.com/ferryvmm/ferry/migrate"
 )
+
+// The pages of the migration protocol are KVM's dirty-log pages: this
+// does not compile if the two packages ever disagree.
+const _ = uint(migrate.PageSize-kvm.PageSize) + uint(kvm.PageSize-migrate.PageSize)
 
 // Guest-physical memory map (x86 PC). RAM starts at 0; memory above
 // pciHoleStart moves above 4 GiB so the hole holds the IOAPIC and LAPIC.
 const (
-	pageSize     = 4096
+	pageSize     = kvm.PageSize
 	pciHoleStart = 0xc000_0000   // 3 GiB
 	highRAMStart = 0x1_0000_0000 // 4 GiB
 	ioapicAddr   = 0xfec0_0000
@@ -58,10 +62,20 @@ func layout(size uint64) [][2]uint64 {
 	return [][2]uint64{{0, pciHoleStart}, {highRAMStart, size - pciHoleStart}}
 }
 
+// CheckMemory says whether a machine can have size bytes of RAM: whole
+// pages, from MinMemory to MaxMemory. NewMemory and the CLI's --memory
+// both check with it.
+func CheckMemory(size uint64) error {
+	if size < MinMemory || size > MaxMemory || size%pageSize != 0 {
+		return fmt.Errorf("must be a multiple of 4 KiB between %d MiB and %d GiB", MinMemory>>20, MaxMemory>>30)
+	}
+	return nil
+}
+
 // NewMemory maps size bytes of anonymous memory laid out as on a PC.
 func NewMemory(size uint64) (*Memory, error) {
-	if size < MinMemory || size > MaxMemory || size%pageSize != 0 {
-		return nil, fmt.Errorf("guest memory %d bytes: must be a multiple of 4 KiB between %d MiB and %d GiB", size, MinMemory>>20, MaxMemory>>30)
+	if err := CheckMemory(size); err != nil {
+		return nil, fmt.Errorf("guest memory %d bytes: %w", size, err)
 	}
 	m := &Memory{}
 	for i, r := range layout(size) {
@@ -116,8 +130,6 @@ func (m *Memory) Write(gpa uint64, b []byte) error {
 
 // lowEnd is the end of RAM below the PCI hole (the first region).
 func (m *Memory) lowEnd() uint64 { return m.Regions[0].GPA + m.Regions[0].Size() }
-
-func hostAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 
 // E820 entry types.
 const (

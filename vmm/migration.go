@@ -147,8 +147,10 @@ func newVMID() migrate.VMID {
 type MigrationDestination struct {
 	// NewID gives the machine an id of its own instead of the source's
 	// (for a restored snapshot: it may be restored more than once).
-	NewID   bool
-	cfg     Config // Console and KVMPath; Memory and CPUs come from the source
+	NewID bool
+	cfg   Config // Console and KVMPath; Memory and CPUs come from the source
+	// mu guards m: the receiver prepares and discards it, while Machine
+	// (the CLI, a kept resume's Reclaim) may ask for it.
 	mu      sync.Mutex
 	m       *Machine
 	started chan *Machine // receives the machine once it runs
@@ -183,12 +185,8 @@ func (t *MigrationDestination) Prepare(info migrate.VMInfo) error {
 	if t.m != nil {
 		return errors.New("a guest is already being received")
 	}
-	var total uint64
-	for _, r := range info.Regions {
-		total += r.Size
-	}
 	cfg := t.cfg
-	cfg.Memory, cfg.CPUs = total, info.VCPUs
+	cfg.Memory, cfg.CPUs = info.MemorySize(), info.VCPUs
 	m, err := New(cfg)
 	if err != nil {
 		return err
@@ -211,26 +209,18 @@ func (t *MigrationDestination) Machine() *Machine {
 	return t.m
 }
 
+// sameLayout compares the machine built here (have) with the source's
+// announcement (migrate.SameLayout), and says which devices are missing
+// here when the devices differ.
 func sameLayout(have, want migrate.VMInfo) error {
-	if len(have.Regions) != len(want.Regions) {
-		return fmt.Errorf("source has %d memory regions, a guest of this size here has %d", len(want.Regions), len(have.Regions))
-	}
-	for i := range have.Regions {
-		if have.Regions[i] != want.Regions[i] {
-			return fmt.Errorf("memory region %d: source %#x+%#x, here %#x+%#x", i,
-				want.Regions[i].GPA, want.Regions[i].Size, have.Regions[i].GPA, have.Regions[i].Size)
-		}
-	}
-	// Devices match by name (and order: a device's name is its position
-	// among its kind, virtio-blk0, virtio-blk1, ...).
-	if fmt.Sprint(have.Devices) != fmt.Sprint(want.Devices) {
-		hint := ""
+	err := migrate.SameLayout(have, want)
+	var le *migrate.LayoutError
+	if errors.As(err, &le) && le.Devices {
 		if missing := missingNames(want.Devices, have.Devices); len(missing) > 0 {
-			hint = fmt.Sprintf(" (missing here: %v; give ferry receive the source's --disk and --net devices)", missing)
+			return fmt.Errorf("%w (missing here: %v; give ferry receive the source's --disk and --net devices)", err, missing)
 		}
-		return fmt.Errorf("source has devices %v, this ferry has %v%s", want.Devices, have.Devices, hint)
 	}
-	return nil
+	return err
 }
 
 // missingNames lists the names in want that have lacks.

@@ -14,7 +14,6 @@ import (
 const (
 	mpFloatAddr  = ebdaStart
 	mpConfigAddr = ebdaStart + 16
-	mpMaxCPUs    = 32
 	ioapicPins   = 24
 	isaIRQs      = 16
 )
@@ -30,8 +29,8 @@ func mpChecksum(b []byte) uint8 {
 // writeMPTable builds the MP floating pointer and configuration table for
 // ncpu processors with APIC ids 0..ncpu-1.
 func writeMPTable(mem *Memory, ncpu int) error {
-	if ncpu < 1 || ncpu > mpMaxCPUs {
-		return fmt.Errorf("%d vCPUs: ferry supports 1 to %d", ncpu, mpMaxCPUs)
+	if err := CheckCPUs(ncpu); err != nil {
+		return fmt.Errorf("%d vCPUs: %w", ncpu, err)
 	}
 	le := binary.LittleEndian
 	ioapicID := uint8(ncpu)

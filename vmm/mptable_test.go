@@ -14,7 +14,7 @@ func sum8(b []byte) uint8 {
 }
 
 func TestMPTable(t *testing.T) {
-	for _, n := range []int{1, 2, 4, mpMaxCPUs} {
+	for _, n := range []int{1, 2, 4, MaxCPUs} {
 		m := newTestMemory(t, 64<<20)
 		if err := writeMPTable(m, n); err != nil {
 			t.Fatalf("writeMPTable(%d): %v", n, err)
@@ -174,7 +174,7 @@ func checkMPTable(t *testing.T, m *Memory, n int) {
 
 func TestMPTableRejectsCPUCounts(t *testing.T) {
 	m := newTestMemory(t, 16<<20)
-	for _, n := range []int{0, -1, mpMaxCPUs + 1} {
+	for _, n := range []int{0, -1, MaxCPUs + 1} {
 		if err := writeMPTable(m, n); err == nil {
 			t.Errorf("writeMPTable(%d) accepted", n)
 		}

@@ -99,6 +99,8 @@ type irqfdLine struct {
 	vm  *kvm.VM
 	gsi uint32
 
+	// mu guards efd and high: the device sets its level from whichever
+	// goroutine processes it, and the machine closes the line.
 	mu   sync.Mutex
 	efd  int // -1 once closed
 	high bool

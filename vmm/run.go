@@ -121,6 +121,13 @@ func (m *Machine) stop(e Exit) {
 }
 
 // runVCPU is one vCPU's thread: enter the guest, handle the exit, repeat.
+//
+// Only this thread runs v (KVM_RUN) and reads or writes its exit data;
+// handleExit reaches the devices through the port and MMIO buses, which
+// lock for themselves. Other goroutines touch v only through m.kick (at
+// any time), and read or write its state only while it is parked here
+// (SaveState, RestoreState before Start). The machine's run state is
+// shared: park reads and writes it under m.ctl.
 func (m *Machine) runVCPU(v *kvm.VCPU) {
 	defer m.wg.Done()
 	// The thread stays locked until the goroutine ends, so the OS thread

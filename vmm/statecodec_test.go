@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"reflect"
 	"testing"
 
@@ -73,7 +72,7 @@ func olderFormat(b []byte, version uint32) []byte {
 // structural checks (not the CRC) must catch the damage.
 func reseal(b []byte) []byte {
 	binary.LittleEndian.PutUint64(b[12:], uint64(len(b)-stateHdrLen))
-	binary.LittleEndian.PutUint32(b[20:], crc32.Checksum(b[stateHdrLen:], crcTable))
+	binary.LittleEndian.PutUint32(b[20:], migrate.Checksum(b[stateHdrLen:]))
 	return b
 }
 

@@ -111,7 +111,7 @@ type line struct {
 type proc struct {
 	name  string
 	cmd   *exec.Cmd
-	mu    sync.Mutex
+	mu    sync.Mutex // guards lines: the output readers append, the harness waits for lines
 	lines []line
 	log   *os.File
 	done  chan struct{}

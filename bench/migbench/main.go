@@ -1,5 +1,6 @@
 // Command migbench compares ferry's live migration with QEMU's on the guest
-// image's false-dirty workloads (issue 4). See BENCHMARKS.md, section 3.
+// image's false-dirty workloads. See BENCHMARKS.md, "Live migration: ferry
+// vs QEMU on the false-dirty workloads".
 //
 // For each workload it boots the guest under ferry on host A and migrates
 // it back and forth between the two hosts, once per ferry variant and

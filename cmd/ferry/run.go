@@ -49,11 +49,11 @@ func machineFlags(c *cli.Context) (vmm.Config, error) {
 	if err != nil {
 		return vmm.Config{}, flagError("memory", "%v", err)
 	}
-	if mem < vmm.MinMemory || mem%4096 != 0 {
-		return vmm.Config{}, flagError("memory", "%s: need at least %d MiB, in whole 4 KiB pages", c.String("memory"), vmm.MinMemory>>20)
+	if err := vmm.CheckMemory(mem); err != nil {
+		return vmm.Config{}, flagError("memory", "%s: %v", c.String("memory"), err)
 	}
-	if n := c.Int("cpus"); n < 1 || n > 32 {
-		return vmm.Config{}, flagError("cpus", "%d: ferry runs 1 to 32 vCPUs", n)
+	if err := vmm.CheckCPUs(c.Int("cpus")); err != nil {
+		return vmm.Config{}, flagError("cpus", "%d: %v", c.Int("cpus"), err)
 	}
 	disks, nets, err := deviceFlags(c)
 	if err != nil {

@@ -1,21 +1,15 @@
 // Package control is ferry's control API: the state machine every request
 // to a VM's control socket goes through (status, pause, resume, migrate,
-// snapshot), and the thin JSON-over-HTTP server on a unix socket that
-// feeds it (server.go). vmm does not import it; cmd/ferry does.
+// snapshot; Controller says how it orders them), and the thin
+// JSON-over-HTTP server on a unix socket that feeds it. vmm does not import
+// it; cmd/ferry does.
 //
-// Each request is a typed Action handled by one Controller. Every action
-// is one transition of one state machine (next), taken under one lock: the
-// check ("may this action run in this state?") and the change (the new
-// state, and for pause and resume the machine call itself) happen in the
-// same critical section, so no request can act on a state another one is
-// changing. Actions are handled one at a time, as Firecracker handles its
-// VmmAction. A long operation (a migration, a snapshot) takes its busy
-// state in one transition that also records whether the guest was running
-// or paused at that moment, and works from that record, never from a
-// second look at the machine. While it runs, pause and resume are refused
-// (ErrConflict: HTTP 409); when it ends the state becomes what the
-// operation left: the recorded run state, paused (a migration whose outcome
-// is unknown), or stopped.
+//	control.go   States, Actions, and the Controller with its transition table
+//	ops.go       the two long operations: migrate and snapshot
+//	migrate.go   MigrateRequest and MigrateEvent: POST /v1/migrate's body and answer lines
+//	snapshot.go  SnapshotRequest and SnapshotResult: POST /v1/snapshot
+//	machine.go   Machine: the VM as the controller drives it (VM adapts a *vmm.Machine)
+//	server.go    the control socket: JSON over HTTP on a unix socket
 package control
 
 import (
@@ -169,8 +163,24 @@ type Status struct {
 }
 
 // Controller is the control API of one machine.
+//
+// Each request is a typed Action handled by one Controller. Every action
+// is one transition of one state machine (next), taken under one lock: the
+// check ("may this action run in this state?") and the change (the new
+// state, and for pause and resume the machine call itself) happen in the
+// same critical section, so no request can act on a state another one is
+// changing. Actions are handled one at a time, as Firecracker handles its
+// VmmAction. A long operation (a migration, a snapshot) takes its busy
+// state in one transition that also records whether the guest was running
+// or paused at that moment, and works from that record, never from a
+// second look at the machine. While it runs, pause and resume are refused
+// (ErrConflict: HTTP 409); when it ends the state becomes what the
+// operation left: the recorded run state, paused (a migration whose outcome
+// is unknown), or stopped.
 type Controller struct {
-	m  Machine
+	m Machine
+	// mu guards state, was and progress: every request is one step of the
+	// state machine, taken under mu, so racing requests are ordered.
 	mu sync.Mutex
 	// state is the current state; was, while state is busy, the run state
 	// (Running or Paused) recorded when the operation began.

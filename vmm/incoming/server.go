@@ -5,9 +5,9 @@
 // received for a resume (migrate.Keeper), and returns the target whose
 // guest runs here.
 //
-// Files: server.go (the accept loop and one connection), slot.go (the
-// single-slot rule around each target), conn.go (peer identity, the
-// lingering close, the loopback-only rule for plain TCP).
+//	server.go  the accept loop and one connection
+//	slot.go    the single-slot rule around each target
+//	conn.go    peer identity, the lingering close, the loopback-only rule for plain TCP
 package incoming
 
 import (

@@ -50,11 +50,7 @@ func (sl *slot[T]) Prepare(info migrate.VMInfo) error {
 	if err := sl.take(); err != nil {
 		return err
 	}
-	var mem uint64
-	for _, r := range info.Regions {
-		mem += r.Size
-	}
-	sl.s.cfg.Logf("receiving a guest from %s: %d MiB, %d vCPUs", sl.peer, mem>>20, info.VCPUs)
+	sl.s.cfg.Logf("receiving a guest from %s: %d MiB, %d vCPUs", sl.peer, info.MemorySize()>>20, info.VCPUs)
 	if err := sl.t.Prepare(info); err != nil {
 		sl.release()
 		return err
