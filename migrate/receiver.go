@@ -11,12 +11,19 @@ import (
 	"github.com/zeebo/xxh3"
 )
 
+// The limits a Receive without ReceiveOptions accepts. ferry's front ends
+// always set their own (vmm's machine limits); these bound a bare Receive.
+const (
+	DefaultMaxMemory = 1 << 40
+	DefaultMaxVCPUs  = 1024
+)
+
 // ReceiveOptions limit what a destination accepts.
 type ReceiveOptions struct {
 	// MaxMemory is the largest guest (sum of region sizes) accepted, in
-	// bytes. Default 1 TiB.
+	// bytes. Default DefaultMaxMemory (1 TiB).
 	MaxMemory uint64
-	// MaxVCPUs is the largest vCPU count accepted. Default 1024.
+	// MaxVCPUs is the largest vCPU count accepted. Default DefaultMaxVCPUs.
 	MaxVCPUs int
 	// IdleTimeout, if positive, aborts when no record arrives from the
 	// source for that long (needs a conn with SetReadDeadline). The source
@@ -36,10 +43,10 @@ type ReceiveOptions struct {
 
 func (o ReceiveOptions) normalize() ReceiveOptions {
 	if o.MaxMemory == 0 {
-		o.MaxMemory = 1 << 40
+		o.MaxMemory = DefaultMaxMemory
 	}
 	if o.MaxVCPUs <= 0 {
-		o.MaxVCPUs = 1024
+		o.MaxVCPUs = DefaultMaxVCPUs
 	}
 	return o
 }
@@ -256,11 +263,7 @@ func (r *receiver) onHello(p []byte) error {
 		return err
 	}
 	info := h.Info
-	var mem uint64
-	for _, reg := range info.Regions {
-		mem += reg.Size
-	}
-	if mem > r.opts.MaxMemory {
+	if mem := info.MemorySize(); mem > r.opts.MaxMemory {
 		return fmt.Errorf("%w: guest has %d MiB of memory, this host accepts at most %d MiB", ErrRefused, mem/mib, r.opts.MaxMemory/mib)
 	}
 	if info.VCPUs > r.opts.MaxVCPUs {
@@ -328,12 +331,12 @@ func (r *receiver) layout(info VMInfo) error {
 	r.base = make([]uint64, len(info.Regions))
 	for i, reg := range info.Regions {
 		m := r.dst.Memory(i)
-		if uint64(len(m)) != reg.Size {
-			return fmt.Errorf("migrate: destination region %d maps %d bytes, want %d", i, len(m), reg.Size)
+		if err := reg.checkMapped(i, m); err != nil {
+			return fmt.Errorf("migrate: destination %v", err)
 		}
 		r.mems[i] = m
 		r.base[i] = r.total
-		r.total += reg.Size / PageSize
+		r.total += reg.Pages()
 	}
 	r.present = make([]uint64, (r.total+63)/64)
 	return nil

@@ -2,7 +2,6 @@ package migrate
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"math/bits"
@@ -20,14 +19,7 @@ import (
 // with their digests), and the source's iteration 0 skips every page whose
 // content still has the digest the destination holds.
 
-// KEPT record layout (destination → source):
-//
-//	0  first page uint64
-//	8  count N    uint32 (exactly min(MaxKeptPages, total − first))
-//	12 reserved   uint32 (zero)
-//	16 kept bitmap, ceil(N/8) bytes: bit i%8 of byte i/8 is page first+i
-//	   zero bitmap, same size: the kept page is all zeros (a subset of kept)
-//	   16-byte digests of the kept non-zero pages, in page order
+// The KEPT record's layout is in PROTOCOL.md ("KEPT").
 const (
 	keptFixedSize = 16
 	// MaxKeptPages is the number of pages one KEPT record describes.
@@ -169,10 +161,12 @@ type Keeper struct {
 	window time.Duration
 	logf   func(format string, args ...any)
 
+	// mu guards k, timer, gen, active and closed: connections of the
+	// receiver and the window's timer use the Keeper at once.
 	mu     sync.Mutex
 	k      *kept
 	timer  *time.Timer
-	gen    uint64
+	gen    uint64       // bumped by every swap: an older timer does nothing
 	active map[VMID]int // migrations in progress, by VM id
 	closed bool
 }
@@ -300,7 +294,7 @@ func (k *Keeper) take(info VMInfo, peer string) (*kept, error) {
 	case kp.peer != peer:
 		return nil, fmt.Errorf("the pages of VM %v were received from another peer", info.ID)
 	}
-	if err := sameInfo(kp.info, info); err != nil {
+	if err := SameLayout(kp.info, info); err != nil {
 		return nil, fmt.Errorf("VM %v announces another layout than its kept pages: %v", info.ID, err)
 	}
 	k.swap(nil)
@@ -340,23 +334,3 @@ func (k *Keeper) end(id VMID) {
 	k.mu.Unlock()
 }
 
-// sameInfo compares everything but the id.
-func sameInfo(a, b VMInfo) error {
-	if a.VCPUs != b.VCPUs {
-		return fmt.Errorf("%d vCPUs, kept %d", b.VCPUs, a.VCPUs)
-	}
-	if len(a.Regions) != len(b.Regions) || len(a.Devices) != len(b.Devices) {
-		return errors.New("other memory regions or devices")
-	}
-	for i := range a.Regions {
-		if a.Regions[i] != b.Regions[i] {
-			return fmt.Errorf("memory region %d differs", i)
-		}
-	}
-	for i := range a.Devices {
-		if a.Devices[i] != b.Devices[i] {
-			return fmt.Errorf("device %d differs", i)
-		}
-	}
-	return nil
-}

@@ -8,15 +8,9 @@ import (
 	"time"
 )
 
-// The sender: one outgoing migration. Its parts, by concern:
-//
-//	sender.go    Send, the run loop, setup and the handshake
-//	options.go   Options, their defaults and checks
-//	precopy.go   the passes: the dirty log, chunks, the per-page filter
-//	converge.go  the convergence rules (pure functions)
-//	peer.go      the records the destination sends, read on their own goroutine
-//	commit.go    stop-and-copy, the commit handshake, and the roll-back on failure
-//	conn.go      connection helpers shared with the receiver (deadlines, ERROR)
+// The sender: one outgoing migration. Its parts, by concern, are in
+// options.go, precopy.go, converge.go, peer.go, commit.go and conn.go (the
+// package's file map is in vm.go).
 
 // sender holds the state of one outgoing migration, grouped by concern.
 type sender struct {
@@ -239,12 +233,12 @@ func (s *sender) setup() error {
 	s.log.scratch = make([][]uint64, n)
 	for i, r := range s.vm.info.Regions {
 		m := s.src.Memory(i)
-		if uint64(len(m)) != r.Size {
-			return fmt.Errorf("migrate: source region %d maps %d bytes, Info says %d", i, len(m), r.Size)
+		if err := r.checkMapped(i, m); err != nil {
+			return fmt.Errorf("migrate: source %v", err)
 		}
 		s.vm.mems[i] = m
 		s.vm.base[i] = s.vm.total
-		s.vm.pages[i] = r.Size / PageSize
+		s.vm.pages[i] = r.Pages()
 		s.vm.total += s.vm.pages[i]
 		words := (s.vm.pages[i] + 63) / 64
 		s.log.pending[i] = make([]uint64, words)

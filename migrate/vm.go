@@ -12,7 +12,10 @@
 //	vm.go          Source, Destination, Resumable: what the engine needs of a VM
 //	vminfo.go      VMInfo, Region, VMID: a VM's shape, its sums, SameLayout
 //	protocol.go    record header, types and limits, the record readers, Checksum
-//	records.go     payload codecs (HELLO, HELLO-ACK, ITERATION-START, PAGES, END, ERROR)
+//	records.go     payload codecs (HELLO, HELLO-ACK, ITERATION-START, END, ERROR)
+//	pages.go       PAGES payloads: ZERO and FULL runs, DELTA entries, the pages digest
+//	blocks.go      sub-page digests: the block hashes DELTA entries are chosen by
+//	compress.go    zstd compression of PAGES records, and when it pays
 //	writer.go      the sender's record writer: PAGES built in place, optional writer goroutine
 //	ratelimit.go   the token bucket behind Options.MaxBandwidth
 //	digest.go      XXH3-128 page digests and the digest table
