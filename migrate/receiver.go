@@ -7,8 +7,6 @@ import (
 	"io"
 	"sync/atomic"
 	"time"
-
-	"github.com/zeebo/xxh3"
 )
 
 // The limits a Receive without ReceiveOptions accepts. ferry's front ends
@@ -362,121 +360,6 @@ func (r *receiver) onIterationStart(p []byte) error {
 	return nil
 }
 
-// onPages verifies and stores one PAGES record (pages.go): first every
-// entry is checked against the layout and every page it writes, as it will
-// be, against the record's pages digest, storing nothing; only then are the
-// pages stored. A DELTA entry may only change a page this side holds.
-func (r *receiver) onPages(flags uint16, p []byte) error {
-	if !r.iterStarted {
-		return fmt.Errorf("%w: PAGES before the first ITERATION-START", ErrUnexpected)
-	}
-	if flags&FlagCompressed != 0 {
-		if r.unzip == nil {
-			r.unzip = newDecompressor()
-		}
-		var err error
-		if p, err = r.unzip.decode(p, maxPagesPayload); err != nil {
-			return err
-		}
-		r.stats.RecordsCompressed++
-	}
-	r.runs, r.digests = r.runs[:0], r.digests[:0]
-	if r.rebuilt == nil {
-		r.rebuilt = make([]byte, MaxPagesPerBatch*PageSize)
-	}
-	sum := xxh3.New()
-	deltas := 0
-	it := newRunIter(p, r.total)
-	var run pageRun
-	for it.next(&run) {
-		switch run.Kind {
-		case pageFull:
-			for k := range run.Count {
-				d := HashPage(run.Data[k*PageSize : (k+1)*PageSize])
-				sum.Write(d[:])
-				r.digests = append(r.digests, d)
-			}
-		case pageDelta:
-			if r.present[run.First/64]&(1<<(run.First%64)) == 0 {
-				return fmt.Errorf("%w: DELTA for page %d (iteration %d), which this side does not hold", ErrMalformed, run.First, r.iter)
-			}
-			page, err := r.page(run.First)
-			if err != nil {
-				return err
-			}
-			out := r.rebuilt[deltas*PageSize : (deltas+1)*PageSize]
-			copy(out, page)
-			applyDelta(out, run.Mask, run.Data)
-			d := HashPage(out)
-			sum.Write(d[:])
-			r.digests = append(r.digests, d)
-			deltas++
-		}
-		r.runs = append(r.runs, run)
-	}
-	if it.err != nil {
-		return it.err
-	}
-	if got := Digest(sum.Sum128().Bytes()); got != it.trailer {
-		pages := fmt.Sprintf("pages %d..%d", r.runs[0].First, run.First+run.Count-1)
-		if len(r.runs) == 1 && run.Count == 1 {
-			pages = fmt.Sprintf("page %d", run.First)
-		}
-		return fmt.Errorf("%w: PAGES record of iteration %d (%s): its pages hash to %v, the record says %v",
-			ErrDigestMismatch, r.iter, pages, got, it.trailer)
-	}
-	r.store()
-	return nil
-}
-
-// store writes the checked entries of onPages into guest memory.
-func (r *receiver) store() {
-	digests, deltas := r.digests, 0
-	for _, run := range r.runs {
-		for k := range run.Count {
-			g := run.First + k
-			page, _ := r.page(g) // checked by runIter
-			d := ZeroDigest
-			switch run.Kind {
-			case pageZero:
-				if !isZeroPage(page) {
-					clear(page)
-				}
-				r.stats.PagesZero++
-			case pageFull:
-				copy(page, run.Data[k*PageSize:(k+1)*PageSize])
-				d, digests = digests[0], digests[1:]
-				r.stats.PagesFull++
-			case pageDelta:
-				copy(page, r.rebuilt[deltas*PageSize:(deltas+1)*PageSize])
-				d, digests = digests[0], digests[1:]
-				deltas++
-				r.stats.PagesDelta++
-			}
-			if r.table != nil {
-				r.table.Update(g, d, r.iter)
-			}
-			if bit := uint64(1) << (g % 64); r.present[g/64]&bit == 0 {
-				r.present[g/64] |= bit
-				r.npresent++
-			}
-			r.entries++
-		}
-	}
-}
-
-// page maps a global page index to destination memory.
-func (r *receiver) page(g uint64) ([]byte, error) {
-	if g >= r.total {
-		return nil, fmt.Errorf("%w: page %d is outside guest memory (%d pages)", ErrMalformed, g, r.total)
-	}
-	i := len(r.base) - 1
-	for r.base[i] > g {
-		i--
-	}
-	off := (g - r.base[i]) * PageSize
-	return r.mems[i][off : off+PageSize], nil
-}
 
 func (r *receiver) onState(p []byte) error {
 	if !r.final {

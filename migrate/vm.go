@@ -29,6 +29,7 @@
 //	conn.go        connection helpers shared by sender and receiver (deadlines, ERROR, watchdog)
 //	stats.go       per-iteration and whole-migration statistics
 //	receiver.go    Receive: the destination's state machine
+//	recvpages.go   the destination's PAGES: checked whole, then stored
 //	resume.go      resuming a cut migration: KEPT records and the Keeper
 //	snapshot.go    WriteSnapshot and ReadSnapshot: the snapshot file format
 //	tls.go         mutual TLS configurations of both sides
