@@ -360,7 +360,6 @@ func (r *receiver) onIterationStart(p []byte) error {
 	return nil
 }
 
-
 func (r *receiver) onState(p []byte) error {
 	if !r.final {
 		return fmt.Errorf("%w: STATE before the stop-and-copy iteration", ErrUnexpected)

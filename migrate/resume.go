@@ -333,4 +333,3 @@ func (k *Keeper) end(id VMID) {
 	}
 	k.mu.Unlock()
 }
-
