@@ -25,7 +25,9 @@ import (
 var (
 	reDiskReadAt   = regexp.MustCompile(`^FERRY-DISKREAD at (\d+)$`)
 	reDiskReadBad  = regexp.MustCompile(`^FERRY-DISKREAD mismatch|^FERRY-DISK error`)
-	devWriteMigArg = []string{"--max-bandwidth", "16MiB/s", "--downtime", "3s"}
+	// Compression off: it shrinks the pass so much that it may end before
+	// the mid-pass check has a reason to look.
+	devWriteMigArg = []string{"--max-bandwidth", "16MiB/s", "--downtime", "3s", "--compress", "off"}
 )
 
 // diskWithBlockNumbers writes a raw disk image of mib MiB whose 4 KiB
