@@ -109,6 +109,9 @@ func (s *sender) complete(pausedAt time.Time) error {
 	}
 	s.stats.DowntimeMS = float64(time.Since(pausedAt).Microseconds()) / 1000
 	s.commit.paused = false // handed over: the source guest must stay paused for good
+	if err := s.unthrottle(); err != nil {
+		s.stats.Warnings = append(s.stats.Warnings, err.Error())
+	}
 	if s.log.logging {
 		s.log.logging = false
 		if err := s.src.StopDirtyLog(); err != nil {
@@ -139,6 +142,9 @@ func (s *sender) fail(cause error) error {
 			unknown = true
 			errs[0] = fmt.Errorf("%w (after COMMIT: %v)", ErrOutcomeUnknown, cause)
 		}
+	}
+	if err := s.unthrottle(); err != nil {
+		errs = append(errs, err)
 	}
 	if s.commit.paused && !unknown {
 		if err := s.src.Resume(); err != nil {

@@ -175,3 +175,56 @@ func (p passPoint) stop() bool {
 	}
 	return atEnd*p.pageCost > p.budget
 }
+
+// Auto-converge (Options.NoAutoConverge): when the guest dirties memory
+// about as fast as the link carries it away, pre-copy cannot converge, so
+// the sender slows the guest's vCPUs down (a Source that is a Throttler)
+// in steps, as QEMU's cpu-throttle does: 20% first, then 10% more per
+// iteration that still does not converge, at most 99%.
+const (
+	throttleFirst = 20
+	throttleStep  = 10
+	throttleMax   = 99
+	// slowRatio: an iteration "does not converge" when the bytes the next
+	// one is expected to send are at least this share of what it sent
+	// itself; twoSlow such iterations in a row raise the throttle.
+	slowRatio = 0.5
+	twoSlow   = 2
+)
+
+// throttleRule is what auto-converge knows between iterations.
+type throttleRule struct {
+	pct  int // the throttle now
+	slow int // iterations in a row that did not converge
+}
+
+// next returns the rule after the iteration just ended (the last of
+// h.its), the fetch that followed it having found dirty pages: the
+// expected bytes of the next iteration (dirty × PageSize × sendFraction)
+// against what this one sent, measured on iterations after the first
+// (iteration 0 sends all of memory, which says nothing about the rate).
+func (r throttleRule) next(h history, dirty uint64) throttleRule {
+	if len(h.its) == 0 {
+		return r
+	}
+	last := h.its[len(h.its)-1]
+	if last.Iteration == 0 || last.StopAndCopy || last.Bytes <= 0 {
+		return r
+	}
+	expect := float64(dirty*PageSize) * sendFraction(h.its, h.digest)
+	if expect < slowRatio*float64(last.Bytes) {
+		r.slow = 0
+		return r
+	}
+	if r.slow++; r.slow < twoSlow {
+		return r
+	}
+	r.slow = 0
+	switch {
+	case r.pct == 0:
+		r.pct = throttleFirst
+	default:
+		r.pct = min(throttleMax, r.pct+throttleStep)
+	}
+	return r
+}

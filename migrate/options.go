@@ -68,6 +68,11 @@ type Options struct {
 	// NoDigest disables the digest filter (plain pre-copy: every dirty page
 	// is sent). Pages still carry their digest on the wire.
 	NoDigest bool
+	// NoAutoConverge turns auto-converge off: without it, a migration that
+	// does not converge (the guest dirties memory about as fast as the
+	// link carries it away, two iterations in a row) slows the guest's
+	// vCPUs down in steps, when the Source is a Throttler (converge.go).
+	NoAutoConverge bool
 	// NoDelta sends every changed page whole (for comparison): without it,
 	// a page the destination holds of which only some 512-byte blocks
 	// changed goes out as a DELTA entry with those blocks (blocks.go).

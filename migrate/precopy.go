@@ -21,6 +21,9 @@ func (s *sender) beginIteration(final bool) error {
 		s.pass.iter++
 	}
 	s.pass.cur = IterationStats{Iteration: int(s.pass.iter), StopAndCopy: final}
+	if !final {
+		s.pass.cur.ThrottlePct = s.throttle.pct
+	}
 	s.pass.at = time.Now()
 	s.pass.out = s.w.queued + int64(len(s.w.buf))
 	s.pass.written = s.w.written.Load()

@@ -29,6 +29,9 @@ type sender struct {
 	commit commitState  // where the migration stands in the commit protocol
 	pass   passState    // the iteration under way
 	stats  Stats
+	// throttle is auto-converge's state (converge.go); the guest runs
+	// under throttle.pct while it is not 0.
+	throttle throttleRule
 }
 
 // guestLayout is the source VM's memory as the sender walks it.
@@ -181,6 +184,9 @@ func (s *sender) run() error {
 		if stop {
 			return s.stopAndCopy(converged)
 		}
+		if err := s.autoConverge(dirty); err != nil {
+			return err
+		}
 		if err := s.beginIteration(false); err != nil {
 			return err
 		}
@@ -212,6 +218,36 @@ func (s *sender) linkRate() float64 {
 		return float64(capBps)
 	}
 	return bw
+}
+
+// autoConverge raises the guest's throttle when pre-copy does not
+// converge (throttleRule), if the Source can throttle and the user did not
+// turn it off.
+func (s *sender) autoConverge(dirty uint64) error {
+	t, ok := s.src.(Throttler)
+	if !ok || s.opts.NoAutoConverge {
+		return nil
+	}
+	next := s.throttle.next(s.history(), dirty)
+	if next.pct != s.throttle.pct {
+		if err := t.Throttle(next.pct); err != nil {
+			return fmt.Errorf("migrate: throttle the source guest to %d%%: %w", next.pct, err)
+		}
+	}
+	s.throttle = next
+	return nil
+}
+
+// unthrottle lifts the throttle, if any: the migration has ended.
+func (s *sender) unthrottle() error {
+	if s.throttle.pct == 0 {
+		return nil
+	}
+	s.throttle.pct = 0
+	if err := s.src.(Throttler).Throttle(0); err != nil {
+		return fmt.Errorf("migrate: lift the source guest's throttle: %w", err)
+	}
+	return nil
 }
 
 // history is the snapshot of the migration the convergence rules decide on.

@@ -32,6 +32,9 @@ type IterationStats struct {
 	// 512-byte blocks, DeltaBytes in all (the destination held them).
 	PagesDelta uint64 `json:"pages_delta,omitempty"`
 	DeltaBytes int64  `json:"delta_bytes,omitempty"`
+	// ThrottlePct is the auto-converge throttle the guest ran under
+	// during the iteration (percent of the time its vCPUs were kept out).
+	ThrottlePct int `json:"throttle_pct,omitempty"`
 	// CompressedRecords counts the PAGES records sent compressed;
 	// CompressSaved is the bytes compression saved on them.
 	CompressedRecords int   `json:"records_compressed,omitempty"`
@@ -95,12 +98,16 @@ func FormatIteration(it IterationStats) string {
 	if it.PagesLeft > 0 {
 		extra += fmt.Sprintf(", left to stop-and-copy %d", it.PagesLeft)
 	}
+
 	tail := ""
 	if it.PagesDelta > 0 {
 		tail = fmt.Sprintf(", delta %d (%.1f KiB of blocks)", it.PagesDelta, float64(it.DeltaBytes)/1024)
 	}
 	if it.CompressedRecords > 0 {
 		tail += fmt.Sprintf(", %d records compressed (saved %.1f MiB)", it.CompressedRecords, float64(it.CompressSaved)/mib)
+	}
+	if it.ThrottlePct > 0 {
+		tail += fmt.Sprintf(", guest throttled %d%%", it.ThrottlePct)
 	}
 	return fmt.Sprintf("%s: dirty %d, false-dirty skipped %d%s, zero %d, sent %d, %.1f MiB in %.3f s, dirty rate %.1f MiB/s%s",
 		name, it.PagesDirty, it.PagesFalseDirty, extra, it.PagesZero, it.PagesSent,

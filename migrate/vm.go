@@ -74,6 +74,14 @@ type Source interface {
 	State() ([]byte, error)
 }
 
+// Throttler is a Source that can slow its guest down, for auto-converge
+// (Options.NoAutoConverge): Throttle keeps the guest's vCPUs out of the
+// guest pct percent of the time, 1 to 99; 0 lifts the throttle. The sender
+// lifts it when the migration ends, however it ends.
+type Throttler interface {
+	Throttle(pct int) error
+}
+
 // Destination is the VM being built on the receiving host.
 type Destination interface {
 	// Prepare allocates guest memory and vCPUs for the

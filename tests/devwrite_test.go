@@ -23,8 +23,8 @@ import (
 // checks for convergence, and reads the dirty log, in the middle of a pass.
 
 var (
-	reDiskReadAt   = regexp.MustCompile(`^FERRY-DISKREAD at (\d+)$`)
-	reDiskReadBad  = regexp.MustCompile(`^FERRY-DISKREAD mismatch|^FERRY-DISK error`)
+	reDiskReadAt  = regexp.MustCompile(`^FERRY-DISKREAD at (\d+)$`)
+	reDiskReadBad = regexp.MustCompile(`^FERRY-DISKREAD mismatch|^FERRY-DISK error`)
 	// Compression off: it shrinks the pass so much that it may end before
 	// the mid-pass check has a reason to look.
 	devWriteMigArg = []string{"--max-bandwidth", "16MiB/s", "--downtime", "3s", "--compress", "off"}

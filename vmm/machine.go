@@ -108,6 +108,9 @@ type Machine struct {
 	wg       sync.WaitGroup // the vCPU threads
 	// kick makes a vCPU leave KVM_RUN ((*kvm.VCPU).Kick; tests lose kicks).
 	kick func(*kvm.VCPU) error
+	// throttle slows vCPUs down for a migration that does not converge
+	// (throttle.go).
+	throttle throttle
 }
 
 // New creates the VM, its memory, irqchip, timer, devices and vCPUs. The
@@ -261,6 +264,7 @@ func (m *Machine) createVCPUs() error {
 			return err
 		}
 	}
+	m.throttle = newThrottle(len(m.vcpus))
 	m.msrs = m.vcpus[0].SavableMSRs(candidates)
 	if m.tscKHz, err = m.vcpus[0].TSCKHz(); err != nil {
 		return err
@@ -308,6 +312,7 @@ func (m *Machine) UnclaimedPorts() map[uint16]int { return m.ports.Unclaimed() }
 
 // Close releases the VM. The machine must be stopped.
 func (m *Machine) Close() {
+	m.endThrottle()
 	for _, v := range m.vcpus {
 		v.Close()
 	}

@@ -110,6 +110,10 @@ func (s *MigrationSource) ClearDirtyLog(i int, first uint64, bits []uint64) erro
 	return nil
 }
 
+// Throttle implements migrate.Throttler: every vCPU spends pct percent of
+// the time out of the guest (throttle.go); 0 lifts it.
+func (s *MigrationSource) Throttle(pct int) error { return s.m.SetThrottle(-1, pct) }
+
 // Pause implements migrate.Source.
 func (s *MigrationSource) Pause() error { return s.m.Pause() }
 

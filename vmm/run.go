@@ -145,6 +145,7 @@ func (m *Machine) runVCPU(v *kvm.VCPU) {
 			// KVM has completed any pending I/O by now, so parking here
 			// leaves a consistent vCPU state for SaveState.
 			v.ClearImmediateExit()
+			m.throttleSleep(v.ID)
 			if !m.park() {
 				return
 			}

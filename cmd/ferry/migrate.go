@@ -56,6 +56,7 @@ destination, then 'ferry resume' here only if the guest does not run there.`,
 		&cli.StringFlag{Name: "max-bandwidth", Usage: "cap, e.g. 32MiB/s (default unlimited)"},
 		&cli.BoolFlag{Name: "no-digest", Usage: "plain pre-copy: resend every dirty page (for comparison)"},
 		&cli.BoolFlag{Name: "no-clear-before-send", Usage: "clear the dirty log right after fetching it, as classic pre-copy (for comparison)"},
+		&cli.BoolFlag{Name: "no-auto-converge", Usage: "never slow the guest's vCPUs down when pre-copy does not converge (by default: 20%, then 10% more per iteration that still does not, at most 99%)"},
 		&cli.BoolFlag{Name: "no-delta", Usage: "send every changed page whole, not only its changed 512-byte blocks (for comparison)"},
 		&cli.StringFlag{Name: "compress", Value: "auto", Usage: "compress page records with zstd: auto (while it pays at the measured link rate), off, or zstd (always)"},
 		&cli.StringFlag{Name: "stats-json", Usage: "write the migration statistics to `FILE`"},
@@ -74,6 +75,7 @@ var optionFlags = map[string]string{
 	"NoDigest":          "no-digest",
 	"NoClearBeforeSend": "no-clear-before-send",
 	"NoDelta":           "no-delta",
+	"NoAutoConverge":    "no-auto-converge",
 	"Compress":          "compress",
 	"Resume":            "resume",
 }
@@ -88,6 +90,7 @@ func migrateAction(c *cli.Context) error {
 		NoDigest:          c.Bool("no-digest"),
 		NoClearBeforeSend: c.Bool("no-clear-before-send"),
 		NoDelta:           c.Bool("no-delta"),
+		NoAutoConverge:    c.Bool("no-auto-converge"),
 		Compress:          c.String("compress"),
 		Resume:            c.Bool("resume"),
 	}

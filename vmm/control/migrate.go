@@ -25,6 +25,9 @@ type MigrateRequest struct {
 	// or zstd (migrate.CompressMode).
 	NoDelta  bool   `json:"no_delta,omitempty"`
 	Compress string `json:"compress,omitempty"`
+	// NoAutoConverge: never slow the guest down when pre-copy does not
+	// converge.
+	NoAutoConverge bool `json:"no_auto_converge,omitempty"`
 	// Resume resumes a cut migration into the pages the destination kept.
 	Resume bool `json:"resume,omitempty"`
 	// TLS names the PEM files (absolute paths, read by this process) for a
@@ -54,6 +57,7 @@ func (r MigrateRequest) MigrateOptions() (migrate.Options, error) {
 		NoDigest:          r.NoDigest,
 		NoClearBeforeSend: r.NoClearBeforeSend,
 		NoDelta:           r.NoDelta,
+		NoAutoConverge:    r.NoAutoConverge,
 		Resume:            r.Resume,
 	}
 	var err error
@@ -95,6 +99,7 @@ var OptionJSON = map[string]string{
 	"NoDigest":          "no_digest",
 	"NoClearBeforeSend": "no_clear_before_send",
 	"NoDelta":           "no_delta",
+	"NoAutoConverge":    "no_auto_converge",
 	"Compress":          "compress",
 	"Resume":            "resume",
 }
