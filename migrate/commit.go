@@ -14,10 +14,11 @@ import (
 // for DONE-ACK.
 func (s *sender) stopAndCopy(converged bool) error {
 	s.stats.Converged = converged
-	pausedAt := time.Now()
+	clock := newDowntimeClock(&s.stats.DowntimeParts)
 	if err := s.src.Pause(); err != nil {
 		return fmt.Errorf("migrate: pause source: %w", err)
 	}
+	clock.mark(&s.stats.DowntimeParts.PauseMS)
 	s.commit.paused = true
 	// The guest is paused: every millisecond now is downtime, so the
 	// bandwidth cap, which protects the guest's own traffic during
@@ -30,6 +31,7 @@ func (s *sender) stopAndCopy(converged bool) error {
 	if err != nil {
 		return err
 	}
+	clock.mark(&s.stats.DowntimeParts.SyncMS)
 	if last := s.stats.Iterations[len(s.stats.Iterations)-1]; last.PagesLeft > 0 {
 		// The pass before stopped early (midPass) and was not reported: its
 		// dirty rate counts what this fetch found beyond the pages it left.
@@ -39,7 +41,8 @@ func (s *sender) stopAndCopy(converged bool) error {
 	if _, err := s.sendPending(false, false); err != nil {
 		return err
 	}
-	return s.complete(pausedAt)
+	clock.mark(&s.stats.DowntimeParts.PagesMS)
+	return s.complete(clock)
 }
 
 // pausedCopy migrates a guest its user paused (Options.SourcePaused): it
@@ -51,7 +54,7 @@ func (s *sender) stopAndCopy(converged bool) error {
 func (s *sender) pausedCopy() error {
 	s.stats.Converged = true
 	s.stats.SourcePaused = true
-	start := time.Now()
+	clock := newDowntimeClock(&s.stats.DowntimeParts)
 	s.w.liftLimit() // the cap protects a running guest's own traffic
 	if err := s.beginIteration(true); err != nil {
 		return err
@@ -60,17 +63,20 @@ func (s *sender) pausedCopy() error {
 	if _, err := s.sendAll(false, false); err != nil {
 		return err
 	}
-	return s.complete(start)
+	clock.mark(&s.stats.DowntimeParts.PagesMS)
+	return s.complete(clock)
 }
 
 // complete ends the final pass: the VM state, END, then the commit
-// handshake. pausedAt is when the final pass began (the downtime's start).
-func (s *sender) complete(pausedAt time.Time) error {
+// handshake. clock started with the final pass (the downtime's start).
+func (s *sender) complete(clock downtimeClock) error {
+	parts := &s.stats.DowntimeParts
 	s.w.endPages()
 	state, err := s.src.State()
 	if err != nil {
 		return fmt.Errorf("migrate: save source state: %w", err)
 	}
+	clock.mark(&parts.StateMS)
 	if len(state) > MaxStateSize {
 		return fmt.Errorf("migrate: VM state is %d bytes, protocol maximum is %d", len(state), MaxStateSize)
 	}
@@ -83,10 +89,12 @@ func (s *sender) complete(pausedAt time.Time) error {
 	if err := s.endIteration(); err != nil {
 		return err
 	}
+	clock.mark(&parts.FlushMS)
 	s.reportLast(0)
 	if err := s.waitPeer(RecReady, "the wait for READY"); err != nil {
 		return err
 	}
+	clock.mark(&parts.ReadyMS)
 	// Last chance to cancel. Once COMMIT is out the destination may start
 	// the guest, so from here on only its answer ends the migration, and no
 	// failure resumes the source guest unless the destination says (ERROR)
@@ -107,7 +115,8 @@ func (s *sender) complete(pausedAt time.Time) error {
 	if err := s.waitPeer(RecDoneAck, "the wait for DONE-ACK"); err != nil {
 		return err
 	}
-	s.stats.DowntimeMS = float64(time.Since(pausedAt).Microseconds()) / 1000
+	clock.mark(&parts.CommitMS)
+	s.stats.DowntimeMS = clock.total()
 	s.commit.paused = false // handed over: the source guest must stay paused for good
 	if err := s.unthrottle(); err != nil {
 		s.stats.Warnings = append(s.stats.Warnings, err.Error())
@@ -173,3 +182,23 @@ func (s *sender) fail(cause error) error {
 	setReadDeadline(s.conn, time.Unix(1, 0))
 	return errors.Join(errs...)
 }
+
+// downtimeClock times the parts of the downtime (Stats.DowntimeParts):
+// each mark records the time since the previous one.
+type downtimeClock struct {
+	start, last time.Time
+}
+
+func newDowntimeClock(p *DowntimeParts) downtimeClock {
+	*p = DowntimeParts{}
+	now := time.Now()
+	return downtimeClock{start: now, last: now}
+}
+
+func (c *downtimeClock) mark(part *float64) {
+	now := time.Now()
+	*part = float64(now.Sub(c.last).Microseconds()) / 1000
+	c.last = now
+}
+
+func (c *downtimeClock) total() float64 { return float64(time.Since(c.start).Microseconds()) / 1000 }

@@ -213,3 +213,23 @@ func TestStopDirtyLogErrorAfterDoneAck(t *testing.T) {
 		t.Fatalf("warnings %q, want the StopDirtyLog error", res.stats.Warnings)
 	}
 }
+
+// The downtime's parts add up to the downtime (up to the gaps between the
+// marks), and each is measured.
+func TestDowntimeParts(t *testing.T) {
+	src := newTestSource(true)
+	src.beforeFetch = func(n int) {
+		if n == 2 { // the stop-and-copy's fetch (1 is the one after iteration 0)
+			time.Sleep(20 * time.Millisecond) // a slow final dirty-log sync
+		}
+	}
+	dst := &fakeDest{}
+	res := runMigration(t, src, dst, Options{Downtime: time.Hour}, ReceiveOptions{})
+	mustSucceed(t, res)
+	p := res.stats.DowntimeParts
+	sum := p.PauseMS + p.SyncMS + p.PagesMS + p.StateMS + p.FlushMS + p.ReadyMS + p.CommitMS
+	if p.SyncMS < 20 || sum > res.stats.DowntimeMS+0.01 || sum < res.stats.DowntimeMS-1 {
+		t.Fatalf("downtime %.3f ms, parts %+v (sum %.3f)", res.stats.DowntimeMS, p, sum)
+	}
+	t.Logf("downtime %.3f ms: %v", res.stats.DowntimeMS, p)
+}

@@ -61,6 +61,8 @@ type Stats struct {
 	// (for a guest its user had paused, SourcePaused: from the start of
 	// its one pass).
 	DowntimeMS float64 `json:"downtime_ms"`
+	// DowntimeParts is where the downtime went.
+	DowntimeParts DowntimeParts `json:"downtime_parts"`
 	BytesTotal int64   `json:"bytes_total"`
 	// BytesReceived counts the bytes read from the destination (HELLO-ACK,
 	// READY, DONE-ACK, and the KEPT records of a resumed migration).
@@ -81,6 +83,29 @@ type Stats struct {
 	// Warnings are failures that did not fail the migration (the guest
 	// already runs on the destination) but need an operator's eye.
 	Warnings []string `json:"warnings,omitempty"`
+}
+
+// DowntimeParts splits the downtime, in milliseconds, in the order it
+// passes: pausing the vCPUs (and draining the devices), the final dirty-log
+// sync, the last pages (read, filtered, handed to the writer), saving the
+// VM state, writing out what is buffered (pages, STATE, END), the wait for
+// READY (the destination applies what is in flight, restores the state,
+// checks END), and the commit handshake (COMMIT, the destination starts the
+// guest, DONE-ACK). A guest its user paused has no pause nor sync part.
+type DowntimeParts struct {
+	PauseMS  float64 `json:"pause_ms"`
+	SyncMS   float64 `json:"sync_ms"`
+	PagesMS  float64 `json:"pages_ms"`
+	StateMS  float64 `json:"state_ms"`
+	FlushMS  float64 `json:"flush_ms"`
+	ReadyMS  float64 `json:"ready_ms"`
+	CommitMS float64 `json:"commit_ms"`
+}
+
+// String is the one-line account of a downtime.
+func (p DowntimeParts) String() string {
+	return fmt.Sprintf("pause %.1f, dirty-log sync %.1f, last pages %.1f, state %.1f, flush %.1f, destination restore %.1f, commit %.1f ms",
+		p.PauseMS, p.SyncMS, p.PagesMS, p.StateMS, p.FlushMS, p.ReadyMS, p.CommitMS)
 }
 
 const mib = 1 << 20

@@ -144,6 +144,7 @@ func migrateAction(c *cli.Context) error {
 			return fmt.Errorf("migration failed: %s", ev.Error)
 		case ev.Stats != nil:
 			fmt.Fprintln(w, ev.Stats.Summary())
+			fmt.Fprintf(w, "downtime: %v\n", ev.Stats.DowntimeParts)
 			for _, warn := range ev.Stats.Warnings {
 				fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", warn)
 			}
