@@ -63,7 +63,7 @@ type Stats struct {
 	DowntimeMS float64 `json:"downtime_ms"`
 	// DowntimeParts is where the downtime went.
 	DowntimeParts DowntimeParts `json:"downtime_parts"`
-	BytesTotal int64   `json:"bytes_total"`
+	BytesTotal    int64         `json:"bytes_total"`
 	// BytesReceived counts the bytes read from the destination (HELLO-ACK,
 	// READY, DONE-ACK, and the KEPT records of a resumed migration).
 	BytesReceived int64 `json:"bytes_received"`
