@@ -96,6 +96,7 @@ func (s *sender) midPass(left uint64) (bool, error) {
 		return false, nil
 	}
 	s.log.peekAt = time.Now()
+	s.pass.cur.Peeks++
 	n, err := s.peek()
 	if err != nil {
 		return false, err

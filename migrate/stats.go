@@ -39,6 +39,9 @@ type IterationStats struct {
 	// CompressSaved is the bytes compression saved on them.
 	CompressedRecords int   `json:"records_compressed,omitempty"`
 	CompressSaved     int64 `json:"bytes_saved_compression,omitempty"`
+	// Peeks counts the mid-pass reads of the dirty log (the convergence
+	// check between chunks; see Options.Downtime).
+	Peeks int `json:"peeks,omitempty"`
 	// PagesLeft counts dirty pages the iteration did not reach because the
 	// sender went to stop-and-copy in the middle of the pass (the downtime
 	// budget could take the rest); the stop-and-copy pass sends them.

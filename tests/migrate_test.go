@@ -73,6 +73,7 @@ type migStats struct {
 		PagesSent       uint64 `json:"pages_sent"`
 		PagesReused     uint64 `json:"pages_reused"`
 		PagesLeft       uint64 `json:"pages_left"`
+		Peeks           int    `json:"peeks"`
 		Bytes           int64  `json:"bytes"`
 	} `json:"iterations"`
 	TotalSeconds  float64 `json:"total_seconds"`
