@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferryvmm/ferry/kvm"
 )
 
 // TestKVMGuestFaults: a guest on the real KVM reads 16 and writes 8 pages
@@ -224,4 +226,46 @@ func keys(m map[int]bool) []int {
 	}
 	sort.Ints(out)
 	return out
+}
+
+// TestKVMUserModeOnly pins why Open never passes UFFD_USER_MODE_ONLY: a
+// userfaultfd made with it sees only faults taken in user mode, and KVM
+// reaches guest memory from the kernel, so a guest read of a missing
+// page raises no event; KVM reports it as an MMIO exit at a RAM address.
+func TestKVMUserModeOnly(t *testing.T) {
+	g := newGuest(t)
+	const userModeOnly = 1 // UFFD_USER_MODE_ONLY
+	u, err := open(0, []opener{{"the userfaultfd system call, user mode only", func(flags int) (int, error) {
+		return openSyscall(flags | userModeOnly)
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	if err := u.Register(g.data(), ModeMissing); err != nil {
+		t.Fatal(err)
+	}
+	g.setList([]access{{page: 0}})
+	if err := g.cpu.SetRegs(kvm.Regs{RIP: gCode, RFLAGS: 2}); err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	g.reqs <- func() { res <- g.enter() }
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		g.stop.Store(true)
+		g.cpu.Kick()
+		u.Close() // wakes the vCPU if it did block after all
+		<-res
+		t.Fatal("the guest blocked on the page: this KVM does deliver kernel faults to a user-mode-only userfaultfd")
+	}
+	r := g.cpu.ExitReason()
+	if r != kvm.ExitMMIO || g.cpu.MMIO().Addr != gData {
+		t.Fatalf("exit %s, want the MMIO exit at %#x this test pins", kvm.ExitName(r), gData)
+	}
+	t.Logf("a guest read of a missing page under a user-mode-only userfaultfd: MMIO exit at %#x", g.cpu.MMIO().Addr)
 }

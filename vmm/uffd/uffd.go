@@ -14,6 +14,24 @@
 //	drop.go         DropPages: MADV_DONTNEED, so that the next access faults
 //	abi.go          the kernel's numbers and structures
 //	uffd_unsafe.go  the ioctls with pointer arguments, uffdio_copy, addresses
+//
+// Who faults, and what a user must know:
+//
+//   - vCPU threads, inside KVM_RUN. On the development machines' emulating
+//     KVM a kick (signal) does not end the wait: KVM_RUN returns EINTR only
+//     once the page is served, so pausing a vCPU waits for its page.
+//
+//   - ferry's own goroutines that touch guest memory. Go code must not
+//     touch a page that may be missing: one blocked in copy() cannot be
+//     preempted, and a garbage collection starting meanwhile hangs the
+//     whole process, handler included (gc_test.go). Fetch the page first,
+//     or reach guest memory through a system call (read(2), write(2)).
+//
+//   - A fault nobody resolves blocks its thread for good; Unregister or
+//     Close instead lets it go on with a zero page (lifecycle_test.go).
+//
+//   - One page can raise several faults (signals, several threads): Copy
+//     and ZeroPage report existed for the later ones and wake anyway.
 package uffd
 
 import (

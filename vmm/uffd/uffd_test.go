@@ -379,3 +379,39 @@ func TestDropPages(t *testing.T) {
 		t.Errorf("unregistered page after DropPages: byte %d is not zero", i)
 	}
 }
+
+// TestTwoThreadsOnePage: two threads blocked on one page each raise a
+// fault; one Copy wakes both, and the second Copy says existed.
+func TestTwoThreadsOnePage(t *testing.T) {
+	mem := mapPages(t, 1)
+	u := openUFFD(t, FeatureThreadID)
+	if err := u.Register(mem, ModeMissing); err != nil {
+		t.Fatal(err)
+	}
+	a, b := newToucher(t), newToucher(t)
+	var badA, badB int
+	doneA := a.do(func() { badA = mismatch(mem, pattern(0, 1)) })
+	doneB := b.do(func() { badB = mismatch(mem, pattern(0, 1)) })
+	tids := map[int]bool{}
+	for len(tids) < 2 {
+		f, ok := nextFault(t, u, 5*time.Second)
+		if !ok {
+			t.Fatalf("faults from threads %v only, want %d and %d", tids, a.tid, b.tid)
+		}
+		tids[f.TID] = true
+	}
+	if !tids[a.tid] || !tids[b.tid] {
+		t.Fatalf("faults from threads %v, want %d and %d", tids, a.tid, b.tid)
+	}
+	if existed, err := u.Copy(mem, pattern(0, 1)); err != nil || existed {
+		t.Fatalf("Copy: existed %v, %v", existed, err)
+	}
+	waitDone(t, doneA, 5*time.Second, "first thread")
+	waitDone(t, doneB, 5*time.Second, "second thread")
+	if badA >= 0 || badB >= 0 {
+		t.Errorf("bytes %d, %d differ", badA, badB)
+	}
+	if existed, err := u.Copy(mem, pattern(0, 1)); err != nil || !existed {
+		t.Errorf("Copy for the second fault: existed %v, %v; want existed", existed, err)
+	}
+}
