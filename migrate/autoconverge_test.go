@@ -59,8 +59,12 @@ func (s *throttledSource) Throttle(pct int) error {
 	return nil
 }
 
-func newThrottledSource(rate int) *throttledSource {
-	src := &throttledSource{fakeSource: newFakeSource(true, 1024*PageSize)}
+func newThrottledSource(rate int) *throttledSource { return newThrottledSourceSize(rate, 1024) }
+
+// newThrottledSourceSize is a throttledSource of pages pages.
+func newThrottledSourceSize(rate, pages int) *throttledSource {
+	src := &throttledSource{fakeSource: newFakeSource(true, uint64(pages)*PageSize)}
+	src.info.ID = VMID{0xac}
 	randomFill(src.mem[0], 17)
 	rng := rand.New(rand.NewSource(5))
 	page := make([]byte, PageSize)
@@ -70,7 +74,7 @@ func newThrottledSource(rate int) *throttledSource {
 		src.mu.Unlock()
 		for k := 0; k < n; k++ {
 			rng.Read(page)
-			src.guestWrite(0, uint64(rng.Intn(1024)), page)
+			src.guestWrite(0, uint64(rng.Intn(pages)), page)
 		}
 	}
 	return src

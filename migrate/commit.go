@@ -142,7 +142,11 @@ func (s *sender) fail(cause error) error {
 	errs := []error{cause}
 	unknown := false
 	if s.commit.committed {
-		if re != nil {
+		if errors.Is(cause, ErrPostcopyInterrupted) {
+			// The guest runs on the destination, its missing pages are
+			// only here: keep the guest paused, never resume it.
+			unknown = true
+		} else if re != nil {
 			// The destination answered COMMIT with ERROR: it did not start
 			// the guest (it discards its copy before it says so).
 			errs[0] = fmt.Errorf("the destination did not start the guest after COMMIT: %w", cause)

@@ -183,7 +183,7 @@ func TestSenderStall(t *testing.T) {
 		if r, err := rr.next(); err != nil || r.Type != RecHello {
 			return
 		}
-		writeRecord(b, RecHelloAck, encodeHelloAck(false))
+		writeRecord(b, RecHelloAck, encodeHelloAck(helloFlags{}))
 		// then read nothing more
 	}()
 	start := time.Now()

@@ -81,12 +81,12 @@ func decodePayload(t *testing.T, rec record) {
 		if err := checkInfo(h.Info); err != nil {
 			t.Fatalf("decoded HELLO fails checkInfo: %v", err)
 		}
-		again, err := encodeHello(h.Info, h.Resume)
+		again, err := encodeHello(h.Info, h.Flags)
 		if err != nil || !bytes.Equal(again, p) {
 			t.Fatalf("HELLO does not re-encode to its input (%v)", err)
 		}
 	case RecHelloAck:
-		if resume, err := decodeHelloAck(p); err == nil && !bytes.Equal(encodeHelloAck(resume), p) {
+		if f, err := decodeHelloAck(p); err == nil && !bytes.Equal(encodeHelloAck(f), p) {
 			t.Fatal("HELLO-ACK does not re-encode to its input")
 		}
 	case RecKept:
@@ -103,8 +103,8 @@ func decodePayload(t *testing.T, rec record) {
 			t.Fatal("KEPT does not re-encode to its input")
 		}
 	case RecIterationStart:
-		k, final, err := decodeIterationStart(p)
-		if err == nil && !bytes.Equal(encodeIterationStart(k, final), p) {
+		k, flags, err := decodeIterationStart(p)
+		if err == nil && !bytes.Equal(encodeIterationStartFlags(k, flags), p) {
 			t.Fatal("ITERATION-START does not re-encode to its input")
 		}
 	case RecPages:
@@ -222,7 +222,7 @@ func fuzzSeeds() []fuzzSeed {
 	zeros := pagesRec(zeroEntry(0), zeroEntry(1), zeroEntry(2), zeroEntry(3))
 	resumeInfo := smallInfo()
 	resumeInfo.ID = VMID{7}
-	resumeHello, err := encodeHello(resumeInfo, true)
+	resumeHello, err := encodeHello(resumeInfo, helloFlags{Resume: true})
 	if err != nil {
 		panic(err)
 	}
@@ -237,10 +237,10 @@ func fuzzSeeds() []fuzzSeed {
 		{"bad-state", join(hello, it0, zeros, final, rec(RecState, []byte("bad")), endRec(4), commitRec())},
 		{"missing-page", join(hello, it0, pagesRec(zeroEntry(0)), final, state, endRec(1), commitRec())},
 		{"hello-only", join(hello)},
-		{"ack-records", join(rec(RecHelloAck, encodeHelloAck(false)), rec(RecReady, nil), rec(RecDoneAck, nil))},
+		{"ack-records", join(rec(RecHelloAck, encodeHelloAck(helloFlags{})), rec(RecReady, nil), rec(RecDoneAck, nil))},
 		{"crc-unsealed", append([]byte{0}, hello...)},
 		{"resume-refused", join(rec(RecHello, resumeHello), it0, zeros)},
-		{"kept-records", join(rec(RecHelloAck, encodeHelloAck(true)), rec(RecKept, encodeKept(keptTable, 0, 4)))},
+		{"kept-records", join(rec(RecHelloAck, encodeHelloAck(helloFlags{Resume: true})), rec(RecKept, encodeKept(keptTable, 0, 4)))},
 	}
 }
 

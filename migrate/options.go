@@ -1,7 +1,9 @@
 package migrate
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -68,6 +70,20 @@ type Options struct {
 	// NoDigest disables the digest filter (plain pre-copy: every dirty page
 	// is sent). Pages still carry their digest on the wire.
 	NoDigest bool
+	// PostcopyAfter and PostcopyAfterIterations allow a switch to
+	// post-copy (postcopy.go) when pre-copy has not converged after that
+	// long, or after that many iterations (1: right after the first
+	// pass); also, with either set, instead of giving up or forcing at
+	// MaxIterations or Timeout. Zero: never. The destination must agree
+	// (it refuses the HELLO otherwise), and PostcopyDial must open the
+	// request channel: a second connection to the same destination,
+	// authenticated as the first. After the switch the guest runs on the
+	// destination while its missing pages are only here: a link that
+	// breaks then leaves it waiting for them (ErrPostcopyInterrupted), and
+	// a destination that dies loses the guest.
+	PostcopyAfter           time.Duration
+	PostcopyAfterIterations int
+	PostcopyDial            func(ctx context.Context) (io.ReadWriteCloser, error)
 	// NoAutoConverge turns auto-converge off: without it, a migration that
 	// does not converge (the guest dirties memory about as fast as the
 	// link carries it away, two iterations in a row) slows the guest's
@@ -156,6 +172,10 @@ func (o Options) Validate() error {
 		return optErr("MaxBandwidth", "%d: must not be negative", o.MaxBandwidth)
 	case o.Compress < CompressAuto || o.Compress > CompressZstd:
 		return optErr("Compress", "%v: want auto, off or zstd", o.Compress)
+	case o.PostcopyAfter < 0:
+		return optErr("PostcopyAfter", "%v: must not be negative", o.PostcopyAfter)
+	case o.PostcopyAfterIterations < 0:
+		return optErr("PostcopyAfterIterations", "%d: must not be negative", o.PostcopyAfterIterations)
 	case o.Resume && o.NoDigest:
 		return optErr("Resume", "needs the digest table: a resumed migration cannot turn the digest filter off")
 	}

@@ -6,9 +6,9 @@ import (
 	"time"
 )
 
-// What the destination sends the source: HELLO-ACK, KEPT and READY in
-// order, then one terminal message (DONE-ACK, ERROR, an unexpected record,
-// or a read error). A goroutine reads them as they come, so that an ERROR
+// What the destination sends the source: HELLO-ACK, KEPT, READY and
+// DONE-ACK in order (and COMPLETE after a post-copy), or a terminal
+// message (ERROR, an unexpected record, or a read error). A goroutine reads them as they come, so that an ERROR
 // is noticed while the sender writes.
 
 // peerMsg is one record (or read error) from the destination.
@@ -77,7 +77,10 @@ func (p *peerLink) read(rr *recordReader, conn io.ReadWriter) {
 		if !deliver(m) {
 			return
 		}
-		if rec.Type != RecHelloAck && rec.Type != RecKept && rec.Type != RecReady {
+		switch rec.Type {
+		case RecHelloAck, RecKept, RecReady, RecDoneAck:
+			// More may follow (after DONE-ACK: a post-copy's COMPLETE).
+		default:
 			return
 		}
 	}

@@ -17,6 +17,17 @@ type compressMark struct {
 
 // beginIteration announces iteration pass.iter (the first call announces 0).
 func (s *sender) beginIteration(final bool) error {
+	var flags uint32
+	if final {
+		flags = iterFinal
+	}
+	return s.beginIterationFlags(flags)
+}
+
+// beginIterationFlags announces the next iteration with ITERATION-START's
+// flags (iterFinal, iterPostcopy).
+func (s *sender) beginIterationFlags(flags uint32) error {
+	final := flags&iterFinal != 0
 	if len(s.stats.Iterations) > 0 {
 		s.pass.iter++
 	}
@@ -30,7 +41,7 @@ func (s *sender) beginIteration(final bool) error {
 	if c := s.w.comp; c != nil {
 		s.pass.comp = compressMark{c.records, c.rawIn - c.compOut}
 	}
-	if err := s.w.record(RecIterationStart, encodeIterationStart(s.pass.iter, final)); err != nil {
+	if err := s.w.record(RecIterationStart, encodeIterationStartFlags(s.pass.iter, flags)); err != nil {
 		return s.ioError("send ITERATION-START", err)
 	}
 	return nil

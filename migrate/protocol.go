@@ -73,6 +73,10 @@ const (
 	RecReady          RecordType = 9  // destination → source
 	RecCommit         RecordType = 10 // source → destination
 	RecKept           RecordType = 11 // destination → source, after a RESUME HELLO-ACK
+	RecMissing        RecordType = 12 // source → destination: post-copy's missing pages
+	RecRequest        RecordType = 13 // destination → source, on the post-copy channel
+	RecPostcopyEnd    RecordType = 14 // source → destination: every missing page was sent
+	RecComplete       RecordType = 15 // destination → source: every missing page arrived
 )
 
 func (t RecordType) String() string {
@@ -99,6 +103,14 @@ func (t RecordType) String() string {
 		return "COMMIT"
 	case RecKept:
 		return "KEPT"
+	case RecMissing:
+		return "MISSING"
+	case RecRequest:
+		return "REQUEST"
+	case RecPostcopyEnd:
+		return "POSTCOPY-END"
+	case RecComplete:
+		return "COMPLETE"
 	}
 	return fmt.Sprintf("type-%d", uint16(t))
 }
@@ -127,6 +139,14 @@ func payloadLimits(t RecordType) (minLen, maxLen int, ok bool) {
 		return 0, 0, true
 	case RecKept:
 		return keptFixedSize + 2, maxKeptPayload, true
+	case RecMissing:
+		return missingFixedSize + 1, maxMissingPayload, true
+	case RecRequest:
+		return 8, 8 * MaxRequestPages, true
+	case RecPostcopyEnd:
+		return 8, 8, true
+	case RecComplete:
+		return completeSize, completeSize, true
 	}
 	return 0, 0, false
 }

@@ -25,13 +25,13 @@ func testInfo() VMInfo {
 
 // Every record type survives a trip through net.Pipe.
 func TestRecordRoundTripOverPipe(t *testing.T) {
-	hp, err := encodeHello(testInfo(), false)
+	hp, err := encodeHello(testInfo(), helloFlags{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	recs := []record{
 		{Type: RecHello, Payload: hp},
-		{Type: RecHelloAck, Payload: encodeHelloAck(false)},
+		{Type: RecHelloAck, Payload: encodeHelloAck(helloFlags{})},
 		{Type: RecIterationStart, Payload: encodeIterationStart(7, true)},
 		{Type: RecState, Payload: bytes.Repeat([]byte("state"), 100000)},
 		{Type: RecEnd, Payload: encodeEnd(123456789)},
@@ -62,8 +62,8 @@ func TestRecordRoundTripOverPipe(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(h.Info, testInfo()) || h.Version != ProtocolVersion {
 		t.Fatalf("HELLO decoded to %+v, %v", h, err)
 	}
-	if k, final, err := decodeIterationStart(recs[2].Payload); k != 7 || !final || err != nil {
-		t.Fatalf("ITERATION-START decoded to %d %v %v", k, final, err)
+	if k, flags, err := decodeIterationStart(recs[2].Payload); k != 7 || flags != iterFinal || err != nil {
+		t.Fatalf("ITERATION-START decoded to %d %#x %v", k, flags, err)
 	}
 	if decodeEnd(recs[4].Payload) != 123456789 {
 		t.Fatal("END count")
@@ -249,7 +249,7 @@ func TestPagesIterRejects(t *testing.T) {
 }
 
 func TestHelloRejects(t *testing.T) {
-	good, _ := encodeHello(testInfo(), false)
+	good, _ := encodeHello(testInfo(), helloFlags{})
 	mod := func(f func(p []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
 	cases := []struct {
 		name string
@@ -272,7 +272,7 @@ func TestHelloRejects(t *testing.T) {
 	}
 	overlap := testInfo()
 	overlap.Regions[1].GPA = 1 << 30
-	if _, err := encodeHello(overlap, false); err == nil || !strings.Contains(err.Error(), "overlap") {
+	if _, err := encodeHello(overlap, helloFlags{}); err == nil || !strings.Contains(err.Error(), "overlap") {
 		t.Errorf("overlapping regions: %v", err)
 	}
 }

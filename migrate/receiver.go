@@ -28,6 +28,10 @@ type ReceiveOptions struct {
 	// sends continuously until END, so a stall means it is gone. Zero: wait
 	// as long as ctx allows.
 	IdleTimeout time.Duration
+	// Postcopy, if set, lets a migration switch to post-copy when the
+	// destination is a PostcopyDestination, and routes request channels
+	// to their migration (postcopy.go); nil: no post-copy here.
+	Postcopy *PostcopyRegistry
 	// Keep, if set, keeps what a migration that fails before COMMIT has
 	// received (a Resumable destination and the digest of every page it
 	// holds) for the Keeper's window, and serves resumed migrations from
@@ -57,6 +61,8 @@ const (
 	stateAwaitPagesOrState                  // HELLO-ACK sent: iterations and pages
 	stateAwaitEnd                           // STATE restored: only END may follow
 	stateAwaitCommit                        // END checked, READY sent: only COMMIT may follow
+	statePostcopy                           // guest started with pages missing: pushed PAGES, POSTCOPY-END
+	stateChannel                            // this connection is a post-copy request channel
 	stateDone                               // COMMIT handled, guest started, DONE-ACK sent
 	stateFailed                             // aborted; the guest never runs
 )
@@ -95,6 +101,16 @@ type receiver struct {
 	iter        uint32
 	final       bool
 	entries     uint64 // pages received (END's count)
+
+	// Post-copy (postcopy_recv.go): the HELLO asked for it and this side
+	// can (session registered); the switch came (ITERATION-START with
+	// POSTCOPY); the MISSING records so far; the pages pushed after it.
+	session     *postcopySession
+	postcopy    bool
+	nextMissing uint64
+	pushed      uint64
+	channelStop func()      // ends a channel's request writer
+	idleOff     atomic.Bool // no idle timeout (a channel)
 
 	// onPages' work space: the record's entries, the digests of its pages
 	// with data, the pages its DELTA entries rebuild, the decompressor.
@@ -138,7 +154,13 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 	cr := &countingReader{r: conn}
 	var beforeRead func()
 	if idle := r.opts.IdleTimeout; idle > 0 {
-		beforeRead = func() { setReadDeadline(conn, time.Now().Add(idle)) }
+		beforeRead = func() {
+			if r.idleOff.Load() {
+				setReadDeadline(conn, time.Time{})
+				return
+			}
+			setReadDeadline(conn, time.Now().Add(idle))
+		}
 	}
 	rr := startReadAhead(cr, 3, beforeRead)
 	defer rr.close()
@@ -179,12 +201,23 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 				break
 			}
 			r.reply = RecInvalid
+			if r.state == stateChannel && r.channelStop == nil {
+				r.idleOff.Store(true) // a channel is quiet until the guest needs pages
+				r.channelStop = r.startRequests(conn)
+			}
 			if r.sendKept { // after HELLO-ACK{RESUME}
 				r.sendKept = false
 				if err = r.writeKept(conn); err != nil {
 					break
 				}
 			}
+		}
+	}
+	if r.channelStop != nil {
+		r.channelStop()
+		if r.session.isEnded() && err != nil && errors.Is(err, ErrClosed) {
+			err = nil // the source closed the channel once post-copy completed
+			r.state = stateDone
 		}
 	}
 	r.stats.BytesTotal = cr.n.Load()
@@ -199,6 +232,9 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 // VM, then tells the source (after COMMIT the source resumes its guest on
 // that ERROR, so the guest must be gone here first).
 func (r *receiver) abort(conn io.Writer, err error) {
+	if r.state != statePostcopy && r.state != stateChannel {
+		r.dropSession() // the guest did not start: no post-copy here
+	}
 	r.state = stateFailed
 	note := ""
 	if r.prepared {
@@ -235,6 +271,8 @@ func (r *receiver) handle(rec record) error {
 			return r.onIterationStart(rec.Payload)
 		case RecPages:
 			return r.onPages(rec.Flags, rec.Payload)
+		case RecMissing:
+			return r.onMissing(rec.Payload)
 		case RecState:
 			return r.onState(rec.Payload)
 		}
@@ -248,6 +286,17 @@ func (r *receiver) handle(rec record) error {
 	case stateAwaitCommit:
 		if rec.Type == RecCommit {
 			return r.onCommit()
+		}
+	case statePostcopy:
+		switch rec.Type {
+		case RecPages:
+			return r.onPushed(rec.Flags, rec.Payload)
+		case RecPostcopyEnd:
+			return r.onPostcopyEnd(rec.Payload)
+		}
+	case stateChannel:
+		if rec.Type == RecPages {
+			return r.onPushed(rec.Flags, rec.Payload)
 		}
 	case stateDone, stateFailed:
 		return fmt.Errorf("%w: %v after the migration ended", ErrUnexpected, rec.Type)
@@ -267,7 +316,10 @@ func (r *receiver) onHello(p []byte) error {
 	if info.VCPUs > r.opts.MaxVCPUs {
 		return fmt.Errorf("%w: guest has %d vCPUs, this host accepts at most %d", ErrRefused, info.VCPUs, r.opts.MaxVCPUs)
 	}
-	if h.Resume {
+	if h.Flags.Channel {
+		return r.onChannel(h)
+	}
+	if h.Flags.Resume {
 		return r.onResume(info)
 	}
 	// A new migration replaces whatever a failed one left here.
@@ -285,7 +337,14 @@ func (r *receiver) onHello(p []byte) error {
 	r.opts.Keep.begin(info.ID)
 	r.active = r.opts.Keep != nil
 	r.state = stateAwaitPagesOrState
-	r.reply, r.replyPayload = RecHelloAck, encodeHelloAck(false)
+	var ack helloFlags
+	if h.Flags.Postcopy {
+		if err := r.offerPostcopy(info); err != nil {
+			return fmt.Errorf("%w: post-copy: %v", ErrRefused, err)
+		}
+		ack.Postcopy = true
+	}
+	r.reply, r.replyPayload = RecHelloAck, encodeHelloAck(ack)
 	return nil
 }
 
@@ -318,7 +377,7 @@ func (r *receiver) onResume(info VMInfo) error {
 	r.opts.Keep.begin(info.ID)
 	r.active = true
 	r.state = stateAwaitPagesOrState
-	r.reply, r.replyPayload, r.sendKept = RecHelloAck, encodeHelloAck(true), true
+	r.reply, r.replyPayload, r.sendKept = RecHelloAck, encodeHelloAck(helloFlags{Resume: true}), true
 	return nil
 }
 
@@ -341,9 +400,16 @@ func (r *receiver) layout(info VMInfo) error {
 }
 
 func (r *receiver) onIterationStart(p []byte) error {
-	k, final, err := decodeIterationStart(p)
+	k, flags, err := decodeIterationStart(p)
 	if err != nil {
 		return err
+	}
+	final := flags&iterFinal != 0
+	if flags&iterPostcopy != 0 {
+		if r.session == nil {
+			return fmt.Errorf("%w: a switch to post-copy this side did not agree to", ErrUnexpected)
+		}
+		r.postcopy = true
 	}
 	want := uint32(0)
 	if r.iterStarted {
@@ -364,6 +430,9 @@ func (r *receiver) onState(p []byte) error {
 	if !r.final {
 		return fmt.Errorf("%w: STATE before the stop-and-copy iteration", ErrUnexpected)
 	}
+	if r.postcopy && r.nextMissing != r.total {
+		return fmt.Errorf("%w: STATE before every MISSING record (pages from %d on not described)", ErrUnexpected, r.nextMissing)
+	}
 	if err := r.dst.Restore(p); err != nil {
 		return fmt.Errorf("migrate: restore state: %w", err)
 	}
@@ -376,7 +445,7 @@ func (r *receiver) onEnd(p []byte) error {
 	if n := decodeEnd(p); n != r.entries {
 		return fmt.Errorf("%w: END says %d page entries were sent, %d arrived", ErrMalformed, n, r.entries)
 	}
-	if missing := r.total - r.npresent; missing != 0 {
+	if missing := r.total - r.npresent - r.notPresentMissing(); missing != 0 {
 		return fmt.Errorf("%w: %d guest pages were never received", ErrMalformed, missing)
 	}
 	r.state = stateAwaitCommit
@@ -392,6 +461,9 @@ func (r *receiver) onCommit() error {
 	// connection before DONE-ACK is out.
 	if r.unwatch != nil && !r.unwatch() {
 		return fmt.Errorf("migrate: cancelled before starting the guest: %w", r.ctx.Err())
+	}
+	if r.postcopy {
+		return r.startPostcopy()
 	}
 	if err := r.dst.Start(); err != nil {
 		return fmt.Errorf("migrate: start guest: %w", err)

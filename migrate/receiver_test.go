@@ -24,7 +24,7 @@ func smallInfo() VMInfo {
 func rec(t RecordType, payload []byte) []byte { return appendRecord(nil, t, payload) }
 
 func helloRec(info VMInfo) []byte {
-	p, err := encodeHello(info, false)
+	p, err := encodeHello(info, helloFlags{})
 	if err != nil {
 		panic(err)
 	}

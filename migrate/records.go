@@ -14,9 +14,43 @@ import (
 // and devices (PROTOCOL.md, "HELLO").
 const helloFixedSize = 32
 
-// helloResume is HELLO's RESUME flag (and HELLO-ACK's): the source asks to
-// resume a cut migration into the pages the destination kept.
-const helloResume uint16 = 1
+// HELLO's flags, and HELLO-ACK's (PROTOCOL.md, "HELLO").
+const (
+	// helloResume: resume a cut migration into the pages the destination
+	// kept (HELLO), which KEPT records follow (HELLO-ACK).
+	helloResume uint16 = 1 << 0
+	// helloPostcopy: the source may switch to post-copy (HELLO); the
+	// destination can take it (HELLO-ACK).
+	helloPostcopy uint16 = 1 << 1
+	// helloChannel: this connection is the request channel of the
+	// post-copy migration of the VM the HELLO names (PROTOCOL.md,
+	// "Post-copy").
+	helloChannel  uint16 = 1 << 2
+	helloFlagsAll        = helloResume | helloPostcopy | helloChannel
+)
+
+// helloFlags are the flags of a HELLO or HELLO-ACK.
+type helloFlags struct {
+	Resume, Postcopy, Channel bool
+}
+
+func (f helloFlags) bits() uint16 {
+	var b uint16
+	if f.Resume {
+		b |= helloResume
+	}
+	if f.Postcopy {
+		b |= helloPostcopy
+	}
+	if f.Channel {
+		b |= helloChannel
+	}
+	return b
+}
+
+func flagsOf(b uint16) helloFlags {
+	return helloFlags{Resume: b&helloResume != 0, Postcopy: b&helloPostcopy != 0, Channel: b&helloChannel != 0}
+}
 
 // maxHelloVCPUs bounds HELLO's vCPU count as a sanity check of the
 // payload; what a destination accepts is ReceiveOptions.MaxVCPUs.
@@ -25,7 +59,7 @@ const maxHelloVCPUs = 1 << 20
 // hello is the decoded HELLO payload.
 type hello struct {
 	Version  uint16
-	Resume   bool
+	Flags    helloFlags
 	PageSize uint32
 	Info     VMInfo
 }
@@ -65,18 +99,16 @@ func checkInfo(info VMInfo) error {
 	return nil
 }
 
-func encodeHello(info VMInfo, resume bool) ([]byte, error) {
+func encodeHello(info VMInfo, f helloFlags) ([]byte, error) {
 	if err := checkInfo(info); err != nil {
 		return nil, err
 	}
-	if resume && info.ID.IsZero() {
-		return nil, fmt.Errorf("a VM without an id cannot resume a migration")
+	if (f.Resume || f.Channel) && info.ID.IsZero() {
+		return nil, fmt.Errorf("a VM without an id cannot resume a migration nor open its post-copy channel")
 	}
 	p := make([]byte, helloFixedSize, helloFixedSize+16*len(info.Regions)+64)
 	binary.BigEndian.PutUint16(p[0:], ProtocolVersion)
-	if resume {
-		binary.BigEndian.PutUint16(p[2:], helloResume)
-	}
+	binary.BigEndian.PutUint16(p[2:], f.bits())
 	binary.BigEndian.PutUint32(p[4:], PageSize)
 	binary.BigEndian.PutUint32(p[8:], uint32(info.VCPUs))
 	binary.BigEndian.PutUint16(p[12:], uint16(len(info.Regions)))
@@ -111,10 +143,10 @@ func decodeHello(p []byte) (hello, error) {
 		return h, fmt.Errorf("%w: HELLO of %d bytes", ErrMalformed, len(p))
 	}
 	flags := binary.BigEndian.Uint16(p[2:])
-	if flags&^helloResume != 0 {
+	if flags&^helloFlagsAll != 0 {
 		return h, fmt.Errorf("%w: HELLO flags %#x", ErrMalformed, flags)
 	}
-	h.Resume = flags&helloResume != 0
+	h.Flags = flagsOf(flags)
 	h.PageSize = binary.BigEndian.Uint32(p[4:])
 	h.Info.VCPUs = int(binary.BigEndian.Uint32(p[8:]))
 	nreg := int(binary.BigEndian.Uint16(p[12:]))
@@ -153,53 +185,66 @@ func decodeHello(p []byte) (hello, error) {
 	if err := checkInfo(h.Info); err != nil {
 		return h, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if h.Resume && h.Info.ID.IsZero() {
-		return h, fmt.Errorf("%w: RESUME HELLO without a VM id", ErrMalformed)
+	if (h.Flags.Resume || h.Flags.Channel) && h.Info.ID.IsZero() {
+		return h, fmt.Errorf("%w: RESUME or CHANNEL HELLO without a VM id", ErrMalformed)
 	}
 	return h, nil
 }
 
-// encodeHelloAck makes a HELLO-ACK (PROTOCOL.md, "HELLO-ACK"): resume is
-// set exactly when the HELLO asked to resume, and KEPT records follow.
-func encodeHelloAck(resume bool) []byte {
+// encodeHelloAck makes a HELLO-ACK (PROTOCOL.md, "HELLO-ACK"): RESUME is
+// set exactly when the HELLO asked to resume (KEPT records follow),
+// POSTCOPY when it asked for post-copy and this side can, CHANNEL exactly
+// when the HELLO opened a post-copy channel.
+func encodeHelloAck(f helloFlags) []byte {
 	p := make([]byte, 4)
 	binary.BigEndian.PutUint16(p, ProtocolVersion)
-	if resume {
-		binary.BigEndian.PutUint16(p[2:], helloResume)
-	}
+	binary.BigEndian.PutUint16(p[2:], f.bits())
 	return p
 }
 
-func decodeHelloAck(p []byte) (resume bool, err error) {
+func decodeHelloAck(p []byte) (helloFlags, error) {
 	if v := binary.BigEndian.Uint16(p); v != ProtocolVersion {
-		return false, fmt.Errorf("%w: peer acknowledged version %d, this side speaks %d", ErrVersion, v, ProtocolVersion)
+		return helloFlags{}, fmt.Errorf("%w: peer acknowledged version %d, this side speaks %d", ErrVersion, v, ProtocolVersion)
 	}
 	f := binary.BigEndian.Uint16(p[2:])
-	if f&^helloResume != 0 {
-		return false, fmt.Errorf("%w: HELLO-ACK flags %#x", ErrMalformed, f)
+	if f&^helloFlagsAll != 0 {
+		return helloFlags{}, fmt.Errorf("%w: HELLO-ACK flags %#x", ErrMalformed, f)
 	}
-	return f&helloResume != 0, nil
+	return flagsOf(f), nil
 }
 
-// iterFinal marks the stop-and-copy iteration (the source guest is paused).
-const iterFinal uint32 = 1
+// ITERATION-START flags: iterFinal marks the stop-and-copy iteration (the
+// source guest is paused); iterPostcopy, with it, the switch to post-copy
+// (MISSING records follow the iteration's pages).
+const (
+	iterFinal    uint32 = 1 << 0
+	iterPostcopy uint32 = 1 << 1
+)
 
 func encodeIterationStart(k uint32, final bool) []byte {
+	var f uint32
+	if final {
+		f = iterFinal
+	}
+	return encodeIterationStartFlags(k, f)
+}
+
+func encodeIterationStartFlags(k, flags uint32) []byte {
 	p := make([]byte, 8)
 	binary.BigEndian.PutUint32(p, k)
-	if final {
-		binary.BigEndian.PutUint32(p[4:], iterFinal)
-	}
+	binary.BigEndian.PutUint32(p[4:], flags)
 	return p
 }
 
-func decodeIterationStart(p []byte) (k uint32, final bool, err error) {
+// decodeIterationStart returns the iteration number and its flags: 0,
+// FINAL, or FINAL with POSTCOPY.
+func decodeIterationStart(p []byte) (k, flags uint32, err error) {
 	k = binary.BigEndian.Uint32(p)
 	f := binary.BigEndian.Uint32(p[4:])
-	if f&^iterFinal != 0 {
-		return k, false, fmt.Errorf("%w: ITERATION-START flags %#x", ErrMalformed, f)
+	if f != 0 && f != iterFinal && f != iterFinal|iterPostcopy {
+		return k, 0, fmt.Errorf("%w: ITERATION-START flags %#x", ErrMalformed, f)
 	}
-	return k, f&iterFinal != 0, nil
+	return k, f, nil
 }
 
 func encodeEnd(entries uint64) []byte {

@@ -347,7 +347,7 @@ func TestSourceChecksKept(t *testing.T) {
 					b.Close()
 					return
 				}
-				writeRecord(b, RecHelloAck, encodeHelloAck(true))
+				writeRecord(b, RecHelloAck, encodeHelloAck(helloFlags{Resume: true}))
 				writeRecord(b, RecKept, held)
 				rr.next() // the source's ERROR
 				b.Close()
@@ -419,13 +419,13 @@ func TestReceiverResumeStrict(t *testing.T) {
 	if !errors.Is(err, ErrUnexpected) || !dst.discarded {
 		t.Fatalf("KEPT from the source: %v", err)
 	}
-	p, _ := encodeHello(smallInfo(), false)
+	p, _ := encodeHello(smallInfo(), helloFlags{})
 	p[3] = 1 // RESUME without an id
 	err, _ = scripted(t, ReceiveOptions{Keep: NewKeeper(time.Minute, nil)}, &fakeDest{}, rec(RecHello, p))
 	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "without a VM id") {
 		t.Fatalf("RESUME HELLO without id: %v", err)
 	}
-	p[3] = 2 // unknown flag
+	p[3] = 8 // unknown flag (1, 2 and 4 are RESUME, POSTCOPY, CHANNEL)
 	err, _ = scripted(t, ReceiveOptions{}, &fakeDest{}, rec(RecHello, p))
 	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "flags") {
 		t.Fatalf("HELLO with unknown flags: %v", err)
@@ -472,7 +472,7 @@ func TestSourceHeldRefusedReaderEnds(t *testing.T) {
 			b.Close()
 			return
 		}
-		writeRecord(b, RecHelloAck, encodeHelloAck(true))
+		writeRecord(b, RecHelloAck, encodeHelloAck(helloFlags{Resume: true}))
 		// One more than the source takes (one) and buffers (two).
 		for range 4 {
 			if writeRecord(b, RecKept, bad) != nil {

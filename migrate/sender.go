@@ -32,6 +32,7 @@ type sender struct {
 	// throttle is auto-converge's state (converge.go); the guest runs
 	// under throttle.pct while it is not 0.
 	throttle throttleRule
+	pc       postcopyState // post-copy (postcopy_send.go)
 }
 
 // guestLayout is the source VM's memory as the sender walks it.
@@ -124,6 +125,7 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 	} else {
 		s.w.stop(time.Second) // idle: everything was synced
 	}
+	s.closeChannel()
 	s.peer.close() // nobody reads what the destination sends any more
 	s.stats.TotalSeconds = time.Since(s.start).Seconds()
 	s.stats.BytesTotal = s.w.written.Load()
@@ -178,6 +180,14 @@ func (s *sender) run() error {
 		}
 		s.reportLast(dirty)
 		stop, converged, err := decide(s.history(), s.opts, dirty)
+		if stop && converged {
+			return s.stopAndCopy(true)
+		}
+		if s.postcopyDue() || (s.pc.ch != nil && (err != nil || stop)) {
+			// Not converging, and post-copy allowed: switch now, or at
+			// the limit where pre-copy would give up or force.
+			return s.switchPostcopy()
+		}
 		if err != nil {
 			return err
 		}
@@ -291,9 +301,11 @@ func (s *sender) setup() error {
 }
 
 // handshake sends HELLO and waits for HELLO-ACK; it starts the goroutine
-// that reads everything the destination sends.
+// that reads everything the destination sends. With post-copy possible it
+// then opens the request channel (postcopy_send.go).
 func (s *sender) handshake() error {
-	p, err := encodeHello(s.vm.info, s.opts.Resume)
+	want := helloFlags{Resume: s.opts.Resume, Postcopy: s.opts.postcopyWanted()}
+	p, err := encodeHello(s.vm.info, want)
 	if err != nil {
 		return fmt.Errorf("migrate: %v", err)
 	}
@@ -311,16 +323,21 @@ func (s *sender) handshake() error {
 	select {
 	case m := <-s.peer.ch:
 		if m.t == RecHelloAck {
-			resumed, err := decodeHelloAck(m.payload)
+			got, err := decodeHelloAck(m.payload)
 			if err != nil {
 				return err
 			}
-			if resumed != s.opts.Resume {
-				return fmt.Errorf("%w: HELLO-ACK with RESUME %v to a HELLO with RESUME %v", ErrUnexpected, resumed, s.opts.Resume)
+			if got != want {
+				return fmt.Errorf("%w: HELLO-ACK with %+v to a HELLO with %+v", ErrUnexpected, got, want)
 			}
-			if resumed {
+			if got.Resume {
 				s.stats.Resumed = true
-				return s.receiveKept()
+				if err := s.receiveKept(); err != nil {
+					return err
+				}
+			}
+			if got.Postcopy {
+				return s.openChannel()
 			}
 			return nil
 		}

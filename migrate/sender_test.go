@@ -316,7 +316,8 @@ func corruptProxy(t *testing.T, fromSender, toReceiver net2, mutate func(final b
 				return
 			}
 			if rec.Type == RecIterationStart {
-				_, final, _ = decodeIterationStart(rec.Payload)
+				_, flags, _ := decodeIterationStart(rec.Payload)
+				final = flags&iterFinal != 0
 			}
 			mutate(final, &rec)
 			if _, err := toReceiver.Write(appendRecordFlags(nil, rec.Type, rec.Flags, rec.Payload)); err != nil {

@@ -49,7 +49,7 @@ func WriteSnapshot(ctx context.Context, w io.Writer, src SnapshotSource) (*Snaps
 	start := time.Now()
 	st := &SnapshotStats{}
 	info := src.Info()
-	hello, err := encodeHello(info, false)
+	hello, err := encodeHello(info, helloFlags{})
 	if err != nil {
 		return st, fmt.Errorf("migrate: snapshot: %v", err)
 	}

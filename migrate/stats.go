@@ -80,6 +80,17 @@ type Stats struct {
 	// SourcePaused: the guest was paused by its user and was sent in one
 	// pass (Options.SourcePaused); it stays paused on the destination.
 	SourcePaused bool `json:"source_paused,omitempty"`
+	// Postcopy: the migration switched to post-copy; PagesMissing pages
+	// were missing at the destination then, PagesPushed went on the main
+	// connection and PagesServed on the request channel, in
+	// PostcopySeconds after the switch; PostcopyStats is the
+	// destination's account (COMPLETE). DowntimeMS is the switch's.
+	Postcopy        bool          `json:"postcopy,omitempty"`
+	PagesMissing    uint64        `json:"pages_missing,omitempty"`
+	PagesPushed     uint64        `json:"pages_pushed,omitempty"`
+	PagesServed     uint64        `json:"pages_served,omitempty"`
+	PostcopySeconds float64       `json:"postcopy_seconds,omitempty"`
+	PostcopyStats   PostcopyStats `json:"postcopy_stats,omitempty"`
 	// TableBytes is the memory of the sender's per-page tables (digests
 	// and block hashes): about 1.66% of guest memory, 0.49% with NoDelta.
 	TableBytes int64 `json:"table_bytes"`
@@ -146,6 +157,9 @@ func FormatIteration(it IterationStats) string {
 func (s *Stats) Summary() string {
 	conv := "converged"
 	switch {
+	case s.Postcopy:
+		conv = fmt.Sprintf("switched to post-copy (%d pages missing: %d pushed, %d asked for by the guest; %.3f s after the switch)",
+			s.PagesMissing, s.PagesPushed, s.PagesServed, s.PostcopySeconds)
 	case s.SourcePaused:
 		conv = "the guest was paused: sent in one pass, it stays paused"
 	case !s.Converged:
@@ -168,6 +182,13 @@ type ReceiveStats struct {
 	// that changed); RecordsCompressed counts compressed PAGES records.
 	PagesDelta        uint64 `json:"pages_delta,omitempty"`
 	RecordsCompressed uint64 `json:"records_compressed,omitempty"`
+	// Postcopy: the guest started before PagesMissing pages arrived; they
+	// came afterwards (PostcopyStats). Channel: this connection was a
+	// post-copy request channel, not a migration.
+	Postcopy      bool          `json:"postcopy,omitempty"`
+	PagesMissing  uint64        `json:"pages_missing,omitempty"`
+	PostcopyStats PostcopyStats `json:"postcopy_stats,omitempty"`
+	Channel       bool          `json:"channel,omitempty"`
 	// PagesKept: the pages kept from a failed migration that this one
 	// resumed (0 for a new migration). Older stats called it pages_held;
 	// that name is still read.

@@ -100,6 +100,28 @@ type Destination interface {
 	Discard()
 }
 
+// PostcopyDestination is a Destination that can run the guest before every
+// page arrived (post-copy). Pages are numbered globally (region 0's first).
+type PostcopyDestination interface {
+	Destination
+	// CanPostcopy says, before anything is sent, whether this host can run
+	// a guest whose pages arrive after it started (nil), or why not.
+	CanPostcopy() error
+	// StartPostcopy starts the restored guest (instead of Start) while the
+	// pages set in missing (a bitmap, one bit per page) have not arrived:
+	// their old content is dropped, and an access to one, by the guest or
+	// by the VMM, waits until Fill puts it in place. For each page an
+	// access waits for, it calls need(page), from any goroutine (need
+	// does not block).
+	StartPostcopy(missing []uint64, need func(page uint64)) error
+	// Fill puts missing page page in place (data is PageSize bytes, nil
+	// for a zero page) and wakes whoever waits for it. Called once per
+	// missing page, from one goroutine at a time.
+	Fill(page uint64, data []byte) error
+	// EndPostcopy is called once every missing page was filled.
+	EndPostcopy() error
+}
+
 // Resumable is a Destination whose prepared VM can outlive a failed
 // migration, so that the same source can resume it (see Keeper). Receive
 // keeps a Resumable destination instead of discarding it only when

@@ -195,6 +195,33 @@ func (rw *recordWriter) sync() error {
 	return rw.firstErr()
 }
 
+// waitBelow returns once at most n bytes handed to the writer are not yet
+// taken by the connection (the open PAGES record counts, and is closed
+// and handed over if it alone is more). It polls: the push of post-copy
+// uses it between pages, where a millisecond does not matter.
+func (rw *recordWriter) waitBelow(n int64) error {
+	for {
+		ahead := rw.queued + int64(len(rw.buf)) - rw.written.Load()
+		if ahead <= n {
+			return rw.firstErr()
+		}
+		if len(rw.buf) > 0 && rw.queued-rw.written.Load() <= n {
+			rw.endPages()
+			if err := rw.flush(); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := rw.firstErr(); err != nil {
+			return err
+		}
+		if err := rw.ctx.Err(); err != nil {
+			return err
+		}
+		time.Sleep(500 * time.Microsecond)
+	}
+}
+
 // stop ends the writer goroutine, waiting at most limit for a write in
 // progress; it reports whether the goroutine exited (so the connection can
 // be written by someone else).
