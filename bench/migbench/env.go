@@ -59,6 +59,35 @@ func (h *host) txBytes() (int64, error) {
 	return links[0].Stats64.TX.Bytes, nil
 }
 
+// txBytesOf is the same count as txBytes, read from /proc/PID/net/dev of a
+// process in the host's namespace (cheap enough for every 50 ms poll); -1
+// if unavailable.
+func (h *host) txBytesOf(pid int) int64 {
+	if h.dev == "" {
+		return -1
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/dev", pid))
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		name, rest, ok := strings.Cut(l, ":")
+		if !ok || strings.TrimSpace(name) != h.dev {
+			continue
+		}
+		f := strings.Fields(rest) // 8 receive counters, then transmit bytes
+		if len(f) < 9 {
+			return -1
+		}
+		n, err := strconv.ParseInt(f[8], 10, 64)
+		if err != nil {
+			return -1
+		}
+		return n
+	}
+	return -1
+}
+
 // setupHosts makes two namespaces joined by a veth pair (root), or two
 // loopback "hosts". The returned function removes them.
 func setupHosts(netns bool) ([2]*host, func(), error) {

@@ -19,6 +19,10 @@ import (
 
 var (
 	reFerryIter     = regexp.MustCompile(`^(?:iter ([0-9]+)|stop-and-copy \(iter ([0-9]+)\)): dirty ([0-9]+), false-dirty skipped ([0-9]+)(?:, (?:held by|reused from) the destination [0-9]+)?(?:, left to stop-and-copy ([0-9]+))?, zero ([0-9]+), sent ([0-9]+), ([0-9.]+) MiB in ([0-9.]+) s`)
+	reFerryDelta    = regexp.MustCompile(`, delta ([0-9]+) \(([0-9.]+) KiB of blocks\)`)
+	reFerryComp     = regexp.MustCompile(`, ([0-9]+) records compressed \(saved ([0-9.]+) MiB\)`)
+	reHashSrc       = regexp.MustCompile(`memory hash \(paused source\): ([0-9a-f]+)`)
+	reHashDst       = regexp.MustCompile(`memory hash \(destination before start\): ([0-9a-f]+)`)
 	reFerryWaiting  = regexp.MustCompile(`waiting for a migration on`)
 	reFerryReceived = regexp.MustCompile(`guest received from .* and running`)
 )
@@ -27,8 +31,12 @@ var (
 func (b *bench) ferryBoot(h *host, w workload) (*vm, error) {
 	b.seq++
 	sock := filepath.Join(b.tmp, fmt.Sprintf("ferry-%d.sock", b.seq))
-	argv := h.wrap(b.ferry, "run", "--memory", b.mem, "--kernel", b.kernel, "--initrd", b.initrd,
-		"--api-socket", sock, "--cmdline", w.cmdline(b))
+	args := []string{b.ferry, "run", "--memory", b.mem, "--kernel", b.kernel, "--initrd", b.initrd,
+		"--api-socket", sock, "--cmdline", w.cmdline(b)}
+	if b.memoryHash {
+		args = append(args, "--memory-hash")
+	}
+	argv := h.wrap(args...)
 	p, err := startProc(fmt.Sprintf("ferry run #%d", b.seq), b.logPath(fmt.Sprintf("%02d-ferry-run", b.seq)), argv)
 	if err != nil {
 		return nil, err
@@ -47,6 +55,9 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 	if dstHost.addr != "127.0.0.1" {
 		// plain TCP between our own two namespaces; TLS is not what is compared
 		rargs = append(rargs, "--insecure")
+	}
+	if b.memoryHash {
+		rargs = append(rargs, "--memory-hash")
 	}
 	dp, err := startProc(fmt.Sprintf("ferry receive #%d", b.seq), b.logPath(fmt.Sprintf("%02d-ferry-receive", b.seq)), dstHost.wrap(rargs...))
 	if err != nil {
@@ -103,6 +114,16 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		mib += f
 		it.Bytes = int64(f * (1 << 20))
 		it.Seconds, _ = strconv.ParseFloat(m[9], 64)
+		if d := reFerryDelta.FindStringSubmatch(l); d != nil {
+			it.PagesDelta = u64p(d[1])
+			kib, _ := strconv.ParseFloat(d[2], 64)
+			it.DeltaBytes = int64(kib * 1024)
+		}
+		if c := reFerryComp.FindStringSubmatch(l); c != nil {
+			it.RecordsCompressed = atoi(c[1])
+			saved, _ := strconv.ParseFloat(c[2], 64)
+			it.CompressSaved = int64(saved * (1 << 20))
+		}
 		r.PerIteration = append(r.PerIteration, it)
 	}
 	r.Iterations = len(r.PerIteration)
@@ -118,6 +139,10 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 				PagesZero       uint64  `json:"pages_zero"`
 				PagesSent       uint64  `json:"pages_sent"`
 				PagesLeft       uint64  `json:"pages_left"`
+				PagesDelta      uint64  `json:"pages_delta"`
+				DeltaBytes      int64   `json:"delta_bytes"`
+				Compressed      int     `json:"records_compressed"`
+				CompressSaved   int64   `json:"bytes_saved_compression"`
 				Bytes           int64   `json:"bytes"`
 				Seconds         float64 `json:"seconds"`
 			} `json:"iterations"`
@@ -142,7 +167,8 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 			for _, it := range st.Iterations {
 				r.PerIteration = append(r.PerIteration, IterStat{Iteration: it.Iteration, StopAndCopy: it.StopAndCopy,
 					PagesDirty: &it.PagesDirty, PagesFalseDirty: &it.PagesFalseDirty, PagesZero: &it.PagesZero,
-					PagesSent: &it.PagesSent, Bytes: it.Bytes, Seconds: it.Seconds})
+					PagesSent: &it.PagesSent, PagesDelta: &it.PagesDelta, DeltaBytes: it.DeltaBytes,
+					RecordsCompressed: it.Compressed, CompressSaved: it.CompressSaved, Bytes: it.Bytes, Seconds: it.Seconds})
 				if it.PagesLeft > 0 {
 					r.PerIteration[len(r.PerIteration)-1].PagesLeft = &it.PagesLeft
 				}
@@ -164,6 +190,8 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 	if r.BytesTotal = r.WireBytes; r.WireBytes < 0 || src.h.dev == "" {
 		r.BytesTotal = r.BytesReported
 	}
+	r.ferrySplit(b.totalPages())
+	r.Savings = ferrySavings(r.PerIteration)
 
 	if !r.Migrated {
 		dp.stop()
@@ -186,8 +214,29 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		dp.stop()
 		return nil
 	}
+	if b.memoryHash {
+		b.compareHashes(src, dst, srcMark, r)
+	}
 	b.counterCheck(src, dst, r)
 	return dst
+}
+
+// compareHashes requires the hash of guest RAM the source logged when it
+// paused the guest (after line from) to equal the one the destination
+// logged before starting it.
+func (b *bench) compareHashes(src, dst *vm, from int, r *Run) {
+	_, _, sm := src.p.find(reHashSrc, from)
+	_, _, dm := dst.p.find(reHashDst, 0)
+	switch {
+	case sm == nil || dm == nil:
+		r.MemoryHash = "missing"
+		r.fail("memory hash: source %v, destination %v (both must log one)", sm != nil, dm != nil)
+	case sm[1] != dm[1]:
+		r.MemoryHash = "DIFFERENT"
+		r.fail("memory hash: source %s, destination %s", sm[1], dm[1])
+	default:
+		r.MemoryHash = "equal"
+	}
 }
 
 func lastLine(s string) string {

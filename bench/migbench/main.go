@@ -5,13 +5,15 @@
 // For each workload it boots the guest under ferry on host A and migrates
 // it back and forth between the two hosts, once per ferry variant and
 // bandwidth cap; then the same under QEMU (-enable-kvm) for QEMU's default
-// migration and XBZRLE. Both peers get the same kernel, initramfs, kernel
+// migration, XBZRLE, or multifd with zstd (each workload names its
+// systems: workloads.go). Both peers get the same kernel, initramfs, kernel
 // command line (ferry's defaults plus the workload's parameters), memory,
 // vCPU count, bandwidth cap, downtime budget and time bound, and run in the
 // same two network namespaces joined by a veth pair (loopback without
 // root). Every migration is checked: the guest's counter and memory writer
 // must go on at the destination (or, after a migration that gave up, at
-// the source).
+// the source), and ferry's hash of guest RAM on the destination must equal
+// the paused source's.
 //
 // Usage: go run ./bench/migbench [flags]   (make bench runs it)
 package main
@@ -30,64 +32,6 @@ import (
 	"time"
 )
 
-type workload struct {
-	Name  string
-	Mode  string
-	Same  int    // percent of writes that leave the page unchanged
-	Class string // target class: "filter" (>= 60% write-not-dirty), "no-filter", "idle", "" (none)
-	Note  string
-	// SamePages > 0 makes the share per page (ferry.samepages) instead of
-	// per write; Chg > 8 is the bytes a changing write alters (ferry.chg).
-	SamePages int
-	Chg       int
-}
-
-var allWorkloads = []workload{
-	{"random", "random", 0, "no-filter", "every write changes its page", 0, 0},
-	{"same", "same", 100, "filter", "every write stores the value already there", 0, 0},
-	{"mix", "mix", 70, "filter", "70% unchanged rewrites (zeusmp ~70%)", 0, 0},
-	{"mcf", "mix", 80, "filter", "80% unchanged rewrites (mcf ~80%)", 0, 0},
-	{"memcached", "mix", 45, "", "45% unchanged rewrites (memcached, bzip2 ~45%)", 0, 0},
-	{"hot", "hot", 0, "no-filter", "all writes in a 1 MiB hot set, every write changes its page", 0, 0},
-	{"idle", "idle", 0, "idle", "working set filled, then no writes", 0, 0},
-	{"mixpages", "mix", 70, "filter", "70% of the pages only rewritten unchanged, the rest change 256 bytes per write", 70, 256},
-	{"zeusmp", "mix", 70, "filter", "= mix", 0, 0},
-	{"bzip2", "mix", 45, "", "= memcached", 0, 0},
-}
-
-func (w workload) cmdline(b *bench) string {
-	s := fmt.Sprintf("ferry.run=dirty ferry.mode=%s ferry.ws=%s ferry.rate=%d", w.Mode, b.ws, b.rate)
-	switch w.Mode {
-	case "mix":
-		if w.SamePages > 0 {
-			s += fmt.Sprintf(" ferry.samepages=%d", w.SamePages)
-		} else {
-			s += fmt.Sprintf(" ferry.same=%d", w.Same)
-		}
-	case "hot":
-		s += " ferry.hot=" + b.hot
-	}
-	if w.Chg > 8 {
-		s += fmt.Sprintf(" ferry.chg=%d", w.Chg)
-	}
-	return s
-}
-
-type system struct {
-	name       string
-	family     string // ferry or qemu
-	ferryFlags []string
-	xbzrle     bool
-}
-
-var allSystems = []system{
-	{name: "ferry", family: "ferry"},
-	{name: "ferry-no-digest", family: "ferry", ferryFlags: []string{"--no-digest"}},
-	{name: "ferry-no-clear", family: "ferry", ferryFlags: []string{"--no-clear-before-send"}},
-	{name: "qemu", family: "qemu"},
-	{name: "qemu-xbzrle", family: "qemu", xbzrle: true},
-}
-
 // IterStat is one pre-copy iteration (or the stop-and-copy pass). Fields a
 // peer does not report are null. Approx marks QEMU rows whose sent/zero/
 // bytes come from 50 ms query-migrate polls. PagesSent counts full pages.
@@ -103,9 +47,15 @@ type IterStat struct {
 	// among its dirty pages.
 	PagesLeft   *uint64 `json:"pages_left,omitempty"`
 	PagesXBZRLE *uint64 `json:"pages_xbzrle,omitempty"` // QEMU: pages sent XBZRLE-encoded
-	Bytes       int64   `json:"bytes"`
-	Seconds     float64 `json:"seconds"`
-	Approx      bool    `json:"approx,omitempty"`
+	// ferry: pages sent as DELTA entries and their bytes of blocks; PAGES
+	// records sent compressed and the bytes compression saved on them.
+	PagesDelta        *uint64 `json:"pages_delta,omitempty"`
+	DeltaBytes        int64   `json:"delta_bytes,omitempty"`
+	RecordsCompressed int     `json:"records_compressed,omitempty"`
+	CompressSaved     int64   `json:"bytes_saved_compression,omitempty"`
+	Bytes             int64   `json:"bytes"`
+	Seconds           float64 `json:"seconds"`
+	Approx            bool    `json:"approx,omitempty"`
 }
 
 type QemuInfo struct {
@@ -115,6 +65,7 @@ type QemuInfo struct {
 	Normal         int64   `json:"ram_normal"`
 	Duplicate      int64   `json:"ram_duplicate"`
 	Mbps           float64 `json:"mbps"`
+	MultifdBytes   int64   `json:"multifd_bytes,omitempty"`
 	XBZRLE         any     `json:"xbzrle_cache,omitempty"`
 }
 
@@ -145,8 +96,16 @@ type Run struct {
 	Load             string     `json:"loadavg"`
 	Command          string     `json:"command"`
 	PerIteration     []IterStat `json:"per_iteration"`
-	QEMU             *QemuInfo  `json:"qemu,omitempty"`
-	Error            string     `json:"error,omitempty"`
+	// The first pass (every page sent once) and what follows it; see
+	// passes.go.
+	FirstPass *PassSplit `json:"first_pass,omitempty"`
+	// Savings: what each of ferry's mechanisms kept off the wire.
+	Savings *Savings `json:"ferry_savings,omitempty"`
+	// MemoryHash: ferry's hashes of guest RAM, on the paused source and on
+	// the destination before it starts: "equal", or what went wrong.
+	MemoryHash string    `json:"memory_hash,omitempty"`
+	QEMU       *QemuInfo `json:"qemu,omitempty"`
+	Error      string    `json:"error,omitempty"`
 
 	wl workload
 }
@@ -192,6 +151,7 @@ type bench struct {
 	runs                        []*Run
 	out                         string
 	cmdlines                    map[string]string // workload/family -> kernel "Command line:"
+	memoryHash                  bool              // ferry --memory-hash on both sides, compared
 }
 
 func (b *bench) nextPort() int { b.port++; return b.port }
@@ -223,8 +183,10 @@ func main() {
 		ferryBin  = flag.String("ferry", filepath.Join(root, "bin/ferry"), "ferry binary")
 		qemuBin   = flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 		guestDir  = flag.String("guest", filepath.Join(root, "guest-images/out"), "guest image directory (vmlinux, initramfs.cpio)")
-		wls       = flag.String("workloads", "same,mix,mixpages,mcf,memcached,random,hot,idle", "workloads, comma-separated (also zeusmp = mix, bzip2 = memcached)")
-		syss      = flag.String("systems", "ferry,ferry-no-digest,ferry-no-clear,qemu,qemu-xbzrle", "systems, comma-separated")
+		wls       = flag.String("workloads", "same,mix,mixpages,mcf,memcached,random,hot,idle,memcached-chg256,random-chg1024,fill-mixed", "workloads, comma-separated (also zeusmp = mix, bzip2 = memcached, and memcached-chg256-mixed, random-chg1024-mixed: the delta workloads on the mixed fill)")
+		syss      = flag.String("systems", "ferry,ferry-no-digest,ferry-no-clear,ferry-no-delta,ferry-no-compress,ferry-zstd,qemu,qemu-xbzrle,qemu-multifd-zstd", "systems, comma-separated; each workload runs those of them it names (the first five unless it names others), see -all-pairs")
+		allPairs  = flag.Bool("all-pairs", false, "run every selected system on every selected workload, not only the systems each workload names")
+		memHash   = flag.Bool("memory-hash", true, "ferry --memory-hash on both sides, and require equal hashes of guest RAM (adds two RAM hashes, ~5 ms each for 128 MiB here, to ferry's downtime)")
 		bws       = flag.String("bws", "32,0", "bandwidth caps in MiB/s, comma-separated (0: unlimited)")
 		mem       = flag.String("mem", "128M", "guest memory")
 		ws        = flag.String("ws", "32M", "the writer's working set (ferry.ws)")
@@ -250,7 +212,8 @@ func main() {
 		return
 	}
 	b := &bench{qemu: *qemuBin, mem: *mem, ws: *ws, hot: *hot, rate: *rate, downtime: *downtime,
-		bound: *bound, bootWait: *bootWait, maxIter: *maxIter, out: *out, cmdlines: map[string]string{}}
+		bound: *bound, bootWait: *bootWait, maxIter: *maxIter, out: *out, cmdlines: map[string]string{},
+		memoryHash: *memHash}
 	b.port = 7600 + os.Getpid()%1000
 
 	var workloads []workload
@@ -331,12 +294,22 @@ func main() {
 	if b.defaultCmdline, err = b.probeCmdline(); err != nil {
 		fatal("%v", err)
 	}
-	b.header(workloads, systems, caps)
+	var plan []planned
+	for _, w := range workloads {
+		p := planned{w: w}
+		for _, s := range systems {
+			if *allPairs || w.runs(s.name) {
+				p.systems = append(p.systems, s)
+			}
+		}
+		plan = append(plan, p)
+	}
+	b.header(plan, caps)
 
 	start := time.Now()
-	for _, w := range workloads {
+	for _, p := range plan {
 		for _, fam := range []string{"ferry", "qemu"} {
-			b.chain(w, fam, systems, caps)
+			b.chain(p.w, fam, p.systems, caps)
 		}
 	}
 	fmt.Printf("\n== all runs done in %s\n", time.Since(start).Round(time.Second))
@@ -354,15 +327,6 @@ func main() {
 		fmt.Printf("\nlogs: removed with the temporary directory (-logs DIR keeps them)\n")
 	}
 	os.Exit(stopRun())
-}
-
-func findWorkload(name string) (workload, bool) {
-	for _, w := range allWorkloads {
-		if w.Name == name {
-			return w, true
-		}
-	}
-	return workload{}, false
 }
 
 var (

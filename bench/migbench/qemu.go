@@ -134,6 +134,7 @@ type migInfo struct {
 		DirtySyncCount int64   `json:"dirty-sync-count"`
 		Mbps           float64 `json:"mbps"`
 		DirtyPagesRate int64   `json:"dirty-pages-rate"`
+		MultifdBytes   int64   `json:"multifd-bytes"`
 	} `json:"ram"`
 	XBZRLE *struct {
 		CacheSize     int64   `json:"cache-size"`
@@ -148,11 +149,35 @@ type migInfo struct {
 
 type migSample struct {
 	t          time.Time
+	secs       float64 // since the migrate command
 	sync       int64
 	normal     int64
 	duplicate  int64
 	xbzrle     int64
 	transfered int64
+	tx         int64 // the source veth's tx bytes, -1 if unknown
+}
+
+// multifdChannels is the number of multifd channels of qemu-multifd-zstd.
+const multifdChannels = 2
+
+// setMigration sets the capabilities and parameters sys needs on one QEMU
+// (source or destination); every capability the benchmark uses is set
+// either way, so nothing carries over from an earlier migration.
+func setMigration(q *qmpConn, sys system, params map[string]any) error {
+	caps := []map[string]any{{"capability": "xbzrle", "state": sys.xbzrle}, {"capability": "multifd", "state": sys.multifd}}
+	if _, err := q.cmd("migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
+		return err
+	}
+	if sys.multifd {
+		params["multifd-channels"] = multifdChannels
+		params["multifd-compression"] = "zstd"
+	}
+	if len(params) == 0 {
+		return nil
+	}
+	_, err := q.cmd("migrate-set-parameters", params)
+	return err
 }
 
 var (
@@ -165,7 +190,14 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	port := b.nextPort()
 	sock := filepath.Join(b.tmp, fmt.Sprintf("qmp-%d.sock", b.seq))
 	argv := b.qemuArgs(b.defaultCmdline+" "+r.wl.cmdline(b), sock)
-	argv = append(argv, "-incoming", fmt.Sprintf("tcp:%s:%d", dstHost.addr, port))
+	uri := fmt.Sprintf("tcp:%s:%d", dstHost.addr, port)
+	// multifd must be set on the destination before the source connects:
+	// -incoming defer, then the capabilities, then migrate-incoming.
+	if sys.multifd {
+		argv = append(argv, "-incoming", "defer")
+	} else {
+		argv = append(argv, "-incoming", uri)
+	}
 	dp, err := startProc(fmt.Sprintf("qemu incoming #%d", b.seq), b.logPath(fmt.Sprintf("%02d-qemu-incoming", b.seq)), dstHost.wrap(argv...))
 	if err != nil {
 		r.fail("start QEMU -incoming: %v", err)
@@ -183,22 +215,32 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 		dp.stop()
 		return src
 	}
-	q := src.qmp
-	caps := []map[string]any{{"capability": "xbzrle", "state": sys.xbzrle}}
-	if _, err := q.cmd("migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
-		return abandon("%v", err)
+	if sys.multifd {
+		if err := setMigration(dst.qmp, sys, map[string]any{}); err != nil {
+			return abandon("destination: %v", err)
+		}
+		if _, err := dst.qmp.cmd("migrate-incoming", map[string]any{"uri": uri}); err != nil {
+			return abandon("destination: %v", err)
+		}
 	}
+	q := src.qmp
 	// max-bandwidth 0: no rate limit (QEMU's own default is 128 MiB/s).
 	params := map[string]any{"max-bandwidth": int64(bw) << 20, "downtime-limit": b.downtime.Milliseconds()}
-	if _, err := q.cmd("migrate-set-parameters", params); err != nil {
+	if err := setMigration(q, sys, params); err != nil {
 		return abandon("%v", err)
 	}
-	uri := fmt.Sprintf("tcp:%s:%d", dstHost.addr, port)
-	r.Command = fmt.Sprintf(`QMP: migrate-set-capabilities xbzrle=%v; migrate-set-parameters max-bandwidth=%d downtime-limit=%d; migrate uri=%s`,
-		sys.xbzrle, int64(bw)<<20, b.downtime.Milliseconds(), uri)
+	r.Command = fmt.Sprintf(`QMP: migrate-set-capabilities xbzrle=%v multifd=%v; migrate-set-parameters max-bandwidth=%d downtime-limit=%d`,
+		sys.xbzrle, sys.multifd, int64(bw)<<20, b.downtime.Milliseconds())
+	if sys.multifd {
+		r.Command += fmt.Sprintf(" multifd-channels=%d multifd-compression=zstd (both sides; destination -incoming defer, migrate-incoming uri=%s)",
+			multifdChannels, uri)
+	}
+	r.Command += "; migrate uri=" + uri
 
 	srcMark := src.p.count()
 	tx0, _ := src.h.txBytes()
+	srcPid := src.p.cmd.Process.Pid
+	tx0p := src.h.txBytesOf(srcPid)
 	t0 := time.Now()
 	if _, err := q.cmd("migrate", map[string]any{"uri": uri}); err != nil {
 		return abandon("%v", err)
@@ -215,8 +257,9 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 			return abandon("query-migrate: %v", err)
 		}
 		if info.RAM != nil {
-			s := migSample{t: time.Now(), sync: info.RAM.DirtySyncCount, normal: info.RAM.Normal,
-				duplicate: info.RAM.Duplicate, transfered: info.RAM.Transferred}
+			now := time.Now()
+			s := migSample{t: now, secs: now.Sub(t0).Seconds(), sync: info.RAM.DirtySyncCount, normal: info.RAM.Normal,
+				duplicate: info.RAM.Duplicate, transfered: info.RAM.Transferred, tx: src.h.txBytesOf(srcPid)}
 			if info.XBZRLE != nil {
 				s.xbzrle = info.XBZRLE.Pages
 			}
@@ -246,6 +289,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 		r.Iterations = int(info.RAM.DirtySyncCount)
 		qi.DirtySyncCount = info.RAM.DirtySyncCount
 		qi.Normal, qi.Duplicate, qi.Mbps = info.RAM.Normal, info.RAM.Duplicate, info.RAM.Mbps
+		qi.MultifdBytes = info.RAM.MultifdBytes
 	}
 	if info.XBZRLE != nil {
 		x := *info.XBZRLE
@@ -275,6 +319,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	default:
 		return abandon("migration %s: %s", info.Status, info.ErrorDesc)
 	}
+	r.qemuSplit(samples, b.totalPages(), tx0p)
 
 	if !r.Migrated {
 		if n := len(r.PerIteration); n > 0 {

@@ -53,23 +53,26 @@ func replaceBetween(file, text string) error {
 // report prints the Markdown tables (one row per run; ratios ferry/QEMU;
 // targets) and writes the per-iteration plot of the mix workload.
 func report(w io.Writer, runs []*Run, outDir string) {
-	fmt.Fprintln(w, "| workload | system | cap MiB/s | converged | total s | downtime ms | MiB on the wire | iterations | counter gap ms | check |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, legend)
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| workload | system | cap MiB/s | converged | total s | downtime ms | MiB on the wire | 1st pass MiB | after 1st pass MiB | after 1st pass s | iterations | counter gap ms | check |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range runs {
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %.2f | %s | %.1f | %d | %s | %s |\n", r.Workload, r.System, capName(r.MaxBandwidthMiBs),
-			yesNo(r.Converged), r.TotalSeconds, fmtp(r.DowntimeMS, "%.1f"), float64(r.BytesTotal)/(1<<20), r.Iterations,
+		first, after, afterS := "-", "-", "-"
+		if f := r.FirstPass; f != nil {
+			first, after, afterS = mibs(f.Bytes), mibs(f.AfterBytes), fmt.Sprintf("%.2f", f.AfterSeconds)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %.2f | %s | %.1f | %s | %s | %s | %d | %s | %s |\n", r.Workload, r.System, capName(r.MaxBandwidthMiBs),
+			yesNo(r.Converged), r.TotalSeconds, fmtp(r.DowntimeMS, "%.1f"), float64(r.BytesTotal)/(1<<20), first, after, afterS, r.Iterations,
 			fmtp(r.CounterGapMS, "%.0f"), shortCheck(r))
 	}
+	savingsTable(w, runs)
 
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Ratios ferry (default) / QEMU (default migration), and ferry / QEMU with XBZRLE (bytes = bytes on the wire; \"false-dirty share seen by ferry\" = dirty pages ferry found unchanged in iterations 1.., over all pages dirtied again in those iterations):")
+	fmt.Fprintln(w, "Ratios ferry (default) / QEMU (default migration), and ferry / QEMU with XBZRLE, in all and after the first pass (bytes = bytes on the wire; \"false-dirty share seen by ferry\" = dirty pages ferry found unchanged in iterations 1.., over all pages dirtied again in those iterations; n/a: a system not run on the workload):")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| workload | cap MiB/s | bytes ferry/qemu | time ferry/qemu | bytes ferry/xbzrle | time ferry/xbzrle | converged ferry / qemu / xbzrle | false-dirty share seen by ferry (iterations 1..) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
-	type key struct {
-		wl  string
-		cap int
-	}
+	fmt.Fprintln(w, "| workload | cap MiB/s | bytes ferry/qemu | time ferry/qemu | bytes ferry/xbzrle | time ferry/xbzrle | after 1st pass: bytes ferry/xbzrle | after 1st pass: time ferry/xbzrle | converged ferry / qemu / xbzrle | false-dirty share seen by ferry (iterations 1..) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	var keys []key
 	seen := map[key]bool{}
 	idx := map[string]*Run{}
@@ -90,10 +93,11 @@ func report(w io.Writer, runs []*Run, outDir string) {
 	}
 	for _, k := range keys {
 		f, q, x := get(k, "ferry"), get(k, "qemu"), get(k, "qemu-xbzrle")
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s / %s / %s | %s |\n", k.wl, capName(k.cap),
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s |\n", k.wl, capName(k.cap),
 			ratio(f, q, bytesOf), ratio(f, q, timeOf), ratio(f, x, bytesOf), ratio(f, x, timeOf),
-			conv(f), conv(q), conv(x), falseShare(f))
+			ratio(f, x, afterBytesOf), ratio(f, x, afterTimeOf), conv(f), conv(q), conv(x), falseShare(f))
 	}
+	firstPassTable(w, keys, get)
 
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Targets (ferry default against QEMU's default migration; \"n/a\" where neither converged, since both then stop at the bound):")
@@ -124,6 +128,12 @@ func report(w io.Writer, runs []*Run, outDir string) {
 	}
 }
 
+// key is one workload at one bandwidth cap.
+type key struct {
+	wl  string
+	cap int
+}
+
 // falseShare is the share of dirty pages that ferry found unchanged, over
 // the iterations after the first.
 func falseShare(r *Run) string {
@@ -151,12 +161,37 @@ func falseShare(r *Run) string {
 func bytesOf(r *Run) float64 { return float64(r.BytesTotal) }
 func timeOf(r *Run) float64  { return r.TotalSeconds }
 
+// afterBytesOf and afterTimeOf are NaN for a run without a first-pass
+// split: no ratio then.
+func afterBytesOf(r *Run) float64 {
+	if r.FirstPass == nil {
+		return math.NaN()
+	}
+	return float64(r.FirstPass.AfterBytes)
+}
+
+func afterTimeOf(r *Run) float64 {
+	if r.FirstPass == nil {
+		return math.NaN()
+	}
+	return r.FirstPass.AfterSeconds
+}
+
+func firstBytesOf(r *Run) float64 {
+	if r.FirstPass == nil {
+		return math.NaN()
+	}
+	return float64(r.FirstPass.Bytes)
+}
+
 func ratio(a, b *Run, f func(*Run) float64) string {
-	if a == nil || b == nil || f(b) == 0 {
+	if a == nil || b == nil || f(b) == 0 || math.IsNaN(f(a)) || math.IsNaN(f(b)) {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f", f(a)/f(b))
 }
+
+func mibs(n int64) string { return fmt.Sprintf("%.1f", float64(n)/(1<<20)) }
 
 func conv(r *Run) string {
 	if r == nil {
@@ -175,7 +210,7 @@ func target(c string, f, q *Run) string {
 		}
 		return "**MISSED** (" + detail + ")"
 	}
-	if !f.Converged && !q.Converged && (strings.HasPrefix(c, "bytes") || strings.HasPrefix(c, "time")) {
+	if q != nil && !f.Converged && !q.Converged && (strings.HasPrefix(c, "bytes") || strings.HasPrefix(c, "time")) {
 		return fmt.Sprintf("n/a: neither converged, both stopped at the bound (%.2f vs %.2f s, %.1f vs %.1f MiB)",
 			timeOf(f), timeOf(q), bytesOf(f)/(1<<20), bytesOf(q)/(1<<20))
 	}
@@ -221,6 +256,8 @@ func fmtp(p *float64, f string) string {
 
 func shortCheck(r *Run) string {
 	switch {
+	case strings.HasPrefix(r.Check, "ok") && r.MemoryHash == "equal":
+		return "ok, RAM hash equal"
 	case strings.HasPrefix(r.Check, "ok"):
 		return "ok"
 	case strings.HasPrefix(r.Check, "not converged"):

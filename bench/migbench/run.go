@@ -34,7 +34,7 @@ func (b *bench) probeCmdline() (string, error) {
 	return strings.TrimSuffix(c, " ferry.run=poweroff"), nil
 }
 
-func (b *bench) header(wls []workload, syss []system, caps []int) {
+func (b *bench) header(plan []planned, caps []int) {
 	fv, _ := exec.Command(b.ferry, "version").Output()
 	qv, _ := exec.Command(b.qemu, "--version").Output()
 	sum := func(f string) string {
@@ -57,16 +57,20 @@ func (b *bench) header(wls []workload, syss []system, caps []int) {
 	fmt.Printf("cmdline: %s <workload>\n", b.defaultCmdline)
 	fmt.Printf("limits:  downtime %v, caps %v MiB/s (0 = unlimited), bound %v (ferry --timeout %v --on-timeout abort --max-iterations %d; QEMU migrate_cancel at %v)\n",
 		b.downtime, caps, b.bound, b.bound, b.maxIter, b.bound)
-	var names []string
-	for _, w := range wls {
-		names = append(names, w.Name+"=["+w.cmdline(b)+"]")
+	if b.memoryHash {
+		fmt.Printf("check:   ferry --memory-hash on both sides: the destination's hash of guest RAM must equal the paused source's\n")
 	}
-	fmt.Printf("workloads: %s\n", strings.Join(names, " "))
-	names = names[:0]
-	for _, s := range syss {
-		names = append(names, s.name)
+	fmt.Printf("workloads, each with its systems:\n")
+	n := 0
+	for _, p := range plan {
+		var names []string
+		for _, s := range p.systems {
+			names = append(names, s.name)
+		}
+		n += len(p.systems) * len(caps)
+		fmt.Printf("  %s=[%s]: %s\n", p.w.Name, p.w.cmdline(b), strings.Join(names, " "))
 	}
-	fmt.Printf("systems: %s\n\n", strings.Join(names, " "))
+	fmt.Printf("%d migrations\n\n", n)
 }
 
 func numCPU() int {
@@ -233,10 +237,22 @@ func (b *bench) printRun(r *Run) {
 		r.N, r.Workload, r.System, capName(r.MaxBandwidthMiBs), conv, r.TotalSeconds, dt, float64(r.BytesTotal)/(1<<20),
 		r.Iterations, gap, r.GuestWritesPerS, r.GuestSamePct, r.From, r.To, r.Load)
 	fmt.Printf("       check: %s", r.Check)
+	if r.MemoryHash != "" {
+		fmt.Printf("; RAM hash %s", r.MemoryHash)
+	}
 	if r.Error != "" {
 		fmt.Printf(" (%s)", r.Error)
 	}
 	fmt.Println()
+	if f := r.FirstPass; f != nil {
+		fmt.Printf("       first pass %.1f MiB in %.2f s, after it %.1f MiB in %.2f s (%s)\n",
+			float64(f.Bytes)/(1<<20), f.Seconds, float64(f.AfterBytes)/(1<<20), f.AfterSeconds, f.How)
+	}
+	if v := r.Savings; v != nil {
+		fmt.Printf("       saved: false dirty %.1f MiB (%d pages), delta %.1f MiB (%d pages in %.1f MiB), compression %.1f MiB in iteration 0 + %.1f MiB later (%d records)\n",
+			float64(v.FalseDirtyBytes)/(1<<20), v.FalseDirtyPages, float64(v.DeltaSaved)/(1<<20), v.DeltaPages,
+			float64(v.DeltaBytes)/(1<<20), float64(v.CompressSavedIter0)/(1<<20), float64(v.CompressSavedLater)/(1<<20), v.RecordsCompressed)
+	}
 	for _, it := range r.PerIteration {
 		fmt.Printf("       %s\n", it.String())
 	}
@@ -263,6 +279,12 @@ func (it IterStat) String() string {
 	approx := ""
 	if it.PagesXBZRLE != nil {
 		approx = "  xbzrle " + v(it.PagesXBZRLE)
+	}
+	if it.PagesDelta != nil && *it.PagesDelta > 0 {
+		approx += fmt.Sprintf("  delta %d (%.1f KiB)", *it.PagesDelta, float64(it.DeltaBytes)/1024)
+	}
+	if it.RecordsCompressed > 0 {
+		approx += fmt.Sprintf("  compressed %d records (saved %.2f MiB)", it.RecordsCompressed, float64(it.CompressSaved)/(1<<20))
 	}
 	if it.Approx {
 		approx += " (sent/zero/MiB/s from polls)"

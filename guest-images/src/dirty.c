@@ -12,6 +12,7 @@ struct dirty_cfg {
 	long same;		/* percent of writes that store the value already there */
 	long samepages;		/* percent of pages only ever rewritten unchanged; -1: off */
 	long chg;		/* bytes a changing write alters */
+	const char *fill;	/* first contents: copy or mixed (fill.c) */
 };
 
 /*
@@ -43,27 +44,6 @@ static void change_bytes(unsigned char *b, size_t n)
 	__asm__ volatile("rep stosb" : "+D"(b), "+c"(n) : "a"(v) : "memory");
 }
 
-/*
- * Touch and fill every page of the working set with non-zero data that
- * differs from page to page. Writing all 512 words of every page costs
- * ~10 instructions a word, which at ~1 million emulated instructions/s
- * would take half a minute per 32 MiB; instead the first page is filled
- * word by word, every other page is a copy of it (memcpy: a string
- * instruction) with 8 words of its own, one per 512 bytes.
- */
-static void fill_working_set(uint64_t *mem, uint64_t pages)
-{
-	for (uint64_t w = 0; w < WORDS_PER_PAGE; w++)
-		mem[w] = rng() | 1;
-	for (uint64_t p = 1; p < pages; p++) {
-		uint64_t *pg = mem + p * WORDS_PER_PAGE;
-
-		memcpy(pg, mem, PAGE_SIZE);
-		for (uint64_t w = 0; w < WORDS_PER_PAGE; w += 64)
-			pg[w] = rng() | 1;
-	}
-}
-
 static void dirty_report(const struct dirty_cfg *c, uint64_t writes, uint64_t same,
 			 uint64_t elapsed_ns)
 {
@@ -90,10 +70,20 @@ static void dirty_writer(const struct dirty_cfg *c)
 	}
 	uint64_t t_mapped = now_ns();
 	rng_state ^= t_mapped;
-	fill_working_set(mem, pages);
-	say("ferry-dirty: %llu pages mapped in %llu ms, filled in %llu ms\n",
-	    (unsigned long long)pages, (unsigned long long)((t_mapped - t_fill) / 1000000),
-	    (unsigned long long)((now_ns() - t_mapped) / 1000000));
+	if (strcmp(c->fill, "mixed") == 0) {
+		uint64_t n[3];
+
+		fill_mixed(mem, pages, n);
+		say("ferry-dirty: %llu pages mapped in %llu ms, filled (mixed: %llu text, %llu sparse, %llu random) in %llu ms\n",
+		    (unsigned long long)pages, (unsigned long long)((t_mapped - t_fill) / 1000000),
+		    (unsigned long long)n[0], (unsigned long long)n[1], (unsigned long long)n[2],
+		    (unsigned long long)((now_ns() - t_mapped) / 1000000));
+	} else {
+		fill_copy(mem, pages);
+		say("ferry-dirty: %llu pages mapped in %llu ms, filled in %llu ms\n",
+		    (unsigned long long)pages, (unsigned long long)((t_mapped - t_fill) / 1000000),
+		    (unsigned long long)((now_ns() - t_mapped) / 1000000));
+	}
 
 	if (strcmp(c->mode, "idle") == 0) {
 		for (;;) {
@@ -209,10 +199,15 @@ void run_dirty(void)
 	if (strcmp(c.mode, "mix") == 0 && param("ferry.samepages", NULL) != NULL)
 		c.samepages = parse_long(param("ferry.samepages", "0"), 0, 0, 100);
 	c.chg = parse_long(param("ferry.chg", "8"), 8, 1, PAGE_SIZE);
+	c.fill = param("ferry.fill", "copy");
+	if (strcmp(c.fill, "copy") && strcmp(c.fill, "mixed")) {
+		say("ferry-dirty: unknown ferry.fill=%s, using copy\n", c.fill);
+		c.fill = "copy";
+	}
 
-	say("ferry-dirty: mode=%s ws=%lluK rate=%ld/s same=%ld%% samepages=%ld%% chg=%ld hot=%lluK\n",
+	say("ferry-dirty: mode=%s ws=%lluK rate=%ld/s same=%ld%% samepages=%ld%% chg=%ld hot=%lluK fill=%s\n",
 	    c.mode, (unsigned long long)(c.ws >> 10), c.rate, c.same, c.samepages, c.chg,
-	    (unsigned long long)(c.hot >> 10));
+	    (unsigned long long)(c.hot >> 10), c.fill);
 
 	pid_t pid = fork();
 	if (pid < 0) {

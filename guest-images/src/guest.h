@@ -1,6 +1,7 @@
 /*
  * guest.h: what the parts of the ferry guest's /init share (init.c has
- * main and the basics; dirty.c, disk.c and net.c one workload each).
+ * main and the basics; dirty.c, disk.c and net.c one workload each, fill.c
+ * the memory writer's first contents).
  */
 #ifndef FERRY_GUEST_H
 #define FERRY_GUEST_H
@@ -55,6 +56,10 @@ static inline uint64_t rng(void)
 	rng_state = x;
 	return x * 0x2545f4914f6cdd1dULL;
 }
+
+/* fill.c: the memory writer's first contents (ferry.fill) */
+void fill_copy(uint64_t *mem, uint64_t pages);
+void fill_mixed(uint64_t *mem, uint64_t pages, uint64_t count[3]);
 
 /* The workloads: dirty.c, disk.c, net.c. */
 void run_dirty(void);

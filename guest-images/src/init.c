@@ -12,7 +12,14 @@
  *   counter   "FERRY-COUNTER <n>" every 100 ms
  *   dirty     counter lines, plus a child that writes guest memory at a
  *             given rate (ferry.mode, ferry.ws, ferry.rate, ferry.same,
- *             ferry.hot; see README.md; dirty.c)
+ *             ferry.hot, ferry.chg; see README.md; dirty.c) after filling
+ *             its working set (ferry.fill; fill.c): copy (default: one
+ *             random page copied into every page, 8 words changed per
+ *             page; a compressor with a window across pages shrinks it
+ *             unrealistically) or mixed (for measuring compression: 40%
+ *             text-like pages of log and JSON lines, 30% sparse pages,
+ *             mostly zero with a few scattered words and structs, 30%
+ *             random, incompressible pages; in 64 KiB extents)
  *   disk      write files on the ext2 disk /dev/vda and read them back
  *             (disk.c)
  *   diskread  counter lines, plus a child that reads the raw disk

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestTinyRun runs the benchmark's newer pieces end to end on a small
+// working set (4 MiB, so that the guests boot quickly), unlimited
+// bandwidth, one migration each: the guest's mixed fill, the first-pass
+// split and ferry's savings, ferry --no-delta on a delta workload, QEMU
+// with multifd + zstd, the RAM hash check, and the Markdown tables. About
+// two minutes here.
+func TestTinyRun(t *testing.T) {
+	ferry, guest := os.Getenv("FERRY_BIN"), os.Getenv("FERRY_GUEST_DIR")
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skip("skipped: /dev/kvm is absent on this machine")
+	}
+	if ferry == "" || guest == "" {
+		t.Skip("skipped: FERRY_BIN and FERRY_GUEST_DIR are not set (make test sets them)")
+	}
+	if testing.Short() {
+		t.Skip("skipped in -short mode: boots three guests")
+	}
+	systems := "ferry,ferry-no-delta,qemu-multifd-zstd"
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		systems = "ferry,ferry-no-delta"
+	}
+	tmp, out := t.TempDir(), t.TempDir()
+	logs, md := filepath.Join(out, "logs"), filepath.Join(out, "B.md")
+	if err := os.WriteFile(md, []byte("before\n"+mdBegin+"\nold tables\n"+mdEnd+"\nafter\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-ferry", ferry, "-guest", guest, "-workloads", "fill-mixed,memcached-chg256",
+		"-systems", systems, "-bws", "0", "-ws", "4M", "-out", out, "-logs", logs, "-markdown", md)
+	cmd.Env = append(os.Environ(), asMainEnv+"=1", "TMPDIR="+tmp)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	mark := "TMPDIR=" + tmp
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
+		for _, p := range processesWithEnv(mark) {
+			syscall.Kill(p.pid, syscall.SIGKILL)
+		}
+	})
+	timer := time.AfterFunc(6*time.Minute, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGINT) })
+	output, err := cmd.CombinedOutput()
+	timer.Stop()
+	if err != nil {
+		t.Fatalf("migbench: %v\n%s", err, output)
+	}
+	runs, err := loadRuns(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"fill-mixed/ferry": true, "memcached-chg256/ferry": true, "memcached-chg256/ferry-no-delta": true}
+	if strings.Contains(systems, "qemu") {
+		want["fill-mixed/qemu-multifd-zstd"] = true
+	}
+	for _, r := range runs {
+		name := r.Workload + "/" + r.System
+		t.Logf("%s: %s, %.2f s, %.1f MiB, first pass %+v, savings %+v, RAM hash %q", name, r.Check,
+			r.TotalSeconds, float64(r.BytesTotal)/(1<<20), r.FirstPass, r.Savings, r.MemoryHash)
+		if !want[name] {
+			t.Errorf("unexpected run %s", name)
+			continue
+		}
+		delete(want, name)
+		if !r.Migrated || !strings.HasPrefix(r.Check, "ok") || r.Error != "" {
+			t.Errorf("%s: migrated %v, check %q, error %q", name, r.Migrated, r.Check, r.Error)
+		}
+		if r.FirstPass == nil || r.FirstPass.Bytes <= 0 || r.FirstPass.Bytes > r.BytesTotal {
+			t.Errorf("%s: first pass %+v of %d bytes", name, r.FirstPass, r.BytesTotal)
+		}
+		if strings.HasPrefix(r.System, "ferry") {
+			if r.MemoryHash != "equal" {
+				t.Errorf("%s: memory hash %q", name, r.MemoryHash)
+			}
+			if r.Savings == nil {
+				t.Errorf("%s: no savings", name)
+			}
+		}
+		switch name {
+		case "memcached-chg256/ferry":
+			if r.Savings != nil && r.Savings.DeltaPages == 0 {
+				t.Errorf("%s: no page sent as a delta", name)
+			}
+		case "memcached-chg256/ferry-no-delta":
+			if r.Savings != nil && r.Savings.DeltaPages != 0 {
+				t.Errorf("%s: %d pages sent as deltas with --no-delta", name, r.Savings.DeltaPages)
+			}
+		case "fill-mixed/qemu-multifd-zstd":
+			// zstd at work: fewer bytes on the wire than the pages QEMU sent.
+			if q := r.QEMU; q == nil || r.WireBytes < 0 || float64(r.WireBytes) > 0.8*float64(q.Normal*4096) {
+				t.Errorf("%s: %d bytes on the wire for %+v", name, r.WireBytes, q)
+			}
+		}
+	}
+	for name := range want {
+		t.Errorf("no run %s", name)
+	}
+	fills, _ := filepath.Glob(filepath.Join(logs, "*-ferry-run.log"))
+	found := false
+	for _, f := range fills {
+		found = found || strings.Contains(readFile(f), "filled (mixed: ")
+	}
+	if !found {
+		t.Errorf("no ferry guest reported the mixed fill (logs %v)", fills)
+	}
+	text := readFile(md)
+	for _, s := range []string{"before\n" + mdBegin, mdEnd + "\nafter\n", "| 1st pass MiB |", "What ferry's mechanisms saved", "| memcached-chg256 | ferry-no-delta | unl |"} {
+		if !strings.Contains(text, s) {
+			t.Errorf("the Markdown file lacks %q:\n%s", s, text)
+		}
+	}
+	if strings.Contains(text, "old tables") {
+		t.Errorf("the old tables were not replaced:\n%s", text)
+	}
+	var left []string
+	for _, p := range processesWithEnv(mark) {
+		left = append(left, p.String())
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
+		left = append(left, "files in the temporary directory")
+	}
+	if len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}

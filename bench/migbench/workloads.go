@@ -1,0 +1,131 @@
+package main
+
+import "fmt"
+
+// The guest workloads (ferry.run=dirty with its parameters) and the
+// systems that migrate them.
+
+type workload struct {
+	Name  string
+	Mode  string
+	Same  int    // percent of writes that leave the page unchanged
+	Class string // target class: "filter" (>= 60% write-not-dirty), "no-filter", "idle", "" (none)
+	Note  string
+	// SamePages > 0 makes the share per page (ferry.samepages) instead of
+	// per write; Chg > 8 is the bytes a changing write alters (ferry.chg).
+	SamePages int
+	Chg       int
+	// Fill is the working set's first contents (ferry.fill): "" (the
+	// guest's default, copy) or "mixed" (text, sparse and random pages).
+	Fill string
+	// Systems, when set, are the only systems run on this workload
+	// (unless -all-pairs); otherwise classicSystems.
+	Systems []string
+}
+
+// classicSystems run on the workloads that name no systems of their own.
+var classicSystems = []string{"ferry", "ferry-no-digest", "ferry-no-clear", "qemu", "qemu-xbzrle"}
+
+// deltaSystems attribute what ferry saves after the first pass on the
+// workloads whose writes change more than a word: delta entries
+// (ferry-no-delta lacks them), compression (ferry-no-compress lacks it),
+// against QEMU's delta encoding, XBZRLE.
+var deltaSystems = []string{"ferry", "ferry-no-delta", "ferry-no-compress", "qemu-xbzrle"}
+
+var allWorkloads = []workload{
+	{Name: "random", Mode: "random", Class: "no-filter", Note: "every write changes its page"},
+	{Name: "same", Mode: "same", Same: 100, Class: "filter", Note: "every write stores the value already there"},
+	{Name: "mix", Mode: "mix", Same: 70, Class: "filter", Note: "70% unchanged rewrites (zeusmp ~70%)"},
+	{Name: "mcf", Mode: "mix", Same: 80, Class: "filter", Note: "80% unchanged rewrites (mcf ~80%)"},
+	{Name: "memcached", Mode: "mix", Same: 45, Note: "45% unchanged rewrites (memcached, bzip2 ~45%)"},
+	{Name: "hot", Mode: "hot", Class: "no-filter", Note: "all writes in a 1 MiB hot set, every write changes its page"},
+	{Name: "idle", Mode: "idle", Class: "idle", Note: "working set filled, then no writes"},
+	{Name: "mixpages", Mode: "mix", Same: 70, Class: "filter", Note: "70% of the pages only rewritten unchanged, the rest change 256 bytes per write", SamePages: 70, Chg: 256},
+	{Name: "memcached-chg256", Mode: "mix", Same: 45, Chg: 256, Systems: deltaSystems,
+		Note: "= memcached, but a changing write alters 256 bytes (delta entries, XBZRLE)"},
+	{Name: "random-chg1024", Mode: "random", Chg: 1024, Systems: deltaSystems,
+		Note: "every write changes 1024 bytes of its page (delta entries, XBZRLE)"},
+	{Name: "fill-mixed", Mode: "idle", Fill: "mixed", Class: "idle",
+		Systems: []string{"ferry", "ferry-zstd", "ferry-no-compress", "qemu", "qemu-multifd-zstd"},
+		Note:    "working set filled with 40% text, 30% sparse, 30% random pages, then no writes (first-pass compression)"},
+	{Name: "zeusmp", Mode: "mix", Same: 70, Class: "filter", Note: "= mix"},
+	{Name: "bzip2", Mode: "mix", Same: 45, Note: "= memcached"},
+	// Not in the default list: the two delta workloads on the mixed fill,
+	// where compression meets realistic contents.
+	{Name: "memcached-chg256-mixed", Mode: "mix", Same: 45, Chg: 256, Fill: "mixed", Systems: deltaSystems,
+		Note: "= memcached-chg256 on the mixed fill"},
+	{Name: "random-chg1024-mixed", Mode: "random", Chg: 1024, Fill: "mixed", Systems: deltaSystems,
+		Note: "= random-chg1024 on the mixed fill"},
+}
+
+// planned is a workload and the systems to run on it.
+type planned struct {
+	w       workload
+	systems []system
+}
+
+// runs reports whether sys is one of w's systems.
+func (w workload) runs(sys string) bool {
+	list := w.Systems
+	if list == nil {
+		list = classicSystems
+	}
+	for _, s := range list {
+		if s == sys {
+			return true
+		}
+	}
+	return false
+}
+
+func (w workload) cmdline(b *bench) string {
+	s := fmt.Sprintf("ferry.run=dirty ferry.mode=%s ferry.ws=%s ferry.rate=%d", w.Mode, b.ws, b.rate)
+	switch w.Mode {
+	case "mix":
+		if w.SamePages > 0 {
+			s += fmt.Sprintf(" ferry.samepages=%d", w.SamePages)
+		} else {
+			s += fmt.Sprintf(" ferry.same=%d", w.Same)
+		}
+	case "hot":
+		s += " ferry.hot=" + b.hot
+	}
+	if w.Chg > 8 {
+		s += fmt.Sprintf(" ferry.chg=%d", w.Chg)
+	}
+	if w.Fill != "" {
+		s += " ferry.fill=" + w.Fill
+	}
+	return s
+}
+
+type system struct {
+	name       string
+	family     string // ferry or qemu
+	ferryFlags []string
+	xbzrle     bool
+	multifd    bool // QEMU multifd, 2 channels, zstd compression
+}
+
+var allSystems = []system{
+	{name: "ferry", family: "ferry"},
+	{name: "ferry-no-digest", family: "ferry", ferryFlags: []string{"--no-digest"}},
+	{name: "ferry-no-clear", family: "ferry", ferryFlags: []string{"--no-clear-before-send"}},
+	{name: "ferry-no-delta", family: "ferry", ferryFlags: []string{"--no-delta"}},
+	{name: "ferry-no-compress", family: "ferry", ferryFlags: []string{"--compress", "off"}},
+	// ferry-zstd compresses every record (--compress zstd), whatever
+	// the auto rule would decide.
+	{name: "ferry-zstd", family: "ferry", ferryFlags: []string{"--compress", "zstd"}},
+	{name: "qemu", family: "qemu"},
+	{name: "qemu-xbzrle", family: "qemu", xbzrle: true},
+	{name: "qemu-multifd-zstd", family: "qemu", multifd: true},
+}
+
+func findWorkload(name string) (workload, bool) {
+	for _, w := range allWorkloads {
+		if w.Name == name {
+			return w, true
+		}
+	}
+	return workload{}, false
+}
