@@ -61,27 +61,32 @@ type compressor struct {
 	enc  *zstd.Encoder
 	out  []byte
 
-	// Auto mode: moving averages of what compressing achieved, and how
-	// many records go by before the next trial while it does not pay.
+	// Auto mode: moving averages of what compressing achieved, and the
+	// time spent compressing since the compressor was made (so that
+	// trials, while compressing does not pay, cost little CPU).
 	ratio float64 // compressed / raw bytes
 	speed float64 // raw bytes per second of compressing
-	wait  int
+	born  time.Time
+	spent time.Duration
 
 	// The records sent compressed, and their bytes before and after.
 	records        int
 	rawIn, compOut int64
 }
 
-// probeEvery is how many records pass uncompressed, in auto mode while
-// compressing does not pay, before one is compressed to measure again.
-const probeEvery = 64
+// probeShare is the most of its time the sender spends on trials while
+// compressing does not pay: a fast link stays fast.
+const probeShare = 0.02
 
 func newCompressor(mode CompressMode) *compressor {
-	c := &compressor{mode: mode}
+	c := &compressor{mode: mode, born: time.Now()}
 	if mode != CompressOff {
 		// Errors come only from bad options.
 		c.enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
 			zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false), zstd.WithLowerEncoderMem(true))
+		// The first use allocates the encoder's tables: do it now, so that
+		// it does not count as the speed of compressing.
+		c.out = c.enc.EncodeAll(make([]byte, 64<<10), c.out[:0])
 	}
 	return c
 }
@@ -104,21 +109,18 @@ func (c *compressor) compress(raw []byte, linkBps float64) []byte {
 	case CompressOff:
 		return nil
 	case CompressAuto:
-		if c.speed != 0 && !c.pays(linkBps) {
-			if c.wait > 0 {
-				c.wait--
-				return nil
-			}
-			c.wait = probeEvery
+		if c.speed != 0 && !c.pays(linkBps) &&
+			c.spent.Seconds() > probeShare*time.Since(c.born).Seconds() {
+			return nil // does not pay, and the last trial was recent
 		}
 	}
 	start := time.Now()
 	c.out = binary.AppendUvarint(c.out[:0], uint64(len(raw)))
 	c.out = c.enc.EncodeAll(raw, c.out)
-	el := time.Since(start).Seconds()
-	ratio := float64(len(c.out)) / float64(len(raw))
+	el := time.Since(start)
+	c.spent += el
 	if el > 0 {
-		c.learn(ratio, float64(len(raw))/el)
+		c.learn(float64(len(c.out))/float64(len(raw)), float64(len(raw))/el.Seconds())
 	}
 	if len(c.out) >= len(raw) {
 		return nil
@@ -132,11 +134,12 @@ func (c *compressor) compress(raw []byte, linkBps float64) []byte {
 // learn folds one record's ratio and speed into the moving averages.
 func (c *compressor) learn(ratio, speed float64) {
 	const w = 0.25
+	ratio = min(ratio, 1)
 	if c.speed == 0 {
 		c.ratio, c.speed = ratio, speed
 		return
 	}
-	c.ratio += w * (min(ratio, 1) - c.ratio)
+	c.ratio += w * (ratio - c.ratio)
 	c.speed += w * (speed - c.speed)
 }
 
