@@ -164,6 +164,12 @@ func (r *receiver) onChannel(h hello) error {
 	}
 	r.session, r.total = s, s.total
 	r.stats.Channel = true
+	// The channel serves a guest that may already run here: cancelling
+	// the receiver (a guest arrived) must not cut it.
+	if r.unwatch != nil {
+		r.unwatch()
+	}
+	r.unwatched = true
 	r.state = stateChannel
 	r.reply, r.replyPayload = RecHelloAck, encodeHelloAck(helloFlags{Channel: true})
 	return nil

@@ -24,7 +24,7 @@ var ErrPostcopyInterrupted = errors.New("migrate: post-copy interrupted: the gue
 
 // pushAhead is how many bytes of pushed pages may be queued, not yet
 // taken by the connection, before the push claims the next page.
-const pushAhead = 256 << 10
+const pushAhead = 128 << 10
 
 // postcopyWanted reports whether the migration may switch to post-copy.
 func (o Options) postcopyWanted() bool {

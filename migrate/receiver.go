@@ -75,11 +75,12 @@ func (s recvState) String() string {
 // record; it either advances the state or returns an error, after which the
 // receiver is Failed.
 type receiver struct {
-	ctx     context.Context
-	unwatch func() bool // stops cancellation from cutting the connection
-	opts    ReceiveOptions
-	dst     Destination
-	state   recvState
+	ctx       context.Context
+	unwatch   func() bool // stops cancellation from cutting the connection
+	unwatched bool        // unwatch was called: ctx no longer counts
+	opts      ReceiveOptions
+	dst       Destination
+	state     recvState
 
 	prepared bool
 	mems     [][]byte
@@ -180,7 +181,7 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 		var rec record
 		rec, err = rr.next()
 		if err != nil {
-			if ctxErr := ctx.Err(); ctxErr != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil && !r.unwatched {
 				err = ctxErr
 			}
 			err = fmt.Errorf("migrate: receive in state %v: %w", r.state, err)
@@ -462,6 +463,7 @@ func (r *receiver) onCommit() error {
 	if r.unwatch != nil && !r.unwatch() {
 		return fmt.Errorf("migrate: cancelled before starting the guest: %w", r.ctx.Err())
 	}
+	r.unwatched = true
 	if r.postcopy {
 		return r.startPostcopy()
 	}

@@ -158,7 +158,7 @@ func (s *Stats) Summary() string {
 	conv := "converged"
 	switch {
 	case s.Postcopy:
-		conv = fmt.Sprintf("switched to post-copy (%d pages missing: %d pushed, %d asked for by the guest; %.3f s after the switch)",
+		conv = fmt.Sprintf("switched to post-copy (%d pages missing: %d pushed, %d sent on request; done %.3f s after the switch)",
 			s.PagesMissing, s.PagesPushed, s.PagesServed, s.PostcopySeconds)
 	case s.SourcePaused:
 		conv = "the guest was paused: sent in one pass, it stays paused"

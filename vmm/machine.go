@@ -102,10 +102,12 @@ type Machine struct {
 	parked   int  // vCPUs parked or stopped
 	stopping bool
 	stopReq  chan struct{} // closed by the first stop
-	started  bool
-	exit     *Exit
-	done     chan struct{}  // closed by reap once every vCPU thread has ended
-	wg       sync.WaitGroup // the vCPU threads
+	// stopHooks run when the machine starts to stop (onStop).
+	stopHooks []func()
+	started   bool
+	exit      *Exit
+	done      chan struct{}  // closed by reap once every vCPU thread has ended
+	wg        sync.WaitGroup // the vCPU threads
 	// kick makes a vCPU leave KVM_RUN ((*kvm.VCPU).Kick; tests lose kicks).
 	kick func(*kvm.VCPU) error
 	// throttle slows vCPUs down for a migration that does not converge

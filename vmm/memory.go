@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
@@ -52,6 +53,9 @@ func (r Region) Contains(gpa, n uint64) bool {
 type Memory struct {
 	Regions []Region
 	dirty   []*migrate.DirtyBitmap // per region: pages ferry's devices wrote (dirty.go)
+	// gate, during post-copy on a destination, makes Slice wait for the
+	// pages that have not arrived (postcopy.go).
+	gate atomic.Pointer[postcopy]
 }
 
 // layout returns the RAM ranges for a guest of size bytes.
@@ -109,6 +113,9 @@ func (m *Memory) Size() uint64 {
 
 // Slice returns the host view of [gpa, gpa+n), which must lie in one region.
 func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
+	if pc := m.gate.Load(); pc != nil {
+		pc.waitRange(gpa, n) // post-copy: the range's pages must be here first
+	}
 	for _, r := range m.Regions {
 		if r.Contains(gpa, n) {
 			off := gpa - r.GPA
@@ -163,7 +170,10 @@ func (m *Memory) Hash() string {
 	h := xxh3.New()
 	for _, r := range m.Regions {
 		fmt.Fprintf(h, "%x+%x:", r.GPA, r.Size())
-		h.Write(r.Mem)
+		for off := uint64(0); off < r.Size(); off += pageSize {
+			d := migrate.HashPage(r.Mem[off : off+pageSize])
+			h.Write(d[:])
+		}
 	}
 	return fmt.Sprintf("%x", h.Sum128().Bytes())
 }

@@ -167,7 +167,8 @@ type MigrationDestination struct {
 	// instead (nothing could resume it here: no control socket).
 	Run          bool
 	RefusePaused string
-	paused       bool // the restored guest starts paused
+	paused       bool      // the restored guest starts paused
+	pc           *postcopy // post-copy in progress (postcopy.go)
 }
 
 // StartsPaused reports whether the restored guest will start paused.
@@ -268,6 +269,12 @@ func (t *MigrationDestination) Start() error {
 	if t.LogMemoryHash != nil {
 		t.LogMemoryHash(t.m.mem.Hash())
 	}
+	return t.startGuest()
+}
+
+// startGuest runs the restored guest (paused, if its user paused it),
+// announces it on the network and hands the machine over.
+func (t *MigrationDestination) startGuest() error {
 	start := t.m.Start
 	if t.paused {
 		start = t.m.StartPaused

@@ -116,8 +116,18 @@ func (m *Machine) stop(e Exit) {
 	if !m.stopping {
 		m.stopping = true
 		close(m.stopReq)
+		for _, f := range m.stopHooks {
+			go f() // may unblock vCPUs (post-copy), which can take a while
+		}
 	}
 	m.cond.Broadcast()
+}
+
+// onStop registers f to run when the machine starts to stop.
+func (m *Machine) onStop(f func()) {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
+	m.stopHooks = append(m.stopHooks, f)
 }
 
 // runVCPU is one vCPU's thread: enter the guest, handle the exit, repeat.

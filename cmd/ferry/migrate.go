@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +57,8 @@ destination, then 'ferry resume' here only if the guest does not run there.`,
 		&cli.StringFlag{Name: "max-bandwidth", Usage: "cap, e.g. 32MiB/s (default unlimited)"},
 		&cli.BoolFlag{Name: "no-digest", Usage: "plain pre-copy: resend every dirty page (for comparison)"},
 		&cli.BoolFlag{Name: "no-clear-before-send", Usage: "clear the dirty log right after fetching it, as classic pre-copy (for comparison)"},
+		&cli.BoolFlag{Name: "postcopy", Usage: "switch to post-copy right after the first pass if pre-copy has not converged by then (see --postcopy-after)"},
+		&cli.StringFlag{Name: "postcopy-after", Usage: "switch to post-copy after `N` iterations, or a DURATION (e.g. 5s), if pre-copy has not converged by then; the guest then runs on the destination while the pages it lacks follow. If the link breaks, finish with --resume; if the destination dies, the guest is lost"},
 		&cli.BoolFlag{Name: "no-auto-converge", Usage: "never slow the guest's vCPUs down when pre-copy does not converge (by default: 20%, then 10% more per iteration that still does not, at most 99%)"},
 		&cli.BoolFlag{Name: "no-delta", Usage: "send every changed page whole, not only its changed 512-byte blocks (for comparison)"},
 		&cli.StringFlag{Name: "compress", Value: "auto", Usage: "compress page records with zstd: auto (while it pays at the measured link rate), off, or zstd (always)"},
@@ -67,17 +70,19 @@ destination, then 'ferry resume' here only if the guest does not run there.`,
 
 // optionFlags names each migrate.Options field by its flag.
 var optionFlags = map[string]string{
-	"Downtime":          "downtime",
-	"MaxIterations":     "max-iterations",
-	"Timeout":           "timeout",
-	"OnTimeout":         "on-timeout",
-	"MaxBandwidth":      "max-bandwidth",
-	"NoDigest":          "no-digest",
-	"NoClearBeforeSend": "no-clear-before-send",
-	"NoDelta":           "no-delta",
-	"NoAutoConverge":    "no-auto-converge",
-	"Compress":          "compress",
-	"Resume":            "resume",
+	"Downtime":                "downtime",
+	"MaxIterations":           "max-iterations",
+	"Timeout":                 "timeout",
+	"OnTimeout":               "on-timeout",
+	"MaxBandwidth":            "max-bandwidth",
+	"NoDigest":                "no-digest",
+	"NoClearBeforeSend":       "no-clear-before-send",
+	"NoDelta":                 "no-delta",
+	"NoAutoConverge":          "no-auto-converge",
+	"PostcopyAfter":           "postcopy-after",
+	"PostcopyAfterIterations": "postcopy-after",
+	"Compress":                "compress",
+	"Resume":                  "resume",
 }
 
 func migrateAction(c *cli.Context) error {
@@ -108,6 +113,9 @@ func migrateAction(c *cli.Context) error {
 			return flagError("max-bandwidth", "%v", err)
 		}
 		req.MaxBandwidth = int64(bw)
+	}
+	if err := postcopyFlags(c, &req); err != nil {
+		return err
 	}
 	// Everything else is checked where the options are defined.
 	if _, err := req.MigrateOptions(); err != nil {
@@ -140,6 +148,8 @@ func migrateAction(c *cli.Context) error {
 			fmt.Fprintln(w, migrate.FormatIteration(*ev.Progress))
 		case ev.Error != "" && ev.Outcome == control.OutcomeUnknown:
 			return guestExitError{err: fmt.Errorf("migration outcome unknown: %s", ev.Error), code: exitOutcomeUnknown}
+		case ev.Error != "" && ev.Outcome == control.OutcomePostcopyInterrupted:
+			return guestExitError{err: fmt.Errorf("%s; finish it with the same command and --resume", ev.Error), code: exitPostcopyInterrupted}
 		case ev.Error != "":
 			return fmt.Errorf("migration failed: %s", ev.Error)
 		case ev.Stats != nil:
@@ -166,3 +176,37 @@ func migrateAction(c *cli.Context) error {
 // exitOutcomeUnknown is ferry migrate's exit status when the source sent
 // COMMIT but got no answer: the guest is paused here and may run there.
 const exitOutcomeUnknown = 3
+
+// exitPostcopyInterrupted is ferry migrate's exit status when the link
+// broke after a post-copy switch: the guest runs on the destination and
+// the source keeps the pages it lacks until `ferry migrate --resume`.
+const exitPostcopyInterrupted = 4
+
+// postcopyFlags reads --postcopy and --postcopy-after (N iterations, or a
+// duration) into the request.
+func postcopyFlags(c *cli.Context, req *control.MigrateRequest) error {
+	if c.Bool("postcopy") {
+		if c.IsSet("postcopy-after") {
+			return usageError{errors.New("--postcopy and --postcopy-after: give one")}
+		}
+		req.PostcopyAfterIterations = 1
+		return nil
+	}
+	v := c.String("postcopy-after")
+	if v == "" {
+		return nil
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		if n < 1 {
+			return flagError("postcopy-after", "%d: want at least 1 iteration, or a duration", n)
+		}
+		req.PostcopyAfterIterations = n
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return flagError("postcopy-after", "%q: want a number of iterations (e.g. 3) or a duration (e.g. 5s)", v)
+	}
+	req.PostcopyAfterSeconds = d.Seconds()
+	return nil
+}

@@ -110,6 +110,26 @@ static void dirty_writer(const struct dirty_cfg *c)
 	/* same% as a threshold on 16 random bits */
 	uint64_t same_threshold = ((uint64_t)c->same << 16) / 100;
 
+	/*
+	 * rewrite: every write replaces a whole page with new data: a page
+	 * taken at a random 8-byte offset from a pool of random bytes, with
+	 * its first word made unique. Neither a delta nor a compressor (no
+	 * page repeats another) can shrink it: only throttling or post-copy
+	 * let such a guest migrate over a link slower than its writes.
+	 */
+	uint64_t *pool = NULL;
+	const uint64_t pool_words = (4ULL << 20) / 8;
+	if (strcmp(c->mode, "rewrite") == 0) {
+		pool = mmap(NULL, pool_words * 8, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+		if (pool == MAP_FAILED) {
+			say("ferry-dirty: mmap the rewrite pool: %s\n", strerror(errno));
+			_exit(1);
+		}
+		for (uint64_t w = 0; w < pool_words; w++)
+			pool[w] = rng();
+	}
+
 	uint64_t t0 = now_ns(), issued = 0;
 	uint64_t iv_start = t0, iv_writes = 0, iv_same = 0;
 	/* The first report comes after 1 s, so a benchmark can start early. */
@@ -124,7 +144,12 @@ static void dirty_writer(const struct dirty_cfg *c)
 			int same = c->samepages >= 0 ? same_page(p, c->samepages)
 						     : ((r >> 9) & 0xffff) < same_threshold;
 
-			if (same) {
+			if (pool) {
+				uint64_t from = (r >> 9) % (pool_words - WORDS_PER_PAGE);
+
+				memcpy(mem + p * WORDS_PER_PAGE, pool + from, PAGE_SIZE);
+				mem[p * WORDS_PER_PAGE] = r;
+			} else if (same) {
 				*word = *word;	/* dirty, but unchanged */
 				iv_same++;
 			} else if (c->chg <= 8) {
@@ -170,7 +195,7 @@ void run_dirty(void)
 
 	c.mode = param("ferry.mode", "mix");
 	if (strcmp(c.mode, "random") && strcmp(c.mode, "same") && strcmp(c.mode, "mix") &&
-	    strcmp(c.mode, "hot") && strcmp(c.mode, "idle")) {
+	    strcmp(c.mode, "hot") && strcmp(c.mode, "idle") && strcmp(c.mode, "rewrite")) {
 		say("ferry-dirty: unknown ferry.mode=%s, using mix\n", c.mode);
 		c.mode = "mix";
 	}
@@ -184,8 +209,8 @@ void run_dirty(void)
 		c.hot = 1 << 20;
 	c.rate = parse_long(param("ferry.rate", "5000"), 5000, 1, 1000000000L);
 
-	/* random and same fix the share; mix and hot take ferry.same. */
-	if (strcmp(c.mode, "random") == 0)
+	/* random, rewrite and same fix the share; mix and hot take ferry.same. */
+	if (strcmp(c.mode, "random") == 0 || strcmp(c.mode, "rewrite") == 0)
 		c.same = 0;
 	else if (strcmp(c.mode, "same") == 0)
 		c.same = 100;

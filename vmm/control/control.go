@@ -30,9 +30,13 @@ const (
 	Migrating                 // a migration owns the VM
 	Snapshotting              // a snapshot is being written
 	Stopped                   // the VM has ended (powered off, migrated, saved with --stop)
+	// Handed: a post-copy migration was interrupted after its switch; the
+	// guest runs on the destination, and this VM (paused for good) keeps
+	// the pages it still lacks until a resumed migration sends them.
+	Handed
 )
 
-var stateNames = [...]string{"running", "paused", "migrating", "snapshot", "stopped"}
+var stateNames = [...]string{"running", "paused", "migrating", "snapshot", "stopped", "handed-over"}
 
 // String is the state's name in the API ("state" of Status).
 func (s State) String() string {
@@ -121,6 +125,7 @@ func (Snapshot) kind() kind  { return kindSnapshot }
 //	migrating   refused     refused     refused     refused
 //	snapshot    refused     refused     refused     refused
 //	stopped     refused     refused     refused     refused
+//	handed-over refused     refused     migrating   refused
 func next(s State, k kind) (State, error) {
 	if k == kindStatus {
 		return s, nil
@@ -128,6 +133,10 @@ func next(s State, k kind) (State, error) {
 	switch s {
 	case Stopped:
 		return s, conflict("cannot %s: the VM has stopped", k)
+	case Handed:
+		if k != kindMigrate {
+			return s, conflict("cannot %s: the guest runs on the destination since a post-copy switch, and this host keeps pages it still lacks: finish the migration with `ferry migrate --resume`", k)
+		}
 	case Migrating:
 		if k == kindMigrate {
 			return s, conflict("a migration is already in progress")
@@ -307,8 +316,8 @@ func (c *Controller) finish(left State) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.progress = nil
-	if left == Stopped {
-		c.state = Stopped
+	if left == Stopped || left == Handed {
+		c.state = left
 		return
 	}
 	c.state = c.observedLocked()

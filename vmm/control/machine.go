@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/ferryvmm/ferry/migrate"
@@ -74,13 +75,16 @@ func (v *VM) Migrate(ctx context.Context, req MigrateRequest, paused bool, progr
 	}
 	opts.Progress = progress
 	opts.SourcePaused = paused // one pass, never paused nor resumed here
+	opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+		return dialDestination(ctx, req) // the request channel, authenticated as the first
+	}
 	conn, err := dialDestination(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
 	stats, err := migrate.Send(ctx, v.source(paused), conn, opts)
-	if err != nil && !errors.Is(err, migrate.ErrOutcomeUnknown) && req.TLS.Enabled() {
+	if err != nil && !errors.Is(err, migrate.ErrOutcomeUnknown) && !errors.Is(err, migrate.ErrPostcopyInterrupted) && req.TLS.Enabled() {
 		err = migrate.ExplainTLSError(err)
 	}
 	return stats, err

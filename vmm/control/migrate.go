@@ -28,6 +28,10 @@ type MigrateRequest struct {
 	// NoAutoConverge: never slow the guest down when pre-copy does not
 	// converge.
 	NoAutoConverge bool `json:"no_auto_converge,omitempty"`
+	// PostcopyAfterSeconds and PostcopyAfterIterations allow a switch to
+	// post-copy (migrate.Options.PostcopyAfter...).
+	PostcopyAfterSeconds    float64 `json:"postcopy_after_seconds,omitempty"`
+	PostcopyAfterIterations int     `json:"postcopy_after_iterations,omitempty"`
 	// Resume resumes a cut migration into the pages the destination kept.
 	Resume bool `json:"resume,omitempty"`
 	// TLS names the PEM files (absolute paths, read by this process) for a
@@ -50,15 +54,17 @@ type MigrateEvent struct {
 // migrate names its flag).
 func (r MigrateRequest) MigrateOptions() (migrate.Options, error) {
 	o := migrate.Options{
-		Downtime:          time.Duration(r.DowntimeMS) * time.Millisecond,
-		MaxIterations:     r.MaxIterations,
-		Timeout:           time.Duration(r.TimeoutSeconds * float64(time.Second)),
-		MaxBandwidth:      r.MaxBandwidth,
-		NoDigest:          r.NoDigest,
-		NoClearBeforeSend: r.NoClearBeforeSend,
-		NoDelta:           r.NoDelta,
-		NoAutoConverge:    r.NoAutoConverge,
-		Resume:            r.Resume,
+		Downtime:                time.Duration(r.DowntimeMS) * time.Millisecond,
+		MaxIterations:           r.MaxIterations,
+		Timeout:                 time.Duration(r.TimeoutSeconds * float64(time.Second)),
+		MaxBandwidth:            r.MaxBandwidth,
+		NoDigest:                r.NoDigest,
+		NoClearBeforeSend:       r.NoClearBeforeSend,
+		NoDelta:                 r.NoDelta,
+		NoAutoConverge:          r.NoAutoConverge,
+		PostcopyAfter:           time.Duration(r.PostcopyAfterSeconds * float64(time.Second)),
+		PostcopyAfterIterations: r.PostcopyAfterIterations,
+		Resume:                  r.Resume,
 	}
 	var err error
 	if o.OnTimeout, err = migrate.ParseTimeoutAction(r.OnTimeout); err != nil {
@@ -91,17 +97,19 @@ func (r MigrateRequest) Options() (migrate.Options, error) {
 // OptionJSON names each migrate.Options field a request sets by its JSON
 // field in MigrateRequest.
 var OptionJSON = map[string]string{
-	"Downtime":          "downtime_ms",
-	"MaxIterations":     "max_iterations",
-	"Timeout":           "timeout_seconds",
-	"OnTimeout":         "on_timeout",
-	"MaxBandwidth":      "max_bandwidth",
-	"NoDigest":          "no_digest",
-	"NoClearBeforeSend": "no_clear_before_send",
-	"NoDelta":           "no_delta",
-	"NoAutoConverge":    "no_auto_converge",
-	"Compress":          "compress",
-	"Resume":            "resume",
+	"Downtime":                "downtime_ms",
+	"MaxIterations":           "max_iterations",
+	"Timeout":                 "timeout_seconds",
+	"OnTimeout":               "on_timeout",
+	"MaxBandwidth":            "max_bandwidth",
+	"NoDigest":                "no_digest",
+	"NoClearBeforeSend":       "no_clear_before_send",
+	"NoDelta":                 "no_delta",
+	"NoAutoConverge":          "no_auto_converge",
+	"PostcopyAfter":           "postcopy_after_seconds",
+	"PostcopyAfterIterations": "postcopy_after_iterations",
+	"Compress":                "compress",
+	"Resume":                  "resume",
 }
 
 // dialDestination connects to req.To, with the TLS handshake when req.TLS

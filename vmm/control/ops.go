@@ -21,6 +21,10 @@ const (
 	// OutcomeUnknown: COMMIT was sent but not acknowledged; the guest is
 	// paused here and may be running on the destination.
 	OutcomeUnknown = "unknown"
+	// OutcomePostcopyInterrupted: the link broke after a post-copy
+	// switch; the guest runs on the destination, and this VM keeps the
+	// pages it lacks (state Handed) for a resumed migration.
+	OutcomePostcopyInterrupted = "postcopy-interrupted"
 )
 
 // MigrationError is a migration that failed after it took the VM.
@@ -62,6 +66,9 @@ func (c *Controller) migrate(ctx context.Context, a Migrate) (*migrate.Stats, er
 	case errors.Is(err, migrate.ErrOutcomeUnknown):
 		// The guest stays paused here: an operator decides.
 		return stats, &MigrationError{Outcome: OutcomeUnknown, Err: err}
+	case errors.Is(err, migrate.ErrPostcopyInterrupted):
+		left = Handed
+		return stats, &MigrationError{Outcome: OutcomePostcopyInterrupted, Err: err}
 	}
 	here := "the guest keeps running here"
 	if paused {

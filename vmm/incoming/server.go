@@ -81,11 +81,12 @@ func NewServer[T Target](ln net.Listener, cfg Config[T]) *Server[T] {
 // Serve handles connections, each in its own goroutine (so that a silent
 // or broken peer cannot block a valid migration), until a guest runs here
 // (its target is returned) or ctx ends. It closes the listener before it
-// returns.
+// returns. The connection that brought the guest goes on after Serve
+// returned while it has work (a post-copy migration: its missing pages,
+// and its request channel); other connections end.
 func (s *Server[T]) Serve(ctx context.Context) (T, error) {
 	connCtx, cancelConns := context.WithCancel(ctx)
 	defer cancelConns()
-	got := make(chan T, 1)
 	pending := make(chan struct{}, s.cfg.MaxPending)
 	var wg sync.WaitGroup
 	acceptErr := make(chan error, 1)
@@ -107,19 +108,17 @@ func (s *Server[T]) Serve(ctx context.Context) (T, error) {
 			go func() {
 				defer wg.Done()
 				defer func() { <-pending }()
-				if t, ok := s.handle(connCtx, conn); ok {
-					got <- t // at most one: the slot is never released after Start
-				}
+				s.handle(connCtx, conn)
 			}()
 		}
 	}()
 	var err error
 	select {
-	case t := <-got:
+	case t := <-s.started:
+		// The migration past COMMIT (and a post-copy channel) no longer
+		// heeds cancellation: it goes on; handshakes end.
 		s.ln.Close()
 		<-acceptErr
-		cancelConns()
-		wg.Wait()
 		return t, nil
 	case <-ctx.Done():
 		err = ctx.Err()
@@ -132,7 +131,7 @@ func (s *Server[T]) Serve(ctx context.Context) (T, error) {
 	// A migration past COMMIT ignores the cancellation and may have
 	// started its guest meanwhile: it runs, so return it.
 	select {
-	case t := <-got:
+	case t := <-s.started:
 		return t, nil
 	default:
 		var none T
@@ -140,8 +139,9 @@ func (s *Server[T]) Serve(ctx context.Context) (T, error) {
 	}
 }
 
-// handle runs one connection; ok is true if its guest now runs here.
-func (s *Server[T]) handle(ctx context.Context, raw net.Conn) (t T, ok bool) {
+// handle runs one connection: a migration (or a post-copy request
+// channel) until it ends, and says how it went.
+func (s *Server[T]) handle(ctx context.Context, raw net.Conn) {
 	defer raw.Close()
 	peer := raw.RemoteAddr()
 	// A guest arrived elsewhere, or ctx ended: stop handshaking.
@@ -153,38 +153,52 @@ func (s *Server[T]) handle(ctx context.Context, raw net.Conn) (t T, ok bool) {
 	if err != nil {
 		s.cfg.Logf("refused a connection from %s: %v; still waiting", peer, err)
 		LingerClose(raw)
-		return t, false
+		return
 	}
 	target := &slot[T]{s: s, t: s.cfg.NewTarget(), peer: peer}
 	opts := s.cfg.Receive
 	opts.Peer = PeerIdentity(conn)
 	stats, err := migrate.Receive(ctx, conn, target, opts)
-	// Receive fails after starting the guest only when DONE-ACK is lost.
-	if err == nil || errors.Is(err, migrate.ErrDoneAckLost) {
-		select {
-		case t, ok = <-s.started:
-		default:
+	switch {
+	case stats != nil && stats.Channel:
+		if err != nil {
+			s.cfg.Logf("the post-copy request channel from %s ended: %v", peer, err)
 		}
-	}
-	if !ok {
-		s.cfg.Logf("incoming migration from %s failed: %v; no guest runs here; still waiting", peer, err)
-		LingerClose(raw)
-		return t, false
-	}
-	if err != nil {
+		return
+	case err != nil && stats != nil && stats.Postcopy:
+		s.cfg.Logf("WARNING: post-copy from %s interrupted: %v; the guest runs here, but %d pages it lacks are only on the source", peer, err, stats.PagesMissing)
+		return
+	case errors.Is(err, migrate.ErrDoneAckLost):
 		// Started, but DONE-ACK was lost: the source stays paused.
 		s.cfg.Logf("WARNING: %v", err)
+	case err != nil:
+		s.cfg.Logf("incoming migration from %s failed: %v; no guest runs here; still waiting", peer, err)
+		LingerClose(raw)
+		return
 	}
 	kept := ""
 	if stats.PagesKept > 0 {
 		kept = fmt.Sprintf(" (resumed: %d pages were kept from the failed attempt)", stats.PagesKept)
 	}
-	s.cfg.Logf("received %d pages (%d zero), %d KiB of state, %.1f MiB in %.3f s%s",
-		stats.PagesFull+stats.PagesZero, stats.PagesZero, stats.StateBytes>>10, float64(stats.BytesTotal)/(1<<20), stats.Seconds, kept)
-	if p, ok := any(t).(interface{ StartsPaused() bool }); ok && p.StartsPaused() {
+	post := ""
+	if stats.Postcopy {
+		st := stats.PostcopyStats
+		post = fmt.Sprintf("; post-copy: %d pages after the guest started, %d of them asked for by the guest (fault service median %.0f us, p99 %.0f us)",
+			stats.PagesMissing, st.PagesRequested, st.FaultMedianUS, st.FaultP99US)
+	}
+	s.cfg.Logf("received %d pages (%d zero, %d delta), %d KiB of state, %.1f MiB in %.3f s%s%s",
+		stats.PagesFull+stats.PagesZero+stats.PagesDelta, stats.PagesZero, stats.PagesDelta, stats.StateBytes>>10,
+		float64(stats.BytesTotal)/(1<<20), stats.Seconds, kept, post)
+}
+
+// running says, once the guest started, where it came from.
+func (s *Server[T]) running(t T, peer net.Addr, postcopy bool) {
+	switch p, ok := any(t).(interface{ StartsPaused() bool }); {
+	case ok && p.StartsPaused():
 		s.cfg.Logf("guest received from %s, paused as it was on the source: 'ferry resume' on this ferry's --api-socket runs it", peer)
-	} else {
+	case postcopy:
+		s.cfg.Logf("guest received from %s and running (post-copy: the pages it lacks are on their way)", peer)
+	default:
 		s.cfg.Logf("guest received from %s and running", peer)
 	}
-	return t, true
 }

@@ -65,8 +65,56 @@ func (sl *slot[T]) Start() error {
 	if err := sl.t.Start(); err != nil {
 		return err
 	}
+	sl.s.running(sl.t, sl.peer, false)
 	sl.s.started <- sl.t // never blocks: one guest starts, the slot stays taken
 	return nil
+}
+
+// The post-copy methods go to the target when it can take post-copy.
+
+func (sl *slot[T]) postcopy() (migrate.PostcopyDestination, error) {
+	pd, ok := any(sl.t).(migrate.PostcopyDestination)
+	if !ok {
+		return nil, errors.New("this destination cannot run a guest before all its pages arrived")
+	}
+	return pd, nil
+}
+
+func (sl *slot[T]) CanPostcopy() error {
+	pd, err := sl.postcopy()
+	if err != nil {
+		return err
+	}
+	return pd.CanPostcopy()
+}
+
+func (sl *slot[T]) StartPostcopy(missing []uint64, need func(uint64)) error {
+	pd, err := sl.postcopy()
+	if err != nil {
+		return err
+	}
+	if err := pd.StartPostcopy(missing, need); err != nil {
+		return err
+	}
+	sl.s.running(sl.t, sl.peer, true)
+	sl.s.started <- sl.t
+	return nil
+}
+
+func (sl *slot[T]) Fill(page uint64, data []byte) error {
+	pd, err := sl.postcopy()
+	if err != nil {
+		return err
+	}
+	return pd.Fill(page, data)
+}
+
+func (sl *slot[T]) EndPostcopy() error {
+	pd, err := sl.postcopy()
+	if err != nil {
+		return err
+	}
+	return pd.EndPostcopy()
 }
 
 func (sl *slot[T]) Suspend() {
