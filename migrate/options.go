@@ -84,6 +84,11 @@ type Options struct {
 	PostcopyAfter           time.Duration
 	PostcopyAfterIterations int
 	PostcopyDial            func(ctx context.Context) (io.ReadWriteCloser, error)
+	// PostcopyResume finishes a post-copy whose link broke after the
+	// switch (ErrPostcopyInterrupted): the source guest, paused since, is
+	// not touched; the destination says which pages it still lacks, and
+	// they are pushed as before (PostcopyDial is needed again).
+	PostcopyResume bool
 	// NoAutoConverge turns auto-converge off: without it, a migration that
 	// does not converge (the guest dirties memory about as fast as the
 	// link carries it away, two iterations in a row) slows the guest's
@@ -176,6 +181,8 @@ func (o Options) Validate() error {
 		return optErr("PostcopyAfter", "%v: must not be negative", o.PostcopyAfter)
 	case o.PostcopyAfterIterations < 0:
 		return optErr("PostcopyAfterIterations", "%d: must not be negative", o.PostcopyAfterIterations)
+	case o.PostcopyResume && o.PostcopyDial == nil:
+		return optErr("PostcopyResume", "needs PostcopyDial for the request channel")
 	case o.Resume && o.NoDigest:
 		return optErr("Resume", "needs the digest table: a resumed migration cannot turn the digest filter off")
 	}

@@ -78,7 +78,7 @@ func (p *peerLink) read(rr *recordReader, conn io.ReadWriter) {
 			return
 		}
 		switch rec.Type {
-		case RecHelloAck, RecKept, RecReady, RecDoneAck:
+		case RecHelloAck, RecKept, RecMissing, RecReady, RecDoneAck:
 			// More may follow (after DONE-ACK: a post-copy's COMPLETE).
 		default:
 			return

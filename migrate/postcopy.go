@@ -154,9 +154,10 @@ func NewPostcopyRegistry() *PostcopyRegistry {
 func (g *PostcopyRegistry) add(s *postcopySession) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if _, busy := g.sessions[s.id]; busy {
+	if old := g.sessions[s.id]; old != nil && !old.isComplete() {
 		return fmt.Errorf("a post-copy migration of VM %v is already in progress here", s.id)
 	}
+	s.attached = true
 	g.sessions[s.id] = s
 	return nil
 }
@@ -202,7 +203,9 @@ type postcopySession struct {
 	served    []time.Duration      // fault service times
 	nreq      uint64
 	channel   bool // a request channel is attached
-	ended     bool
+	ended     bool // every missing page arrived (or the registry let go)
+	complete  bool // COMPLETE was sent: nothing is missing any more
+	attached  bool // a main connection serves the session (the first, or a recovery)
 	wake      chan struct{}
 }
 
@@ -273,6 +276,56 @@ func (s *postcopySession) end() {
 	s.mu.Lock()
 	s.ended = true
 	s.mu.Unlock()
+	s.signal()
+}
+
+func (s *postcopySession) isComplete() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.complete
+}
+
+// reattach gives the session to a new main connection (a recovery) if
+// none serves it now.
+func (s *postcopySession) reattach() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.attached {
+		return fmt.Errorf("the post-copy migration of VM %v is still in progress here (its connection has not broken yet: retry in a moment)", s.id)
+	}
+	s.attached = true
+	return nil
+}
+
+// detach: the main connection that served the session broke.
+func (s *postcopySession) detach() {
+	s.mu.Lock()
+	s.attached = false
+	s.mu.Unlock()
+}
+
+// detachChannel: the request channel broke; a recovery opens another.
+func (s *postcopySession) detachChannel() {
+	s.mu.Lock()
+	s.channel = false
+	// The pages asked for on it may be lost with it: ask again.
+	for g := range s.faults {
+		s.requested[g/64] &^= 1 << (g % 64)
+	}
+	s.mu.Unlock()
+}
+
+// reask queues again every page the guest waits for (a new channel).
+func (s *postcopySession) reask() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.needs = s.needs[:0]
+	for g := range s.faults {
+		if s.missing[g/64]&(1<<(g%64)) != 0 {
+			s.requested[g/64] |= 1 << (g % 64)
+			s.needs = append(s.needs, g)
+		}
+	}
 	s.signal()
 }
 

@@ -3,6 +3,7 @@ package migrate
 import (
 	"fmt"
 	"io"
+	"time"
 )
 
 // The destination's side of post-copy (postcopy.go): agreeing to it,
@@ -31,13 +32,53 @@ func (r *receiver) offerPostcopy(info VMInfo) error {
 	return nil
 }
 
-// dropSession unregisters the session of a migration that ends (failed
-// before its guest started, or completed).
+// dropSession unregisters the session of a migration that failed before
+// its guest started.
 func (r *receiver) dropSession() {
 	if r.session != nil {
 		r.session.end()
 		r.opts.Postcopy.remove(r.session)
 	}
+}
+
+// onRecover takes over, on a new connection, the post-copy of a VM whose
+// connection broke after the switch (a source's `ferry migrate --resume`):
+// HELLO-ACK{RESUME, POSTCOPY}, then MISSING records with the pages that are
+// still missing here; the source pushes them as before. A post-copy that
+// completed here answers with nothing missing, so that a source that
+// missed COMPLETE learns it is done.
+func (r *receiver) onRecover(s *postcopySession) error {
+	if err := s.reattach(); err != nil {
+		return fmt.Errorf("%w: cannot resume post-copy: %v", ErrRefused, err)
+	}
+	r.session, r.total, r.postcopy = s, s.total, true
+	r.stats.Postcopy, r.stats.Recovered = true, true
+	s.mu.Lock()
+	r.stats.PagesMissing = s.left
+	s.mu.Unlock()
+	if r.unwatch != nil {
+		r.unwatch() // the guest runs here: cancellation must not cut this
+	}
+	r.unwatched = true
+	r.state = statePostcopy
+	r.reply, r.replyPayload, r.sendMissing = RecHelloAck, encodeHelloAck(helloFlags{Resume: true, Postcopy: true}), true
+	return nil
+}
+
+// writeMissing sends the MISSING records of the session, in page order
+// (after a recovery's HELLO-ACK).
+func (r *receiver) writeMissing(conn io.Writer) error {
+	s := r.session
+	s.mu.Lock()
+	missing := append([]uint64(nil), s.missing...)
+	s.mu.Unlock()
+	for first := uint64(0); first < s.total; first += MaxMissingPages {
+		n := int(min(MaxMissingPages, s.total-first))
+		if err := writeRecord(conn, RecMissing, encodeMissing(missing, first, n)); err != nil {
+			return fmt.Errorf("migrate: send MISSING: %w", err)
+		}
+	}
+	return nil
 }
 
 // onMissing takes one MISSING record (after the switch, before STATE).
@@ -129,17 +170,24 @@ func (r *receiver) onPushed(flags uint16, p []byte) error {
 func (r *receiver) onPostcopyEnd(p []byte) error {
 	s := r.session
 	s.mu.Lock()
-	left := s.left
+	left, done := s.left, s.complete
+	s.complete = true
 	s.mu.Unlock()
 	if left != 0 {
+		s.mu.Lock()
+		s.complete = done
+		s.mu.Unlock()
 		return fmt.Errorf("%w: POSTCOPY-END with %d pages still missing", ErrMalformed, left)
 	}
-	if err := s.dst.EndPostcopy(); err != nil {
-		return fmt.Errorf("migrate: end post-copy: %w", err)
+	if !done {
+		if err := s.dst.EndPostcopy(); err != nil {
+			return fmt.Errorf("migrate: end post-copy: %w", err)
+		}
 	}
 	st := s.stats()
 	r.stats.PostcopyStats = st
-	r.dropSession()
+	s.end() // the session stays registered, complete, for a source that missed COMPLETE
+	s.detach()
 	r.state = stateDone
 	r.reply, r.replyPayload = RecComplete, encodeComplete(st)
 	return nil
@@ -155,13 +203,21 @@ func (r *receiver) onChannel(h hello) error {
 	if err != nil {
 		return fmt.Errorf("%w: post-copy channel: %v", ErrRefused, err)
 	}
-	s.mu.Lock()
-	busy := s.channel
-	s.channel = true
-	s.mu.Unlock()
+	// After a broken link, the old channel may take a moment to notice.
+	busy := true
+	for wait := 0; busy && wait < 30; wait++ {
+		s.mu.Lock()
+		busy = s.channel
+		s.channel = true
+		s.mu.Unlock()
+		if busy {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 	if busy {
 		return fmt.Errorf("%w: post-copy channel: VM %v has one already", ErrRefused, h.Info.ID)
 	}
+	s.reask() // pages asked for on a channel that broke are asked again
 	r.session, r.total = s, s.total
 	r.stats.Channel = true
 	// The channel serves a guest that may already run here: cancelling

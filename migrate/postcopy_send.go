@@ -26,9 +26,47 @@ var ErrPostcopyInterrupted = errors.New("migrate: post-copy interrupted: the gue
 // taken by the connection, before the push claims the next page.
 const pushAhead = 128 << 10
 
-// postcopyWanted reports whether the migration may switch to post-copy.
+// postcopyWanted reports whether the migration may switch to post-copy
+// (or finishes one).
 func (o Options) postcopyWanted() bool {
-	return (o.PostcopyAfter > 0 || o.PostcopyAfterIterations > 0) && !o.SourcePaused
+	return (o.PostcopyAfter > 0 || o.PostcopyAfterIterations > 0) && !o.SourcePaused || o.PostcopyResume
+}
+
+// recoverPostcopy finishes an interrupted post-copy on a new connection:
+// after the handshake (HELLO{RESUME, POSTCOPY}), the destination's MISSING
+// records say which pages it still lacks; the channel is opened again,
+// and the push goes on. The source guest was paused at the switch and
+// stays so: nothing here pauses or resumes it, and every failure is
+// ErrPostcopyInterrupted again.
+func (s *sender) recoverPostcopy() error {
+	s.stats.Postcopy = true
+	s.commit.committed = true // the guest runs there: never resumed here
+	s.pc.missing = make([]uint64, (s.vm.total+63)/64)
+	t := time.NewTimer(s.opts.HandshakeTimeout)
+	defer t.Stop()
+	for next := uint64(0); next < s.vm.total; {
+		select {
+		case m := <-s.peer.ch:
+			if m.err != nil || m.t != RecMissing {
+				s.peer.end = true
+				return fmt.Errorf("%w: %w", ErrPostcopyInterrupted, s.peerFailure(m, "the wait for MISSING"))
+			}
+			n, err := decodeMissing(m.payload, next, s.vm.total, s.pc.missing)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrPostcopyInterrupted, err)
+			}
+			next += n
+			t.Reset(s.opts.HandshakeTimeout)
+		case <-t.C:
+			return fmt.Errorf("%w: MISSING records stopped coming for %v", ErrPostcopyInterrupted, s.opts.HandshakeTimeout)
+		}
+	}
+	s.pc.nmiss = popcountWords(s.pc.missing)
+	s.stats.PagesMissing = s.pc.nmiss
+	if err := s.openChannel(); err != nil {
+		return fmt.Errorf("%w: %w", ErrPostcopyInterrupted, err)
+	}
+	return s.push()
 }
 
 // postcopyState is the source's post-copy.

@@ -186,3 +186,84 @@ func TestPostcopyRefused(t *testing.T) {
 		t.Fatal("the source guest was left paused")
 	}
 }
+
+// runPostcopyWith is runPostcopy with a given registry and link (a proxy
+// between the sides, or nil).
+func runPostcopyWith(t *testing.T, reg *PostcopyRegistry, src Source, dst Destination, opts Options,
+	link func(net.Conn) net.Conn) result {
+	t.Helper()
+	ropts := ReceiveOptions{Postcopy: reg}
+	var chans sync.WaitGroup
+	opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+		a, b := net.Pipe()
+		chans.Add(1)
+		go func() {
+			defer chans.Done()
+			Receive(context.Background(), b, &fakeDest{}, ropts)
+			b.Close()
+		}()
+		return a, nil
+	}
+	res := runFull(t, src, dst, opts, ropts, link, nil)
+	chans.Wait()
+	return res
+}
+
+// The link breaks while the missing pages are pushed: the source stays
+// paused (ErrPostcopyInterrupted), the guest runs on at the destination,
+// and a resumed migration (PostcopyResume) sends what is still missing;
+// the destination ends with the paused source's memory. A second resume
+// after that finds the post-copy complete and ends at once.
+func TestPostcopyRecovery(t *testing.T) {
+	reg := NewPostcopyRegistry()
+	src := newThrottledSourceSize(40, 4096)
+	dst := newPostcopyDest()
+	opts := Options{MaxBandwidth: 8 << 20, Downtime: 50 * time.Millisecond, ChunkPages: 64,
+		PostcopyAfterIterations: 1, NoAutoConverge: true, Compress: CompressOff}
+	var mu sync.Mutex
+	switched, pushed := false, 0
+	cut := func(toDst bool, rt RecordType) proxyAction {
+		mu.Lock()
+		defer mu.Unlock()
+		if toDst && rt == RecMissing {
+			switched = true
+		}
+		if switched && toDst && rt == RecPages {
+			if pushed++; pushed == 4 {
+				return cutHere
+			}
+		}
+		return forward
+	}
+	link := func(p1 net.Conn) net.Conn {
+		p2, r1 := net.Pipe()
+		relayProxy(p1, p2, cut)
+		return r1
+	}
+	res := runPostcopyWith(t, reg, src, dst, opts, link)
+	if !errors.Is(res.sendErr, ErrPostcopyInterrupted) || !dst.started || dst.ended {
+		t.Fatalf("first attempt: send %v; destination started %v ended %v", res.sendErr, dst.started, dst.ended)
+	}
+	if !src.paused || src.resumes != 0 {
+		t.Fatal("the source guest did not stay paused after the cut")
+	}
+	left := res.stats.PagesMissing - res.stats.PagesPushed - res.stats.PagesServed
+	t.Logf("cut: %v", res.sendErr)
+
+	again := Options{PostcopyResume: true, Compress: CompressOff}
+	res = runPostcopyWith(t, reg, src, &fakeDest{}, again, nil)
+	mustSucceed(t, res)
+	if !dst.ended || !res.rstats.Recovered || res.stats.PagesMissing == 0 || res.stats.PagesMissing > left+64 {
+		t.Fatalf("resume: destination ended %v, recovered %v, %d missing (about %d were left)", dst.ended, res.rstats.Recovered, res.stats.PagesMissing, left)
+	}
+	sameMemory(t, src.fakeSource, &dst.fakeDest)
+	if src.resumes != 0 {
+		t.Fatal("the source guest was resumed")
+	}
+
+	res = runPostcopyWith(t, reg, src, &fakeDest{}, again, nil)
+	mustSucceed(t, res)
+	if res.stats.PagesMissing != 0 {
+		t.Fatalf("a resume after the end found %d pages missing", res.stats.PagesMissing)
+	}
+}

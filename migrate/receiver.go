@@ -91,12 +91,13 @@ type receiver struct {
 
 	// Resume: the VM, the digest of every page present (nil when this
 	// receiver keeps nothing), and whether this migration resumes one.
-	info       VMInfo
-	table      *DigestTable
-	resumed    bool
-	sendKept   bool // KEPT records follow the reply
-	active     bool // counted in Keep's migrations in progress
-	committing bool // COMMIT arrived: the VM is never kept after this
+	info        VMInfo
+	table       *DigestTable
+	resumed     bool
+	sendKept    bool // KEPT records follow the reply
+	sendMissing bool // MISSING records follow the reply (a post-copy recovery)
+	active      bool // counted in Keep's migrations in progress
+	committing  bool // COMMIT arrived: the VM is never kept after this
 
 	iterStarted bool
 	iter        uint32
@@ -212,14 +213,26 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 					break
 				}
 			}
+			if r.sendMissing { // after HELLO-ACK{RESUME, POSTCOPY}
+				r.sendMissing = false
+				if err = r.writeMissing(conn); err != nil {
+					break
+				}
+			}
 		}
 	}
 	if r.channelStop != nil {
 		r.channelStop()
+		r.session.detachChannel()
 		if r.session.isEnded() && err != nil && errors.Is(err, ErrClosed) {
 			err = nil // the source closed the channel once post-copy completed
 			r.state = stateDone
 		}
+	}
+	if r.state == statePostcopy && err != nil {
+		// The guest runs here and waits for pages that only the source
+		// has: the session stays for a recovery (onRecover).
+		r.session.detach()
 	}
 	r.stats.BytesTotal = cr.n.Load()
 	r.stats.Seconds = time.Since(start).Seconds()
@@ -319,6 +332,11 @@ func (r *receiver) onHello(p []byte) error {
 	}
 	if h.Flags.Channel {
 		return r.onChannel(h)
+	}
+	if h.Flags.Resume && h.Flags.Postcopy && r.opts.Postcopy != nil {
+		if s, err := r.opts.Postcopy.find(info.ID, r.opts.Peer); err == nil {
+			return r.onRecover(s)
+		}
 	}
 	if h.Flags.Resume {
 		return r.onResume(info)

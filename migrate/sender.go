@@ -138,7 +138,13 @@ func (s *sender) run() error {
 		return err
 	}
 	if err := s.handshake(); err != nil {
+		if s.opts.PostcopyResume {
+			return fmt.Errorf("%w: %w", ErrPostcopyInterrupted, err)
+		}
 		return err
+	}
+	if s.opts.PostcopyResume {
+		return s.recoverPostcopy()
 	}
 	if s.opts.SourcePaused {
 		return s.pausedCopy()
@@ -304,7 +310,7 @@ func (s *sender) setup() error {
 // that reads everything the destination sends. With post-copy possible it
 // then opens the request channel (postcopy_send.go).
 func (s *sender) handshake() error {
-	want := helloFlags{Resume: s.opts.Resume, Postcopy: s.opts.postcopyWanted()}
+	want := helloFlags{Resume: s.opts.Resume || s.opts.PostcopyResume, Postcopy: s.opts.postcopyWanted()}
 	p, err := encodeHello(s.vm.info, want)
 	if err != nil {
 		return fmt.Errorf("migrate: %v", err)
@@ -329,6 +335,9 @@ func (s *sender) handshake() error {
 			}
 			if got != want {
 				return fmt.Errorf("%w: HELLO-ACK with %+v to a HELLO with %+v", ErrUnexpected, got, want)
+			}
+			if s.opts.PostcopyResume {
+				return nil // MISSING records follow (recoverPostcopy)
 			}
 			if got.Resume {
 				s.stats.Resumed = true

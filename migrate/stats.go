@@ -189,6 +189,9 @@ type ReceiveStats struct {
 	PagesMissing  uint64        `json:"pages_missing,omitempty"`
 	PostcopyStats PostcopyStats `json:"postcopy_stats,omitempty"`
 	Channel       bool          `json:"channel,omitempty"`
+	// Recovered: this connection resumed a post-copy whose connection had
+	// broken.
+	Recovered bool `json:"recovered,omitempty"`
 	// PagesKept: the pages kept from a failed migration that this one
 	// resumed (0 for a new migration). Older stats called it pages_held;
 	// that name is still read.

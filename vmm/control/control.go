@@ -296,16 +296,16 @@ func (c *Controller) setRunState(k kind) (Status, error) {
 // begin takes the busy state of action k (migrate or snapshot) in one
 // transition and returns the run state it recorded: whether the guest was
 // paused at that moment.
-func (c *Controller) begin(k kind) (paused bool, err error) {
+func (c *Controller) begin(k kind) (was State, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.settleLocked()
 	to, err := next(c.state, k)
 	if err != nil {
-		return false, err
+		return c.state, err
 	}
 	c.was, c.state, c.progress = c.state, to, nil
-	return c.was == Paused, nil
+	return c.was, nil
 }
 
 // finish ends a busy state. left is Stopped when the operation ended the

@@ -75,9 +75,22 @@ func (v *VM) Migrate(ctx context.Context, req MigrateRequest, paused bool, progr
 	}
 	opts.Progress = progress
 	opts.SourcePaused = paused // one pass, never paused nor resumed here
+	if req.postcopyResume {
+		opts = migrate.Options{PostcopyResume: true, Progress: progress, MaxBandwidth: opts.MaxBandwidth,
+			Compress: opts.Compress, AckTimeout: opts.AckTimeout}
+	}
 	opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
 		return dialDestination(ctx, req) // the request channel, authenticated as the first
 	}
+	stats, err := v.send(ctx, req, paused, opts)
+	if err != nil && req.postcopyResume && !errors.Is(err, migrate.ErrPostcopyInterrupted) {
+		// Whatever went wrong, the guest still runs there and waits.
+		err = fmt.Errorf("%w: %w", migrate.ErrPostcopyInterrupted, err)
+	}
+	return stats, err
+}
+
+func (v *VM) send(ctx context.Context, req MigrateRequest, paused bool, opts migrate.Options) (*migrate.Stats, error) {
 	conn, err := dialDestination(ctx, req)
 	if err != nil {
 		return nil, err

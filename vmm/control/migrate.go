@@ -34,6 +34,9 @@ type MigrateRequest struct {
 	PostcopyAfterIterations int     `json:"postcopy_after_iterations,omitempty"`
 	// Resume resumes a cut migration into the pages the destination kept.
 	Resume bool `json:"resume,omitempty"`
+	// postcopyResume: this request finishes an interrupted post-copy (the
+	// controller sets it in state handed-over).
+	postcopyResume bool
 	// TLS names the PEM files (absolute paths, read by this process) for a
 	// mutually authenticated TLS 1.3 connection; empty: plain TCP.
 	TLS migrate.TLSFiles `json:"tls,omitempty"`

@@ -42,12 +42,22 @@ func (c *Controller) migrate(ctx context.Context, a Migrate) (*migrate.Stats, er
 	if _, err := a.Request.Options(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	paused, err := c.begin(kindMigrate)
+	was, err := c.begin(kindMigrate)
 	if err != nil {
 		return nil, err
 	}
+	paused := was == Paused
 	left := Running
 	defer func() { c.finish(left) }()
+	req := a.Request
+	if was == Handed {
+		// A post-copy was interrupted: only its resume may follow.
+		left = Handed
+		if !req.Resume {
+			return nil, conflict("the guest runs on the destination since a post-copy switch, and this host keeps pages it still lacks: finish the migration with `ferry migrate --resume` to the same destination")
+		}
+		req.postcopyResume = true
+	}
 	if a.Started != nil {
 		a.Started()
 	}
@@ -57,7 +67,7 @@ func (c *Controller) migrate(ctx context.Context, a Migrate) (*migrate.Stats, er
 			a.Progress(it)
 		}
 	}
-	stats, err := c.m.Migrate(ctx, a.Request, paused, progress)
+	stats, err := c.m.Migrate(ctx, req, paused, progress)
 	switch {
 	case err == nil:
 		c.m.Stop("guest migrated to " + a.Request.To)
@@ -85,10 +95,11 @@ func (c *Controller) snapshot(ctx context.Context, req SnapshotRequest) (*Snapsh
 	if !filepath.IsAbs(req.Path) {
 		return nil, fmt.Errorf("%w: snapshot path %q is not absolute", ErrInvalid, req.Path)
 	}
-	paused, err := c.begin(kindSnapshot)
+	was, err := c.begin(kindSnapshot)
 	if err != nil {
 		return nil, err
 	}
+	paused := was == Paused
 	left := Running
 	defer func() { c.finish(left) }()
 	res, err := c.m.Snapshot(ctx, req.Path, paused, req.Stop)

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferryvmm/ferry/migrate"
@@ -62,6 +63,13 @@ type Server[T Target] struct {
 	busy bool
 
 	started chan T // the target whose guest started here (at most one; see slot.Start)
+	// postcopy is set when the guest started with pages missing: the
+	// server then goes on listening (for the recovery of a broken link)
+	// until postcopyDone closes (every page arrived) or Close.
+	postcopy     atomic.Bool
+	postcopyDone chan struct{}
+	closeOnce    sync.Once
+	closeFn      func()
 }
 
 // NewServer serves ln with cfg; nothing runs before Serve.
@@ -75,7 +83,7 @@ func NewServer[T Target](ln net.Listener, cfg Config[T]) *Server[T] {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	return &Server[T]{cfg: cfg, ln: ln, started: make(chan T, 1)}
+	return &Server[T]{cfg: cfg, ln: ln, started: make(chan T, 1), postcopyDone: make(chan struct{})}
 }
 
 // Serve handles connections, each in its own goroutine (so that a silent
@@ -86,7 +94,7 @@ func NewServer[T Target](ln net.Listener, cfg Config[T]) *Server[T] {
 // and its request channel); other connections end.
 func (s *Server[T]) Serve(ctx context.Context) (T, error) {
 	connCtx, cancelConns := context.WithCancel(ctx)
-	defer cancelConns()
+	defer func() { cancelConns() }()
 	pending := make(chan struct{}, s.cfg.MaxPending)
 	var wg sync.WaitGroup
 	acceptErr := make(chan error, 1)
@@ -115,8 +123,24 @@ func (s *Server[T]) Serve(ctx context.Context) (T, error) {
 	var err error
 	select {
 	case t := <-s.started:
-		// The migration past COMMIT (and a post-copy channel) no longer
-		// heeds cancellation: it goes on; handshakes end.
+		if s.postcopy.Load() {
+			// Go on listening while pages are missing here: a broken link
+			// is resumed on a new connection (migrate --resume).
+			cancel := cancelConns
+			cancelConns = func() {} // not at return: at Close, or the end of post-copy
+			s.closeFn = func() {
+				s.ln.Close()
+				<-acceptErr
+				cancel()
+			}
+			go func() {
+				<-s.postcopyDone
+				s.Close()
+			}()
+			return t, nil
+		}
+		// The migration past COMMIT no longer heeds cancellation: it goes
+		// on; handshakes end.
 		s.ln.Close()
 		<-acceptErr
 		return t, nil
@@ -137,6 +161,16 @@ func (s *Server[T]) Serve(ctx context.Context) (T, error) {
 		var none T
 		return none, err
 	}
+}
+
+// Close stops listening (after a post-copy, Serve left the listener open
+// for a recovery); connections past their HELLO go on.
+func (s *Server[T]) Close() {
+	s.closeOnce.Do(func() {
+		if s.closeFn != nil {
+			s.closeFn()
+		}
+	})
 }
 
 // handle runs one connection: a migration (or a post-copy request

@@ -97,6 +97,7 @@ func (sl *slot[T]) StartPostcopy(missing []uint64, need func(uint64)) error {
 		return err
 	}
 	sl.s.running(sl.t, sl.peer, true)
+	sl.s.postcopy.Store(true)
 	sl.s.started <- sl.t
 	return nil
 }
@@ -114,6 +115,7 @@ func (sl *slot[T]) EndPostcopy() error {
 	if err != nil {
 		return err
 	}
+	defer close(sl.s.postcopyDone) // every page is here: no recovery to wait for
 	return pd.EndPostcopy()
 }
 
