@@ -74,6 +74,7 @@ type migStats struct {
 		PagesReused     uint64 `json:"pages_reused"`
 		PagesLeft       uint64 `json:"pages_left"`
 		Peeks           int    `json:"peeks"`
+		ThrottlePct     int    `json:"throttle_pct"`
 		Bytes           int64  `json:"bytes"`
 	} `json:"iterations"`
 	TotalSeconds  float64 `json:"total_seconds"`
@@ -81,6 +82,14 @@ type migStats struct {
 	BytesTotal    int64   `json:"bytes_total"`
 	BytesReceived int64   `json:"bytes_received"`
 	Converged     *bool   `json:"converged"`
+	Postcopy      bool    `json:"postcopy"`
+	PagesMissing  uint64  `json:"pages_missing"`
+	PagesPushed   uint64  `json:"pages_pushed"`
+	PagesServed   uint64  `json:"pages_served"`
+	PostcopyStats struct {
+		FaultMedianUS float64 `json:"fault_median_us"`
+		FaultP99US    float64 `json:"fault_p99_us"`
+	} `json:"postcopy_stats"`
 }
 
 // migrateTo moves src's guest to dst over mutual TLS and checks everything
