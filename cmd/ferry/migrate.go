@@ -42,11 +42,25 @@ this VM for its --resume-window, tells this side which pages it holds
 again. A destination that keeps nothing for this VM refuses; then migrate
 without --resume.
 
+A guest that rewrites memory faster than the link carries it away does
+not converge. Then, by default, its vCPUs are slowed down step by step
+(auto-converge; --no-auto-converge turns it off). With --postcopy (or
+--postcopy-after N|DURATION) the migration instead switches to
+post-copy: the guest runs on the destination at once and the pages it
+lacks follow, those it touches first. If the link breaks after the
+switch, nothing is lost: exit status 4, the guest runs there and waits
+for its pages, this host keeps them ('ferry status': handed-over); run
+the same command with --resume to finish. If the DESTINATION DIES during
+post-copy, THE GUEST IS LOST: part of its memory was only here, its
+newest state only there.
+
 Exit status: 0 migrated; 1 failed, the guest stays on this host as it was
 (running, or paused if it was paused);
 3 outcome unknown: the connection broke after COMMIT (the last step), so the
 guest may be running on the destination; it stays paused here. Check the
-destination, then 'ferry resume' here only if the guest does not run there.`,
+destination, then 'ferry resume' here only if the guest does not run there;
+4 post-copy interrupted: the guest runs on the destination and waits for
+pages this host keeps; finish with the same command and --resume.`,
 	Flags: append([]cli.Flag{
 		apiSocketFlag,
 		&cli.StringFlag{Name: "to", Usage: "destination `HOST:PORT` (a ferry receive --listen)", Required: true},
