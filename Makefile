@@ -6,7 +6,7 @@
 #   make guest    the guest kernel and initramfs (guest-images/out)
 #   make deps     install the Debian packages the build and tests need (root)
 #   make unit     unit tests only (no guest image needed)
-#   make fuzz     run each fuzz target for FUZZTIME (default 7s; make test runs it)
+#   make fuzz     run each fuzz target for FUZZTIME (default 6s; make test runs it)
 #   make fuzz-long  run each fuzz target for 10 minutes (FUZZTIME=10m)
 #   make clean    remove bin/ and guest-images/out
 #   make boot     build everything and boot the guest to its marker and power-off
@@ -72,11 +72,12 @@ test: build guest
 # corpus in the package's testdata/fuzz. Go spends up to a minute minimizing
 # each new interesting input (-fuzzminimizetime), during which the target
 # makes no progress: FUZZMINTIME caps that, so the time goes to fuzzing.
-# make fuzz (in make test) keeps the whole run near its old 90 s: 10
-# targets x 7 s, plus a second or so each to start.
-FUZZTIME    ?= 7s
+# make fuzz (in make test) keeps the whole run near its old 90 s: 12
+# targets x 6 s, plus a second or so each to start.
+FUZZTIME    ?= 6s
 FUZZMINTIME ?= 1s
 FUZZ_TARGETS := migrate:FuzzRecordDecoder migrate:FuzzReceiver migrate:FuzzReadSnapshot vmm:FuzzDecodeState \
+	migrate:FuzzPages migrate:FuzzDecompress \
 	devices:FuzzVirtqueue devices:FuzzSerialRestore devices:FuzzCMOSRestore devices:FuzzI8042Restore \
 	devices:FuzzVirtioBlkRestore devices:FuzzVirtioNetRestore
 

@@ -109,7 +109,25 @@ func decodePayload(t *testing.T, rec record) {
 		}
 	case RecPages:
 		checkPages(t, p, 1<<20)
-	case RecEnd:
+	case RecMissing:
+		first := binary.BigEndian.Uint64(p)
+		if first > 1<<40 {
+			return
+		}
+		total := first + uint64(binary.BigEndian.Uint32(p[8:]))
+		missing := make([]uint64, (total+63)/64)
+		if n, err := decodeMissing(p, first, total, missing); err == nil {
+			if again := encodeMissing(missing, first, int(n)); !bytes.Equal(again, p) {
+				t.Fatal("MISSING does not re-encode to its input")
+			}
+		}
+	case RecRequest:
+		if pages, err := decodeRequest(p, 1<<30); err == nil && !bytes.Equal(encodeRequest(pages), p) {
+			t.Fatal("REQUEST does not re-encode to its input")
+		}
+	case RecComplete:
+		decodeComplete(p)
+	case RecEnd, RecPostcopyEnd:
 		if !bytes.Equal(encodeEnd(decodeEnd(p)), p) {
 			t.Fatal("END does not re-encode")
 		}
@@ -241,6 +259,8 @@ func fuzzSeeds() []fuzzSeed {
 		{"crc-unsealed", append([]byte{0}, hello...)},
 		{"resume-refused", join(rec(RecHello, resumeHello), it0, zeros)},
 		{"kept-records", join(rec(RecHelloAck, encodeHelloAck(helloFlags{Resume: true})), rec(RecKept, encodeKept(keptTable, 0, 4)))},
+		{"postcopy-records", join(rec(RecMissing, encodeMissing([]uint64{0b1010}, 0, 4)), rec(RecRequest, encodeRequest([]uint64{1, 3})),
+			rec(RecPostcopyEnd, encodeEnd(2)), rec(RecComplete, encodeComplete(PostcopyStats{PagesRequested: 2, FaultMedianUS: 20, FaultP99US: 90})))},
 	}
 }
 
