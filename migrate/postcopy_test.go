@@ -121,22 +121,7 @@ func (d *postcopyDest) EndPostcopy() error {
 // the request channel the sender dials on a Receive of its own.
 func runPostcopy(t *testing.T, src Source, dst Destination, opts Options) result {
 	t.Helper()
-	reg := NewPostcopyRegistry()
-	ropts := ReceiveOptions{Postcopy: reg}
-	var chans sync.WaitGroup
-	opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
-		a, b := net.Pipe()
-		chans.Add(1)
-		go func() {
-			defer chans.Done()
-			Receive(context.Background(), b, &fakeDest{}, ropts)
-			b.Close()
-		}()
-		return a, nil
-	}
-	res := runFull(t, src, dst, opts, ropts, nil, nil)
-	chans.Wait()
-	return res
+	return runPostcopyWith(t, NewPostcopyRegistry(), src, dst, opts, nil)
 }
 
 // A guest that rewrites whole pages faster than the link switches to

@@ -333,3 +333,36 @@ func (k *Keeper) end(id VMID) {
 	}
 	k.mu.Unlock()
 }
+
+// onResume takes over the VM a failed migration of the same source left
+// here: its memory and the digests of its pages stay, the KEPT records
+// that follow HELLO-ACK tell the source which pages it need not send.
+func (r *receiver) onResume(info VMInfo) error {
+	if !r.opts.Keep.enabled() {
+		return fmt.Errorf("%w: cannot resume: this receiver keeps no pages of failed migrations (ferry receive --resume-window)", ErrRefused)
+	}
+	kp, err := r.opts.Keep.take(info, r.opts.Peer)
+	if err != nil {
+		return fmt.Errorf("%w: cannot resume: %v", ErrRefused, err)
+	}
+	if err := kp.dst.Reclaim(); err != nil {
+		r.opts.Keep.putBack(kp)
+		return fmt.Errorf("%w: cannot resume: %v", ErrRefused, err)
+	}
+	r.dst, r.prepared, r.resumed, r.table = kp.dst, true, true, kp.table
+	if err := r.layout(info); err != nil {
+		return err
+	}
+	for p := range r.total {
+		if _, it := r.table.Lookup(p); it != NeverSent {
+			r.present[p/64] |= 1 << (p % 64)
+			r.npresent++
+		}
+	}
+	r.stats.PagesKept = r.npresent
+	r.opts.Keep.begin(info.ID)
+	r.active = true
+	r.state = stateAwaitPagesOrState
+	r.reply, r.replyPayload, r.sendKept = RecHelloAck, encodeHelloAck(helloFlags{Resume: true}), true
+	return nil
+}
