@@ -110,8 +110,10 @@ func decodePayload(t *testing.T, rec record) {
 	case RecPages:
 		checkPages(t, p, 1<<20)
 	case RecMissing:
+		// The harness sizes the bitmap from the record itself, so it
+		// keeps the guest small (a receiver sizes it from its own guest).
 		first := binary.BigEndian.Uint64(p)
-		if first > 1<<40 {
+		if first > 1<<24 {
 			return
 		}
 		total := first + uint64(binary.BigEndian.Uint32(p[8:]))
