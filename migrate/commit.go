@@ -83,7 +83,7 @@ func (s *sender) complete(clock downtimeClock) error {
 	if err := s.w.record(RecState, state); err != nil {
 		return s.ioError("send STATE", err)
 	}
-	if err := s.w.record(RecEnd, encodeEnd(s.pass.entries)); err != nil {
+	if err := s.w.record(RecEnd, encodeEnd(s.entries())); err != nil {
 		return s.ioError("send END", err)
 	}
 	if err := s.endIteration(); err != nil {

@@ -188,7 +188,7 @@ func (s *sender) sortPending() error {
 				p := uint64(w)*64 + uint64(bits.TrailingZeros64(x))
 				g, page := base+p, mem[p*PageSize:(p+1)*PageSize]
 				if isZeroPage(page) {
-					if err := s.sendPage(g, page); err != nil {
+					if err := s.streams[0].sendPage(g, page); err != nil {
 						return err
 					}
 					continue

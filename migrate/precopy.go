@@ -6,12 +6,6 @@ import (
 	"time"
 )
 
-// compressMark is the compressor's count when an iteration began.
-type compressMark struct {
-	records int
-	saved   int64
-}
-
 // The pre-copy passes: iterations, the dirty log, chunks, and the
 // per-page filter. The decisions (when to stop) are in converge.go.
 
@@ -36,10 +30,8 @@ func (s *sender) beginIterationFlags(flags uint32) error {
 		s.pass.cur.ThrottlePct = s.throttle.pct
 	}
 	s.pass.at = time.Now()
-	s.pass.out = s.w.queued + int64(len(s.w.buf))
-	s.pass.written = s.w.written.Load()
-	if c := s.w.comp; c != nil {
-		s.pass.comp = compressMark{c.records, c.rawIn - c.compOut}
+	for _, st := range s.streams {
+		st.begin()
 	}
 	if err := s.w.record(RecIterationStart, encodeIterationStartFlags(s.pass.iter, flags)); err != nil {
 		return s.ioError("send ITERATION-START", err)
@@ -50,15 +42,14 @@ func (s *sender) beginIterationFlags(flags uint32) error {
 // endIteration closes the open PAGES record, flushes, and records the
 // iteration's statistics.
 func (s *sender) endIteration() error {
-	s.w.endPages()
-	if err := s.w.sync(); err != nil {
-		return s.ioError("send pages", err)
+	for _, st := range s.streams {
+		if err := st.end(); err != nil {
+			return s.ioError("send pages", err)
+		}
 	}
-	s.pass.cur.Bytes = s.w.queued - s.pass.out
 	s.pass.cur.Seconds = time.Since(s.pass.at).Seconds()
-	if c := s.w.comp; c != nil {
-		s.pass.cur.CompressedRecords = c.records - s.pass.comp.records
-		s.pass.cur.CompressSaved = c.rawIn - c.compOut - s.pass.comp.saved
+	for _, st := range s.streams {
+		st.addTo(&s.pass.cur)
 	}
 	s.stats.Iterations = append(s.stats.Iterations, s.pass.cur)
 	return nil
@@ -90,14 +81,14 @@ func (s *sender) midPass(left uint64) (bool, error) {
 		// Reading the log would clear it: only whole passes then.
 		return false, nil
 	}
-	bw := passBandwidth(s.w.written.Load()-s.pass.written, time.Since(s.pass.at), s.stats.Iterations, s.opts.MaxBandwidth)
+	bw := passBandwidth(s.passWritten(), time.Since(s.pass.at), s.stats.Iterations, s.opts.MaxBandwidth)
 	if bw <= 0 {
 		return false, nil
 	}
 	p := passPoint{
 		left:     left,
 		pageCost: PageSize * sendFraction(s.stats.Iterations, s.table != nil),
-		buffered: float64(s.w.queued + int64(len(s.w.buf)) - s.w.written.Load()),
+		buffered: float64(s.buffered()),
 		bw:       bw,
 		budget:   bw * s.opts.Downtime.Seconds(),
 		capped:   s.opts.MaxBandwidth > 0 && bw >= 0.9*float64(s.opts.MaxBandwidth),
@@ -229,7 +220,7 @@ func (s *sender) sendPending(clearFirst, midCheck bool) (stopped bool, err error
 					p := uint64(c+w)*64 + uint64(bits.TrailingZeros64(x))
 					x &= x - 1
 					left--
-					if err := s.sendPage(base+p, mem[p*PageSize:(p+1)*PageSize]); err != nil {
+					if err := s.streams[0].sendPage(base+p, mem[p*PageSize:(p+1)*PageSize]); err != nil {
 						return false, err
 					}
 				}
@@ -267,122 +258,3 @@ func allZero(ws []uint64) bool {
 	return true
 }
 
-// sendPage is the filter every page goes through: zero pages join ZERO
-// runs; pages whose digest matches what was last sent are skipped; a page
-// that changed goes out as a DELTA entry with only its changed blocks when
-// the destination holds it and that is smaller (blocks.go), else whole.
-// The digest and block tables then describe what the destination holds.
-func (s *sender) sendPage(g uint64, page []byte) error {
-	if !s.w.pagesOpen() {
-		if err := s.w.beginPages(); err != nil {
-			return s.ioError("send pages", err)
-		}
-	}
-	force := s.table != nil && s.pass.keep.quiet(s.w.queued)
-	if isZeroPage(page) {
-		if s.table != nil {
-			if !force && s.table.Match(g, ZeroDigest) {
-				s.skipped()
-				return nil
-			}
-			s.table.Update(g, ZeroDigest, s.pass.iter)
-		}
-		if s.blocks != nil {
-			s.blocks.Set(g, &zeroBlocks)
-		}
-		s.w.addZero(g)
-		s.pass.cur.PagesZero++
-	} else {
-		d := s.w.stageFull(g, page)
-		if s.table != nil {
-			if !force && s.table.Match(g, d) {
-				s.w.dropStaged()
-				s.skipped()
-				return nil
-			}
-			s.table.Update(g, d, s.pass.iter)
-		}
-		if s.sendChanged(g) {
-			s.pass.cur.PagesDelta++
-		} else {
-			s.w.keepStaged()
-			s.pass.cur.PagesSent++
-		}
-	}
-	s.pass.entries++
-	if s.w.pagesFull(s.opts.BatchPages) || force {
-		s.w.endPages()
-	}
-	if force {
-		if err := s.w.flush(); err != nil {
-			return s.ioError("send pages", err)
-		}
-	}
-	return nil
-}
-
-// sendChanged turns the staged page g into a DELTA entry when the
-// destination holds it and only some of its blocks changed, and records
-// its block hashes; it reports whether it did.
-func (s *sender) sendChanged(g uint64) bool {
-	if s.blocks == nil {
-		return false
-	}
-	h := hashBlocks(s.w.stagedData())
-	mask, known := s.blocks.Changed(g, &h)
-	s.blocks.Set(g, &h)
-	if !known || !deltaWorthIt(mask) {
-		return false
-	}
-	s.w.deltaStaged(mask)
-	s.pass.cur.DeltaBytes += int64(bits.OnesCount8(mask) * BlockSize)
-	return true
-}
-
-// The destination drops a source that sends nothing for its idle timeout
-// (30 s by default). An iteration that skips almost every page (a resumed
-// iteration 0, or false-dirty pages) can go that long without filling the
-// output buffer, so every keepaliveCheck pages the sender checks that
-// something went out within keepaliveEvery; if nothing did, it sends the
-// page at hand even though it could skip it (the destination stores the
-// same content again), and flushes.
-var (
-	keepaliveCheck = 1024
-	keepaliveEvery = time.Second
-)
-
-// keepalive watches the output for quiet (see keepaliveCheck).
-type keepalive struct {
-	visited int       // pages visited since the last check
-	outMark int64     // the writer's queued bytes at outAt
-	outAt   time.Time // when output last moved
-}
-
-// quiet reports whether the connection has been idle too long, queued
-// being the bytes the writer has queued so far.
-func (k *keepalive) quiet(queued int64) bool {
-	if k.visited++; k.visited < keepaliveCheck {
-		return false
-	}
-	k.visited = 0
-	if queued != k.outMark || k.outAt.IsZero() {
-		k.outMark, k.outAt = queued, time.Now()
-		return false
-	}
-	if time.Since(k.outAt) < keepaliveEvery {
-		return false
-	}
-	k.outAt = time.Now()
-	return true
-}
-
-// skipped counts a page whose digest matched: in iteration 0 only the
-// destination's KEPT records (a resumed migration) can have filled the
-// table, later it is a false-dirty page.
-func (s *sender) skipped() {
-	if s.pass.iter == 0 {
-		s.pass.cur.PagesReused++
-	} else {
-		s.pass.cur.PagesFalseDirty++
-	}
-}

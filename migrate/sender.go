@@ -20,6 +20,8 @@ type sender struct {
 	opts  Options
 	w     *recordWriter
 	start time.Time
+	// streams send the pages; streams[0] writes on w (streams.go).
+	streams []*stream
 
 	vm     guestLayout  // what is migrated
 	log    dirtyLog     // the dirty log and the pages still to send
@@ -68,14 +70,9 @@ type commitState struct {
 
 // passState is the iteration under way.
 type passState struct {
-	iter    uint32
-	cur     IterationStats
-	at      time.Time // when it began
-	out     int64     // w.queued + buffered when it began (its bytes)
-	written int64     // w.written when it began (its measured rate)
-	entries uint64    // pages sent so far, all iterations, for END
-	keep    keepalive
-	comp    compressMark
+	iter uint32
+	cur  IterationStats
+	at   time.Time // when it began
 }
 
 // Send migrates src over conn to a Receive running on the other side.
@@ -115,6 +112,7 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 		s.w.comp, s.w.linkBps = newCompressor(o.Compress), s.linkRate
 	}
 	s.w.startAsync()
+	s.streams = []*stream{newStream(s, s.w)}
 	s.commit.unwatch = context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
 	stopWatchdog := watchdog(s.w, conn, o.IOTimeout, &s.commit.stalled)
 	err = s.run()
@@ -128,7 +126,7 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 	s.closeChannel()
 	s.peer.close() // nobody reads what the destination sends any more
 	s.stats.TotalSeconds = time.Since(s.start).Seconds()
-	s.stats.BytesTotal = s.w.written.Load()
+	s.stats.BytesTotal = s.written()
 	s.stats.BytesReceived = s.peer.received()
 	return &s.stats, err
 }
@@ -229,7 +227,7 @@ func (s *sender) linkRate() float64 {
 	if s.commit.paused || s.opts.SourcePaused {
 		capBps = 0 // the cap is lifted for the stop-and-copy
 	}
-	bw := passBandwidth(s.w.written.Load()-s.pass.written, time.Since(s.pass.at), s.stats.Iterations, capBps)
+	bw := passBandwidth(s.passWritten(), time.Since(s.pass.at), s.stats.Iterations, capBps)
 	if bw == 0 && capBps > 0 {
 		return float64(capBps)
 	}
