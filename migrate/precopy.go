@@ -257,4 +257,3 @@ func allZero(ws []uint64) bool {
 	}
 	return true
 }
-
