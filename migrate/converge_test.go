@@ -301,3 +301,44 @@ func TestPassPointRestFits(t *testing.T) {
 		}
 	}
 }
+
+func TestPassProgress(t *testing.T) {
+	p := PassProgress{Iteration: 0, PagesDone: 250, PagesTotal: 1000, Bytes: 4 << 20, Seconds: 2}
+	if p.Rate() != 2<<20 {
+		t.Errorf("rate %v, want 2 MiB/s", p.Rate())
+	}
+	if p.ETA() != 6*time.Second {
+		t.Errorf("ETA %v, want 6s (750 pages at 125 pages/s)", p.ETA())
+	}
+	if got, want := p.String(), "iter 0: 250/1000 pages (25%), 2.0 MiB/s, pass ends in 6s"; got != want {
+		t.Errorf("line %q, want %q", got, want)
+	}
+	if (PassProgress{PagesTotal: 10}).ETA() != 0 {
+		t.Error("ETA before any page was visited is not 0")
+	}
+}
+
+// Options.Live is called during a pass with where it stands.
+func TestLiveProgressDuringPass(t *testing.T) {
+	old := liveEvery
+	liveEvery = 0
+	defer func() { liveEvery = old }()
+	src := newTestSource(true)
+	var got []PassProgress
+	opts := pinned()
+	opts.Live = func(p PassProgress) { got = append(got, p) }
+	res := runMigration(t, src, &fakeDest{}, opts, ReceiveOptions{})
+	mustSucceed(t, res)
+	if len(got) < 2 {
+		t.Fatalf("Live called %d times, want one per chunk of iteration 0 at least", len(got))
+	}
+	first := got[0]
+	if first.Iteration != 0 || first.PagesTotal != r0Pages+r1Pages || first.PagesDone == 0 || first.PagesDone > first.PagesTotal {
+		t.Fatalf("first call %+v, want iteration 0 of %d pages with some done", first, r0Pages+r1Pages)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i].Iteration == got[i-1].Iteration && got[i].PagesDone < got[i-1].PagesDone {
+			t.Fatalf("pages done went back: %+v then %+v", got[i-1], got[i])
+		}
+	}
+}

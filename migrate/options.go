@@ -108,6 +108,10 @@ type Options struct {
 	NoClearBeforeSend bool
 	// Progress, if set, is called once per iteration with its statistics.
 	Progress func(IterationStats)
+	// Live, if set, is called during a pass, at most every 250 ms, with
+	// where it stands (for a live progress line). It runs on the sender's
+	// goroutine: it must return at once.
+	Live func(PassProgress)
 	// Resume asks the destination to resume a cut migration of this VM
 	// (same VMInfo.ID) into the pages it kept: it answers with the digests
 	// of the pages it holds, and iteration 0 sends only the pages whose

@@ -200,6 +200,7 @@ func (s *sender) clearEverything() error {
 func (s *sender) sendPending(clearFirst, midCheck bool) (stopped bool, err error) {
 	cw := s.opts.ChunkPages / 64
 	left := popcount(s.log.pending)
+	s.pass.total = left
 	defer func() { s.pass.cur.PagesLeft = left }()
 	for i, bm := range s.log.pending {
 		mem, base := s.vm.mems[i], s.vm.base[i]
@@ -228,6 +229,7 @@ func (s *sender) sendPending(clearFirst, midCheck bool) (stopped bool, err error
 			if err := s.check(); err != nil {
 				return false, err
 			}
+			s.live(left)
 			if midCheck && left > 0 {
 				stop, err := s.midPass(left)
 				if err != nil || stop {

@@ -70,9 +70,11 @@ type commitState struct {
 
 // passState is the iteration under way.
 type passState struct {
-	iter uint32
-	cur  IterationStats
-	at   time.Time // when it began
+	iter   uint32
+	cur    IterationStats
+	at     time.Time // when it began
+	total  uint64    // pages it set out to visit (PassProgress)
+	liveAt time.Time // the last call of Options.Live
 }
 
 // Send migrates src over conn to a Receive running on the other side.
