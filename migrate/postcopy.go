@@ -136,54 +136,6 @@ func decodeComplete(p []byte) PostcopyStats {
 	}
 }
 
-// PostcopyRegistry holds the destination's post-copy sessions, so that the
-// request channel (its own connection) finds the migration it serves. One
-// registry serves every connection of a receiver (ReceiveOptions.Postcopy);
-// a nil registry means this receiver does not take post-copy.
-type PostcopyRegistry struct {
-	// mu guards sessions.
-	mu       sync.Mutex
-	sessions map[VMID]*postcopySession
-}
-
-// NewPostcopyRegistry returns an empty registry.
-func NewPostcopyRegistry() *PostcopyRegistry {
-	return &PostcopyRegistry{sessions: map[VMID]*postcopySession{}}
-}
-
-func (g *PostcopyRegistry) add(s *postcopySession) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if old := g.sessions[s.id]; old != nil && !old.isComplete() {
-		return fmt.Errorf("a post-copy migration of VM %v is already in progress here", s.id)
-	}
-	s.attached = true
-	g.sessions[s.id] = s
-	return nil
-}
-
-func (g *PostcopyRegistry) remove(s *postcopySession) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.sessions[s.id] == s {
-		delete(g.sessions, s.id)
-	}
-}
-
-// find returns the session of VM id from peer, if any.
-func (g *PostcopyRegistry) find(id VMID, peer string) (*postcopySession, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	s := g.sessions[id]
-	if s == nil {
-		return nil, fmt.Errorf("no post-copy migration of VM %v is in progress here", id)
-	}
-	if s.peer != peer {
-		return nil, fmt.Errorf("the post-copy migration of VM %v came from another peer", id)
-	}
-	return s, nil
-}
-
 // postcopySession is the destination's post-copy: which pages are still
 // missing, which the guest waits for, and the way pages go in.
 type postcopySession struct {

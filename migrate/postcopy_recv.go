@@ -16,7 +16,7 @@ import (
 func (r *receiver) offerPostcopy(info VMInfo) error {
 	pd, ok := r.dst.(PostcopyDestination)
 	switch {
-	case !ok || r.opts.Postcopy == nil:
+	case !ok || r.opts.Sessions == nil:
 		return fmt.Errorf("this receiver does not take post-copy")
 	case info.ID.IsZero():
 		return fmt.Errorf("a VM without an id cannot be migrated with post-copy")
@@ -25,7 +25,7 @@ func (r *receiver) offerPostcopy(info VMInfo) error {
 		return err
 	}
 	s := newPostcopySession(info.ID, r.opts.Peer, r.total, pd)
-	if err := r.opts.Postcopy.add(s); err != nil {
+	if err := r.opts.Sessions.addPostcopy(s); err != nil {
 		return err
 	}
 	r.session = s
@@ -37,7 +37,7 @@ func (r *receiver) offerPostcopy(info VMInfo) error {
 func (r *receiver) dropSession() {
 	if r.session != nil {
 		r.session.end()
-		r.opts.Postcopy.remove(r.session)
+		r.opts.Sessions.removePostcopy(r.session)
 	}
 }
 
@@ -196,10 +196,10 @@ func (r *receiver) onPostcopyEnd(p []byte) error {
 // onChannel makes this connection the request channel of the post-copy
 // migration of the VM the HELLO names, from the same peer.
 func (r *receiver) onChannel(h hello) error {
-	if r.opts.Postcopy == nil {
+	if r.opts.Sessions == nil {
 		return fmt.Errorf("%w: this receiver does not take post-copy", ErrRefused)
 	}
-	s, err := r.opts.Postcopy.find(h.Info.ID, r.opts.Peer)
+	s, err := r.opts.Sessions.findPostcopy(h.Info.ID, r.opts.Peer)
 	if err != nil {
 		return fmt.Errorf("%w: post-copy channel: %v", ErrRefused, err)
 	}

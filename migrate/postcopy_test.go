@@ -82,7 +82,11 @@ func (d *postcopyDest) guest(total uint64) {
 		}
 		if d.missing[g/64]&(1<<(g%64)) != 0 {
 			d.touched++
+			// Not under mu: need takes the session's lock, which the
+			// session holds while it calls Fill (as vmm's destination does).
+			d.mu.Unlock()
 			d.need(g)
+			d.mu.Lock()
 			for d.missing[g/64]&(1<<(g%64)) != 0 && !d.ended {
 				d.cond.Wait()
 			}
@@ -121,7 +125,7 @@ func (d *postcopyDest) EndPostcopy() error {
 // the request channel the sender dials on a Receive of its own.
 func runPostcopy(t *testing.T, src Source, dst Destination, opts Options) result {
 	t.Helper()
-	return runPostcopyWith(t, NewPostcopyRegistry(), src, dst, opts, nil)
+	return runPostcopyWith(t, NewSessions(), src, dst, opts, nil)
 }
 
 // A guest that rewrites whole pages faster than the link switches to
@@ -174,10 +178,10 @@ func TestPostcopyRefused(t *testing.T) {
 
 // runPostcopyWith is runPostcopy with a given registry and link (a proxy
 // between the sides, or nil).
-func runPostcopyWith(t *testing.T, reg *PostcopyRegistry, src Source, dst Destination, opts Options,
+func runPostcopyWith(t *testing.T, reg *Sessions, src Source, dst Destination, opts Options,
 	link func(net.Conn) net.Conn) result {
 	t.Helper()
-	ropts := ReceiveOptions{Postcopy: reg}
+	ropts := ReceiveOptions{Sessions: reg}
 	var chans sync.WaitGroup
 	opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
 		a, b := net.Pipe()
@@ -200,7 +204,7 @@ func runPostcopyWith(t *testing.T, reg *PostcopyRegistry, src Source, dst Destin
 // the destination ends with the paused source's memory. A second resume
 // after that finds the post-copy complete and ends at once.
 func TestPostcopyRecovery(t *testing.T) {
-	reg := NewPostcopyRegistry()
+	reg := NewSessions()
 	src := newThrottledSourceSize(40, 4096)
 	dst := newPostcopyDest()
 	opts := Options{MaxBandwidth: 8 << 20, Downtime: 50 * time.Millisecond, ChunkPages: 64,

@@ -28,10 +28,12 @@ type ReceiveOptions struct {
 	// sends continuously until END, so a stall means it is gone. Zero: wait
 	// as long as ctx allows.
 	IdleTimeout time.Duration
-	// Postcopy, if set, lets a migration switch to post-copy when the
-	// destination is a PostcopyDestination, and routes request channels
-	// to their migration (postcopy.go); nil: no post-copy here.
-	Postcopy *PostcopyRegistry
+	// Sessions, if set, routes a migration's extra connections (its
+	// parallel streams, its post-copy request channel) to it, and lets a
+	// migration switch to post-copy when the destination is a
+	// PostcopyDestination (sessions.go); nil: one connection per migration
+	// and no post-copy here.
+	Sessions *Sessions
 	// Keep, if set, keeps what a migration that fails before COMMIT has
 	// received (a Resumable destination and the digest of every page it
 	// holds) for the Keeper's window, and serves resumed migrations from
@@ -333,8 +335,8 @@ func (r *receiver) onHello(p []byte) error {
 	if h.Flags.Channel {
 		return r.onChannel(h)
 	}
-	if h.Flags.Resume && h.Flags.Postcopy && r.opts.Postcopy != nil {
-		if s, err := r.opts.Postcopy.find(info.ID, r.opts.Peer); err == nil {
+	if h.Flags.Resume && h.Flags.Postcopy && r.opts.Sessions != nil {
+		if s, err := r.opts.Sessions.findPostcopy(info.ID, r.opts.Peer); err == nil {
 			return r.onRecover(s)
 		}
 	}

@@ -126,7 +126,7 @@ func receiveAction(c *cli.Context) error {
 	srv := incoming.NewServer(ln, incoming.Config[*vmm.MigrationDestination]{
 		TLS: tlsCfg,
 		Receive: migrate.ReceiveOptions{MaxMemory: maxMem, MaxVCPUs: c.Int("max-cpus"), IdleTimeout: c.Duration("idle-timeout"),
-			Keep: keep, Postcopy: migrate.NewPostcopyRegistry()},
+			Keep: keep, Sessions: migrate.NewSessions()},
 		NewTarget: func() *vmm.MigrationDestination {
 			t := vmm.NewMigrationDestination(cfg)
 			t.LogMemoryHash = hash
