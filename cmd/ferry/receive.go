@@ -137,7 +137,7 @@ func receiveAction(c *cli.Context) error {
 	})
 	target, err := srv.Serve(ctx)
 	defer srv.Close() // after a post-copy, it listens for a recovery until then
-	keep.Close() // a guest runs here, or ferry receive gives up
+	keep.Close()      // a guest runs here, or ferry receive gives up
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("no guest arrived within --timeout %v", c.Duration("timeout"))
