@@ -31,6 +31,11 @@ import (
 
 const childCommand = "child"
 
+// corruptEnv, set in the environment, makes the migration's receiver
+// flip one bit of guest memory before its hash: the test that a run
+// which does not move the bytes correctly fails.
+const corruptEnv = "FERRY_SCALE_CORRUPT"
+
 // childFlags are the flags of both children.
 type childFlags struct {
 	role         string // send or recv
@@ -327,6 +332,9 @@ func receiveMigration(ctx context.Context, f childFlags, ln net.Listener) (child
 	}
 	if !dst.started.Load() {
 		return res, errors.New("receive: the guest did not start")
+	}
+	if os.Getenv(corruptEnv) != "" {
+		dst.mem[len(dst.mem)/2] ^= 1
 	}
 	return res, finish(&res, dst.mem)
 }

@@ -66,14 +66,17 @@ type Row struct {
 	VsCopy   float64 `json:"vs_copy,omitempty"`
 	VsAES    float64 `json:"vs_aes_gcm,omitempty"`
 	// The sender's account of a migration.
-	Iterations        int     `json:"iterations,omitempty"`
-	PagesZero         uint64  `json:"pages_zero,omitempty"`
-	PagesSent         uint64  `json:"pages_sent,omitempty"`
-	TableBytes        int64   `json:"sender_table_bytes,omitempty"`
-	RecordsCompressed int     `json:"records_compressed,omitempty"`
-	Hash              string  `json:"memory_hash,omitempty"`
-	Mix               Mix     `json:"mix"`
-	FillSeconds       float64 `json:"fill_seconds"`
+	Iterations        int    `json:"iterations,omitempty"`
+	PagesZero         uint64 `json:"pages_zero,omitempty"`
+	PagesSent         uint64 `json:"pages_sent,omitempty"`
+	TableBytes        int64  `json:"sender_table_bytes,omitempty"`
+	RecordsCompressed int    `json:"records_compressed,omitempty"`
+	// Both sides' hashes of guest memory at the end (a run whose hashes
+	// differ fails).
+	SenderHash   string  `json:"sender_memory_hash,omitempty"`
+	ReceiverHash string  `json:"receiver_memory_hash,omitempty"`
+	Mix          Mix     `json:"mix"`
+	FillSeconds  float64 `json:"fill_seconds"`
 }
 
 // Side is one process's usage.
@@ -181,7 +184,8 @@ func (r *Report) add(f childFlags, p pair, cp *Row) *Row {
 			row.VsAES = row.GBps / r.AESGCMGBps
 		}
 		row.Iterations, row.PagesZero, row.PagesSent = p.send.Iterations, p.send.PagesZero, p.send.PagesSent
-		row.TableBytes, row.RecordsCompressed, row.Hash = p.send.TableBytes, p.send.Compressed, p.send.Hash
+		row.TableBytes, row.RecordsCompressed = p.send.TableBytes, p.send.Compressed
+		row.SenderHash, row.ReceiverHash = p.send.Hash, p.recv.Hash
 	}
 	r.Rows = append(r.Rows, row)
 	return row
