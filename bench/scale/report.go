@@ -26,6 +26,10 @@ const (
 	percent     = 100.0
 )
 
+// commit is the ferry commit built (make bench-scale sets it, as make
+// build does for ferry); without it, the build's VCS stamp if any.
+var commit string
+
 // Report is everything one run measured (the -json output).
 type Report struct {
 	Started   string `json:"started_utc"`
@@ -121,7 +125,9 @@ func newReport(c config) *Report {
 		Digest:    !c.noDigest,
 		Resume:    c.resumeWindow.String(),
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok {
+	if commit != "" {
+		r.Commit = "commit " + commit
+	} else if bi, ok := debug.ReadBuildInfo(); ok {
 		var rev, dirty string
 		for _, s := range bi.Settings {
 			switch s.Key {
