@@ -189,8 +189,10 @@ type qemuOutrun struct {
 	total    uint64 // the guest's pages
 	throttle int    // highest cpu-throttle-percentage seen
 	dirty    *DirtyRates
-	switched bool // migrate-start-postcopy sent
-	switchAt float64
+	tried    bool    // migrate-start-postcopy sent
+	asked    bool    // and accepted
+	askedAt  float64 // when, since the migrate command
+	seen     bool    // a poll saw it in post-copy
 }
 
 // poll looks at one query-migrate answer, secs after the migrate command:
@@ -203,15 +205,24 @@ func (o *qemuOutrun) poll(q *qmpConn, info *migInfo, secs float64) error {
 	if info.RAM != nil {
 		o.dirty = o.dirty.add(float64(info.RAM.DirtyPagesRate) * 4096)
 	}
-	if !o.sys.qemuPostcopy || o.switched || info.Status != "active" || info.RAM == nil ||
+	o.seen = o.seen || strings.HasPrefix(info.Status, "postcopy")
+	if !o.sys.qemuPostcopy || o.tried || info.Status != "active" || info.RAM == nil ||
 		uint64(info.RAM.Normal+info.RAM.Duplicate) < o.total {
 		return nil
 	}
+	o.tried = true
 	if _, err := q.cmd("migrate-start-postcopy", nil); err != nil {
 		return err
 	}
-	o.switched, o.switchAt = true, secs
+	o.asked, o.askedAt = true, secs
 	return nil
+}
+
+// switched reports whether QEMU went to post-copy: asked to, it may still
+// complete in pre-copy (when what is left fits the downtime budget at its
+// next look, as on a fast link), and then it sent nothing after a switch.
+func (o *qemuOutrun) switched(info *migInfo) bool {
+	return o.asked && (o.seen || info.RAM != nil && (info.RAM.PostcopyBytes > 0 || info.RAM.PostcopyRequests > 0))
 }
 
 // finish records the throttle and the post-copy phase of a QEMU run.
@@ -221,10 +232,10 @@ func (o *qemuOutrun) finish(r *Run, info *migInfo) {
 	if !o.sys.qemuPostcopy {
 		return
 	}
-	pc := &PostcopyRun{Switched: o.switched}
-	if o.switched {
-		pc.SwitchSeconds = o.switchAt
-		pc.Seconds = r.TotalSeconds - o.switchAt
+	pc := &PostcopyRun{Switched: o.switched(info)}
+	if pc.Switched {
+		pc.SwitchSeconds = o.askedAt
+		pc.Seconds = r.TotalSeconds - o.askedAt
 		if r.DowntimeMS != nil {
 			pc.Seconds -= *r.DowntimeMS / 1000
 		}

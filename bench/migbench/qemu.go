@@ -286,9 +286,10 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 			break
 		}
 		if err := out.poll(q, &info, time.Since(t0).Seconds()); err != nil {
-			return abandon("%v", err)
+			// The migration goes on (in pre-copy); the run is marked failed.
+			r.fail("%v", err)
 		}
-		if out.switched {
+		if out.asked {
 			// Past the switch the guest runs on the destination: no
 			// cancelling, but a post-copy that never ends is a failure.
 			if time.Since(t0) >= b.bound+3*time.Minute {
@@ -333,7 +334,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 
 	switch info.Status {
 	case "completed":
-		r.Migrated, r.Converged = true, !cancelled && !out.switched
+		r.Migrated, r.Converged = true, !cancelled && !out.switched(&info)
 		r.TotalSeconds = float64(info.TotalTime) / 1000
 		if info.Downtime != nil {
 			d := float64(*info.Downtime)
@@ -346,7 +347,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 		r.TotalSeconds = r.WallSeconds
 		r.Check = "not converged: cancelled at the bound, guest kept on the source"
 	case "failed", "postcopy-paused":
-		if out.switched {
+		if out.asked {
 			// Neither side can be trusted with the guest now.
 			r.fail("post-copy %s: %s", info.Status, info.ErrorDesc)
 			dst.stop()
