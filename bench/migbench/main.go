@@ -238,15 +238,11 @@ func main() {
 	}
 	var systems []system
 	for _, n := range strings.Split(*syss, ",") {
-		found := false
-		for _, s := range allSystems {
-			if s.name == strings.TrimSpace(n) {
-				systems, found = append(systems, s), true
-			}
-		}
-		if !found {
+		s, ok := findSystem(strings.TrimSpace(n))
+		if !ok {
 			fatal("unknown system %q", n)
 		}
+		systems = append(systems, s)
 	}
 	var caps []int
 	for _, s := range strings.Split(*bws, ",") {

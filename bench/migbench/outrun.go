@@ -99,11 +99,14 @@ var (
 )
 
 // DirtyRates is the rate at which the guest dirtied memory as its VMM
-// measured it (bytes/s of distinct pages): in the first measurement (the
-// first pass, before any throttle) and the lowest one. ferry: each
-// pre-copy iteration's dirty_rate; QEMU: ram.dirty-pages-rate × 4 KiB,
-// from the polls (QEMU measures it over about a second between two
-// dirty-bitmap syncs).
+// measured it (bytes/s of distinct pages) after the first pass: the first
+// such measurement (before any throttle) and the lowest. ferry: each
+// pre-copy iteration's dirty_rate but iteration 0's; QEMU:
+// ram.dirty-pages-rate × 4 KiB from the polls, but the value measured
+// over the first pass (QEMU measures it over at least a second between
+// two dirty-bitmap syncs). The first pass is left out because it is long:
+// the pages of a small working set all get dirty during it, which
+// understates the rate.
 type DirtyRates struct {
 	First  float64 `json:"first"`
 	Lowest float64 `json:"lowest"`
@@ -126,7 +129,7 @@ func (d *DirtyRates) add(rate float64) *DirtyRates {
 func ferryDirtyRates(its []IterStat) *DirtyRates {
 	var d *DirtyRates
 	for _, it := range its {
-		if !it.StopAndCopy {
+		if !it.StopAndCopy && it.Iteration > 0 {
 			d = d.add(it.DirtyRate)
 		}
 	}
@@ -189,6 +192,8 @@ type qemuOutrun struct {
 	total    uint64 // the guest's pages
 	throttle int    // highest cpu-throttle-percentage seen
 	dirty    *DirtyRates
+	rate0    float64 // QEMU's first dirty-pages-rate (over the first pass)
+	rateNew  bool    // a later one came
 	tried    bool    // migrate-start-postcopy sent
 	asked    bool    // and accepted
 	askedAt  float64 // when, since the migrate command
@@ -202,8 +207,15 @@ type qemuOutrun struct {
 // the migration is still running then.
 func (o *qemuOutrun) poll(q *qmpConn, info *migInfo, secs float64) error {
 	o.throttle = max(o.throttle, info.CPUThrottle)
-	if info.RAM != nil {
-		o.dirty = o.dirty.add(float64(info.RAM.DirtyPagesRate) * 4096)
+	if info.RAM != nil && info.RAM.DirtyPagesRate > 0 {
+		rate := float64(info.RAM.DirtyPagesRate) * 4096
+		switch {
+		case o.rate0 == 0:
+			o.rate0 = rate
+		case o.rateNew || rate != o.rate0:
+			o.rateNew = true
+			o.dirty = o.dirty.add(rate)
+		}
 	}
 	o.seen = o.seen || strings.HasPrefix(info.Status, "postcopy")
 	if !o.sys.qemuPostcopy || o.tried || info.Status != "active" || info.RAM == nil ||

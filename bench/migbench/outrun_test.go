@@ -18,7 +18,8 @@ func TestOutrunReport(t *testing.T) {
 		{Workload: "random", System: "ferry", MaxBandwidthMiBs: 32, Check: "not converged: aborted at the bound", TotalSeconds: 30.1},
 		{Workload: "rewrite", System: "ferry", MaxBandwidthMiBs: 32, Migrated: true, Converged: true, DowntimeMS: f(120), Check: "ok",
 			ThrottleMaxPct: 90, TotalSeconds: 12, BytesTotal: 300 << 20, GuestWritesPerS: 20000, GuestWritesLow: n(3100),
-			DirtyRates: ferryDirtyRates([]IterStat{{DirtyRate: 32 << 20}, {DirtyRate: 8 << 20}, {DirtyRate: 16 << 20}, {StopAndCopy: true}})},
+			DirtyRates: ferryDirtyRates([]IterStat{{DirtyRate: 4 << 20}, {Iteration: 1, DirtyRate: 32 << 20}, {Iteration: 2, DirtyRate: 8 << 20},
+				{Iteration: 3, DirtyRate: 16 << 20}, {Iteration: 4, StopAndCopy: true}})},
 		{Workload: "rewrite", System: "qemu-auto-converge", MaxBandwidthMiBs: 32, Migrated: true, Converged: true, DowntimeMS: f(200),
 			Check: "ok", ThrottleMaxPct: 99, TotalSeconds: 24, BytesTotal: 600 << 20},
 		{Workload: "rewrite", System: "ferry-postcopy", MaxBandwidthMiBs: 32, Migrated: true, DowntimeMS: f(60), Check: "ok", TotalSeconds: 2.5, CounterGapMS: f(140),
@@ -88,5 +89,45 @@ func TestFerryPostcopyStats(t *testing.T) {
 	}
 	if m := reFerryDirtyRate.FindStringSubmatch(line); m == nil || m[1] != "40.5" {
 		t.Errorf("dirty rate not read: %v", m)
+	}
+}
+
+// TestQemuOutrun follows made-up query-migrate answers: the highest
+// throttle, the dirty rates after the first pass, and when a post-copy
+// switch counts as one.
+func TestQemuOutrun(t *testing.T) {
+	info := func(status string, throttle int, rate, postcopyBytes int64) *migInfo {
+		m := &migInfo{Status: status, CPUThrottle: throttle}
+		m.RAM = &migRAM{DirtyPagesRate: rate, PostcopyBytes: postcopyBytes}
+		return m
+	}
+	sys, _ := findSystem("qemu-auto-converge")
+	o := &qemuOutrun{sys: sys, total: 1 << 20}
+	for _, m := range []*migInfo{info("active", 0, 0, 0), info("active", 0, 100, 0), info("active", 20, 100, 0),
+		info("active", 30, 50, 0), info("active", 40, 80, 0), info("completed", 0, 80, 0)} {
+		if err := o.poll(nil, m, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &Run{}
+	o.finish(r, info("completed", 0, 80, 0))
+	if r.ThrottleMaxPct != 40 || r.DirtyRates == nil || r.DirtyRates.First != 50*4096 || r.DirtyRates.Lowest != 50*4096 || r.Postcopy != nil {
+		t.Errorf("throttle %d, dirty rates %+v, post-copy %+v", r.ThrottleMaxPct, r.DirtyRates, r.Postcopy)
+	}
+
+	sys, _ = findSystem("qemu-postcopy")
+	for _, c := range []struct {
+		asked, seen bool
+		bytes       int64
+		want        bool
+	}{{false, false, 0, false}, {true, false, 0, false}, {true, true, 0, true}, {true, false, 4096, true}} {
+		o := &qemuOutrun{sys: sys, asked: c.asked, seen: c.seen, askedAt: 1.5}
+		r := &Run{TotalSeconds: 3}
+		o.finish(r, info("completed", 0, 0, c.bytes))
+		if r.Postcopy == nil || r.Postcopy.Switched != c.want {
+			t.Errorf("asked %v, seen %v, %d bytes after: post-copy %+v, want switched %v", c.asked, c.seen, c.bytes, r.Postcopy, c.want)
+		} else if c.want && r.Postcopy.Seconds != 1.5 {
+			t.Errorf("post-copy phase %.2f s, want 3 - 1.5", r.Postcopy.Seconds)
+		}
 	}
 }

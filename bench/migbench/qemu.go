@@ -125,24 +125,9 @@ type migInfo struct {
 	SetupTime int64  `json:"setup-time"`
 	ErrorDesc string `json:"error-desc"`
 	// CPUThrottle: auto-converge's current throttle, percent.
-	CPUThrottle int `json:"cpu-throttle-percentage"`
-	RAM         *struct {
-		Transferred    int64   `json:"transferred"`
-		Remaining      int64   `json:"remaining"`
-		Total          int64   `json:"total"`
-		Duplicate      int64   `json:"duplicate"`
-		Normal         int64   `json:"normal"`
-		NormalBytes    int64   `json:"normal-bytes"`
-		DirtySyncCount int64   `json:"dirty-sync-count"`
-		Mbps           float64 `json:"mbps"`
-		DirtyPagesRate int64   `json:"dirty-pages-rate"`
-		MultifdBytes   int64   `json:"multifd-bytes"`
-		// Post-copy: page requests from the destination, bytes sent
-		// after the switch.
-		PostcopyRequests int64 `json:"postcopy-requests"`
-		PostcopyBytes    int64 `json:"postcopy-bytes"`
-	} `json:"ram"`
-	XBZRLE *struct {
+	CPUThrottle int     `json:"cpu-throttle-percentage"`
+	RAM         *migRAM `json:"ram"`
+	XBZRLE      *struct {
 		CacheSize     int64   `json:"cache-size"`
 		Bytes         int64   `json:"bytes"`
 		Pages         int64   `json:"pages"`
@@ -151,6 +136,24 @@ type migInfo struct {
 		EncodingRate  float64 `json:"encoding-rate"`
 		Overflow      int64   `json:"overflow"`
 	} `json:"xbzrle-cache"`
+}
+
+// migRAM is query-migrate's "ram".
+type migRAM struct {
+	Transferred    int64   `json:"transferred"`
+	Remaining      int64   `json:"remaining"`
+	Total          int64   `json:"total"`
+	Duplicate      int64   `json:"duplicate"`
+	Normal         int64   `json:"normal"`
+	NormalBytes    int64   `json:"normal-bytes"`
+	DirtySyncCount int64   `json:"dirty-sync-count"`
+	Mbps           float64 `json:"mbps"`
+	DirtyPagesRate int64   `json:"dirty-pages-rate"`
+	MultifdBytes   int64   `json:"multifd-bytes"`
+	// Post-copy: page requests from the destination, bytes sent
+	// after the switch.
+	PostcopyRequests int64 `json:"postcopy-requests"`
+	PostcopyBytes    int64 `json:"postcopy-bytes"`
 }
 
 type migSample struct {

@@ -137,6 +137,15 @@ var allSystems = []system{
 	{name: "qemu-postcopy", family: "qemu", qemuPostcopy: true},
 }
 
+func findSystem(name string) (system, bool) {
+	for _, s := range allSystems {
+		if s.name == name {
+			return s, true
+		}
+	}
+	return system{}, false
+}
+
 func findWorkload(name string) (workload, bool) {
 	for _, w := range allWorkloads {
 		if w.Name == name {
