@@ -101,7 +101,9 @@ var (
 // DirtyRates is the rate at which the guest dirtied memory as its VMM
 // measured it (bytes/s of distinct pages) after the first pass: the first
 // such measurement (before any throttle) and the lowest. ferry: each
-// pre-copy iteration's dirty_rate but iteration 0's; QEMU:
+// pre-copy iteration's dirty_rate but iteration 0's and that of a pass
+// cut short for the stop-and-copy (its rate counts only the moments
+// between the cut and the pause); QEMU:
 // ram.dirty-pages-rate × 4 KiB from the polls, but the value measured
 // over the first pass (QEMU measures it over at least a second between
 // two dirty-bitmap syncs). The first pass is left out because it is long:
@@ -129,7 +131,7 @@ func (d *DirtyRates) add(rate float64) *DirtyRates {
 func ferryDirtyRates(its []IterStat) *DirtyRates {
 	var d *DirtyRates
 	for _, it := range its {
-		if !it.StopAndCopy && it.Iteration > 0 {
+		if !it.StopAndCopy && it.Iteration > 0 && (it.PagesLeft == nil || *it.PagesLeft == 0) {
 			d = d.add(it.DirtyRate)
 		}
 	}

@@ -26,7 +26,7 @@ const legend = "Legend: **1st pass** = until the sender had sent as many pages (
 	"**max throttle %**: ferry's highest `throttle_pct`, QEMU's highest `cpu-throttle-percentage`. **guest writes/s**: the writer's " +
 	"FERRY-DIRTY reports (each the average of ~5 s): the last before the migration, the lowest from its start to 5 s after its end. " +
 	"**dirty MiB/s (VMM)**: the guest's dirty rate (distinct pages) as its VMM measured it after the first pass (ferry: each " +
-	"iteration's `dirty_rate`; QEMU: `dirty-pages-rate` × 4 KiB): the first measurement (unthrottled) and the lowest. **pages missing**: at ferry's switch, then pushed / sent " +
+	"iteration's `dirty_rate`, but not that of a pass cut short for the stop-and-copy; QEMU: `dirty-pages-rate` × 4 KiB): the first measurement (unthrottled) and the lowest. **pages missing**: at ferry's switch, then pushed / sent " +
 	"on request; QEMU 7.2 reports only its page requests. **fault service**: on ferry's destination, from a vCPU's first wait " +
 	"for a page to the page in place (QEMU has no such figure)."
 
