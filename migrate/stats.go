@@ -189,6 +189,12 @@ type ReceiveStats struct {
 	PagesMissing  uint64        `json:"pages_missing,omitempty"`
 	PostcopyStats PostcopyStats `json:"postcopy_stats,omitempty"`
 	Channel       bool          `json:"channel,omitempty"`
+	// Connections is how many connections carried the migration (the
+	// main one and its parallel streams; 0 or 1: one). Stream: this
+	// connection was an extra stream of a migration, whose counts the
+	// main connection's stats include.
+	Connections int  `json:"connections,omitempty"`
+	Stream      bool `json:"stream,omitempty"`
 	// Recovered: this connection resumed a post-copy whose connection had
 	// broken.
 	Recovered bool `json:"recovered,omitempty"`

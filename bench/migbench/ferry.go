@@ -84,6 +84,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 	srcMark := src.p.count()
 	tx0, _ := src.h.txBytes()
 	t0 := time.Now()
+	r.t0 = t0
 	ctx, cancel := context.WithTimeout(context.Background(), b.bound+3*time.Minute)
 	out, code := runGroup(ctx, exec.Command(b.ferry, margs...))
 	cancel()
@@ -124,6 +125,13 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 			saved, _ := strconv.ParseFloat(c[2], 64)
 			it.CompressSaved = int64(saved * (1 << 20))
 		}
+		if t := reFerryThrottle.FindStringSubmatch(l); t != nil {
+			it.ThrottlePct = atoi(t[1])
+		}
+		if d := reFerryDirtyRate.FindStringSubmatch(l); d != nil {
+			rate, _ := strconv.ParseFloat(d[1], 64)
+			it.DirtyRate = rate * (1 << 20)
+		}
 		r.PerIteration = append(r.PerIteration, it)
 	}
 	r.Iterations = len(r.PerIteration)
@@ -143,6 +151,8 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 				DeltaBytes      int64   `json:"delta_bytes"`
 				Compressed      int     `json:"records_compressed"`
 				CompressSaved   int64   `json:"bytes_saved_compression"`
+				ThrottlePct     int     `json:"throttle_pct"`
+				DirtyRate       float64 `json:"dirty_rate"`
 				Bytes           int64   `json:"bytes"`
 				Seconds         float64 `json:"seconds"`
 			} `json:"iterations"`
@@ -150,6 +160,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 			DowntimeMS   float64 `json:"downtime_ms"`
 			BytesTotal   int64   `json:"bytes_total"`
 			Converged    bool    `json:"converged"`
+			ferryPostcopy
 		}
 		data, err := os.ReadFile(statsFile)
 		if err == nil {
@@ -168,12 +179,16 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 				r.PerIteration = append(r.PerIteration, IterStat{Iteration: it.Iteration, StopAndCopy: it.StopAndCopy,
 					PagesDirty: &it.PagesDirty, PagesFalseDirty: &it.PagesFalseDirty, PagesZero: &it.PagesZero,
 					PagesSent: &it.PagesSent, PagesDelta: &it.PagesDelta, DeltaBytes: it.DeltaBytes,
-					RecordsCompressed: it.Compressed, CompressSaved: it.CompressSaved, Bytes: it.Bytes, Seconds: it.Seconds})
+					RecordsCompressed: it.Compressed, CompressSaved: it.CompressSaved, ThrottlePct: it.ThrottlePct,
+					DirtyRate: it.DirtyRate, Bytes: it.Bytes, Seconds: it.Seconds})
 				if it.PagesLeft > 0 {
 					r.PerIteration[len(r.PerIteration)-1].PagesLeft = &it.PagesLeft
 				}
 			}
 			r.Iterations = len(st.Iterations)
+			if sys.postcopy() {
+				r.Postcopy = st.ferryPostcopy.run(r)
+			}
 		}
 	case 1:
 		// Failed before COMMIT: the guest keeps running on the source.
@@ -192,11 +207,16 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 	}
 	r.ferrySplit(b.totalPages())
 	r.Savings = ferrySavings(r.PerIteration)
+	r.ThrottleMaxPct = maxThrottle(r.PerIteration)
+	r.DirtyRates = ferryDirtyRates(r.PerIteration)
 
 	if !r.Migrated {
 		dp.stop()
-		if code == 3 || code < 0 {
-			return nil // in doubt: start over with a fresh guest
+		if code == 3 || code == 4 || code < 0 {
+			// In doubt (3), or a post-copy cut (4: the guest ran on the
+			// destination, stopped now): start over with a fresh guest.
+			src.stop()
+			return nil
 		}
 		if err := b.verifyRuns(src, srcMark); err != nil {
 			r.fail("source guest after the failed migration: %v", err)
@@ -226,7 +246,9 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 // logged before starting it.
 func (b *bench) compareHashes(src, dst *vm, from int, r *Run) {
 	_, _, sm := src.p.find(reHashSrc, from)
-	_, _, dm := dst.p.find(reHashDst, 0)
+	// After post-copy the destination hashes RAM once every page arrived,
+	// about when the source's ferry migrate ends.
+	_, _, dm, _ := dst.p.waitFor(reHashDst, 0, 10*time.Second)
 	switch {
 	case sm == nil || dm == nil:
 		r.MemoryHash = "missing"

@@ -1,12 +1,14 @@
 // Command migbench compares ferry's live migration with QEMU's on the guest
-// image's false-dirty workloads. See BENCHMARKS.md, "Live migration: ferry
-// vs QEMU on the false-dirty workloads".
+// image's false-dirty workloads, and on a guest that writes new data
+// faster than the link carries it (auto-converge and post-copy). See
+// BENCHMARKS.md, "Live migration: ferry vs QEMU on the false-dirty
+// workloads".
 //
 // For each workload it boots the guest under ferry on host A and migrates
 // it back and forth between the two hosts, once per ferry variant and
 // bandwidth cap; then the same under QEMU (-enable-kvm) for QEMU's default
-// migration, XBZRLE, or multifd with zstd (each workload names its
-// systems: workloads.go). Both peers get the same kernel, initramfs, kernel
+// migration, XBZRLE, multifd with zstd, auto-converge or post-copy (each
+// workload names its systems: workloads.go). Both peers get the same kernel, initramfs, kernel
 // command line (ferry's defaults plus the workload's parameters), memory,
 // vCPU count, bandwidth cap, downtime budget and time bound, and run in the
 // same two network namespaces joined by a veth pair (loopback without
@@ -53,6 +55,8 @@ type IterStat struct {
 	DeltaBytes        int64   `json:"delta_bytes,omitempty"`
 	RecordsCompressed int     `json:"records_compressed,omitempty"`
 	CompressSaved     int64   `json:"bytes_saved_compression,omitempty"`
+	ThrottlePct       int     `json:"throttle_pct,omitempty"` // ferry: the auto-converge throttle
+	DirtyRate         float64 `json:"dirty_rate,omitempty"`   // ferry: bytes/s the guest dirtied during the iteration
 	Bytes             int64   `json:"bytes"`
 	Seconds           float64 `json:"seconds"`
 	Approx            bool    `json:"approx,omitempty"`
@@ -103,11 +107,19 @@ type Run struct {
 	Savings *Savings `json:"ferry_savings,omitempty"`
 	// MemoryHash: ferry's hashes of guest RAM, on the paused source and on
 	// the destination before it starts: "equal", or what went wrong.
-	MemoryHash string    `json:"memory_hash,omitempty"`
-	QEMU       *QemuInfo `json:"qemu,omitempty"`
-	Error      string    `json:"error,omitempty"`
+	MemoryHash string `json:"memory_hash,omitempty"`
+	// Guests that write faster than the link (outrun.go): the highest
+	// auto-converge throttle, the lowest write rate the guest's writer
+	// reported while the migration ran, and what post-copy did.
+	ThrottleMaxPct int          `json:"throttle_max_pct,omitempty"`
+	GuestWritesLow *int         `json:"guest_writes_low_per_s,omitempty"`
+	DirtyRates     *DirtyRates  `json:"dirty_rates,omitempty"`
+	Postcopy       *PostcopyRun `json:"postcopy,omitempty"`
+	QEMU           *QemuInfo    `json:"qemu,omitempty"`
+	Error          string       `json:"error,omitempty"`
 
 	wl workload
+	t0 time.Time // the start of the migration command
 }
 
 func (r *Run) fail(format string, a ...any) {
@@ -183,8 +195,8 @@ func main() {
 		ferryBin  = flag.String("ferry", filepath.Join(root, "bin/ferry"), "ferry binary")
 		qemuBin   = flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 		guestDir  = flag.String("guest", filepath.Join(root, "guest-images/out"), "guest image directory (vmlinux, initramfs.cpio)")
-		wls       = flag.String("workloads", "same,mix,mixpages,mcf,memcached,random,hot,idle,memcached-chg256,random-chg1024,fill-mixed", "workloads, comma-separated (also zeusmp = mix, bzip2 = memcached, and memcached-chg256-mixed, random-chg1024-mixed: the delta workloads on the mixed fill)")
-		syss      = flag.String("systems", "ferry,ferry-no-digest,ferry-no-clear,ferry-no-delta,ferry-no-compress,ferry-zstd,qemu,qemu-xbzrle,qemu-multifd-zstd", "systems, comma-separated; each workload runs those of them it names (the first five unless it names others), see -all-pairs")
+		wls       = flag.String("workloads", "same,mix,mixpages,mcf,memcached,random,hot,idle,memcached-chg256,random-chg1024,fill-mixed,rewrite", "workloads, comma-separated (also zeusmp = mix, bzip2 = memcached, and memcached-chg256-mixed, random-chg1024-mixed: the delta workloads on the mixed fill)")
+		syss      = flag.String("systems", "ferry,ferry-no-digest,ferry-no-clear,ferry-no-delta,ferry-no-compress,ferry-zstd,ferry-no-auto-converge,ferry-postcopy,qemu,qemu-xbzrle,qemu-multifd-zstd,qemu-auto-converge,qemu-postcopy", "systems, comma-separated; each workload runs those of them it names (the first five unless it names others), see -all-pairs")
 		allPairs  = flag.Bool("all-pairs", false, "run every selected system on every selected workload, not only the systems each workload names")
 		memHash   = flag.Bool("memory-hash", true, "ferry --memory-hash on both sides, and require equal hashes of guest RAM (adds two RAM hashes, ~5 ms each for 128 MiB here, to ferry's downtime)")
 		bws       = flag.String("bws", "32,0", "bandwidth caps in MiB/s, comma-separated (0: unlimited)")
@@ -226,15 +238,11 @@ func main() {
 	}
 	var systems []system
 	for _, n := range strings.Split(*syss, ",") {
-		found := false
-		for _, s := range allSystems {
-			if s.name == strings.TrimSpace(n) {
-				systems, found = append(systems, s), true
-			}
-		}
-		if !found {
+		s, ok := findSystem(strings.TrimSpace(n))
+		if !ok {
 			fatal("unknown system %q", n)
 		}
+		systems = append(systems, s)
 	}
 	var caps []int
 	for _, s := range strings.Split(*bws, ",") {

@@ -124,19 +124,10 @@ type migInfo struct {
 	Downtime  *int64 `json:"downtime"`
 	SetupTime int64  `json:"setup-time"`
 	ErrorDesc string `json:"error-desc"`
-	RAM       *struct {
-		Transferred    int64   `json:"transferred"`
-		Remaining      int64   `json:"remaining"`
-		Total          int64   `json:"total"`
-		Duplicate      int64   `json:"duplicate"`
-		Normal         int64   `json:"normal"`
-		NormalBytes    int64   `json:"normal-bytes"`
-		DirtySyncCount int64   `json:"dirty-sync-count"`
-		Mbps           float64 `json:"mbps"`
-		DirtyPagesRate int64   `json:"dirty-pages-rate"`
-		MultifdBytes   int64   `json:"multifd-bytes"`
-	} `json:"ram"`
-	XBZRLE *struct {
+	// CPUThrottle: auto-converge's current throttle, percent.
+	CPUThrottle int     `json:"cpu-throttle-percentage"`
+	RAM         *migRAM `json:"ram"`
+	XBZRLE      *struct {
 		CacheSize     int64   `json:"cache-size"`
 		Bytes         int64   `json:"bytes"`
 		Pages         int64   `json:"pages"`
@@ -145,6 +136,24 @@ type migInfo struct {
 		EncodingRate  float64 `json:"encoding-rate"`
 		Overflow      int64   `json:"overflow"`
 	} `json:"xbzrle-cache"`
+}
+
+// migRAM is query-migrate's "ram".
+type migRAM struct {
+	Transferred    int64   `json:"transferred"`
+	Remaining      int64   `json:"remaining"`
+	Total          int64   `json:"total"`
+	Duplicate      int64   `json:"duplicate"`
+	Normal         int64   `json:"normal"`
+	NormalBytes    int64   `json:"normal-bytes"`
+	DirtySyncCount int64   `json:"dirty-sync-count"`
+	Mbps           float64 `json:"mbps"`
+	DirtyPagesRate int64   `json:"dirty-pages-rate"`
+	MultifdBytes   int64   `json:"multifd-bytes"`
+	// Post-copy: page requests from the destination, bytes sent
+	// after the switch.
+	PostcopyRequests int64 `json:"postcopy-requests"`
+	PostcopyBytes    int64 `json:"postcopy-bytes"`
 }
 
 type migSample struct {
@@ -165,7 +174,8 @@ const multifdChannels = 2
 // (source or destination); every capability the benchmark uses is set
 // either way, so nothing carries over from an earlier migration.
 func setMigration(q *qmpConn, sys system, params map[string]any) error {
-	caps := []map[string]any{{"capability": "xbzrle", "state": sys.xbzrle}, {"capability": "multifd", "state": sys.multifd}}
+	caps := []map[string]any{{"capability": "xbzrle", "state": sys.xbzrle}, {"capability": "multifd", "state": sys.multifd},
+		{"capability": "auto-converge", "state": sys.autoConverge}, {"capability": "postcopy-ram", "state": sys.qemuPostcopy}}
 	if _, err := q.cmd("migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
 		return err
 	}
@@ -191,9 +201,10 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	sock := filepath.Join(b.tmp, fmt.Sprintf("qmp-%d.sock", b.seq))
 	argv := b.qemuArgs(b.defaultCmdline+" "+r.wl.cmdline(b), sock)
 	uri := fmt.Sprintf("tcp:%s:%d", dstHost.addr, port)
-	// multifd must be set on the destination before the source connects:
-	// -incoming defer, then the capabilities, then migrate-incoming.
-	if sys.multifd {
+	// multifd and postcopy-ram must be set on the destination before the
+	// source connects: -incoming defer, the capabilities, migrate-incoming.
+	defer_ := sys.multifd || sys.qemuPostcopy
+	if defer_ {
 		argv = append(argv, "-incoming", "defer")
 	} else {
 		argv = append(argv, "-incoming", uri)
@@ -215,7 +226,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 		dp.stop()
 		return src
 	}
-	if sys.multifd {
+	if defer_ {
 		if err := setMigration(dst.qmp, sys, map[string]any{}); err != nil {
 			return abandon("destination: %v", err)
 		}
@@ -226,11 +237,18 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	q := src.qmp
 	// max-bandwidth 0: no rate limit (QEMU's own default is 128 MiB/s).
 	params := map[string]any{"max-bandwidth": int64(bw) << 20, "downtime-limit": b.downtime.Milliseconds()}
+	if sys.qemuPostcopy {
+		// QEMU's post-copy phase has a cap of its own (default: none).
+		params["max-postcopy-bandwidth"] = int64(bw) << 20
+	}
 	if err := setMigration(q, sys, params); err != nil {
 		return abandon("%v", err)
 	}
-	r.Command = fmt.Sprintf(`QMP: migrate-set-capabilities xbzrle=%v multifd=%v; migrate-set-parameters max-bandwidth=%d downtime-limit=%d`,
-		sys.xbzrle, sys.multifd, int64(bw)<<20, b.downtime.Milliseconds())
+	r.Command = fmt.Sprintf(`QMP: migrate-set-capabilities xbzrle=%v multifd=%v auto-converge=%v postcopy-ram=%v; migrate-set-parameters max-bandwidth=%d downtime-limit=%d`,
+		sys.xbzrle, sys.multifd, sys.autoConverge, sys.qemuPostcopy, int64(bw)<<20, b.downtime.Milliseconds())
+	if sys.qemuPostcopy {
+		r.Command += fmt.Sprintf(" max-postcopy-bandwidth=%d (postcopy-ram on both sides; destination -incoming defer, migrate-incoming uri=%s)", int64(bw)<<20, uri)
+	}
 	if sys.multifd {
 		r.Command += fmt.Sprintf(" multifd-channels=%d multifd-compression=zstd (both sides; destination -incoming defer, migrate-incoming uri=%s)",
 			multifdChannels, uri)
@@ -242,12 +260,14 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	srcPid := src.p.cmd.Process.Pid
 	tx0p := src.h.txBytesOf(srcPid)
 	t0 := time.Now()
+	r.t0 = t0
 	if _, err := q.cmd("migrate", map[string]any{"uri": uri}); err != nil {
 		return abandon("%v", err)
 	}
 	var info migInfo
 	var samples []migSample
 	cancelled := false
+	out := &qemuOutrun{sys: sys, total: b.totalPages()}
 	for {
 		raw, err := q.cmd("query-migrate", nil)
 		if err == nil {
@@ -265,10 +285,23 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 			}
 			samples = append(samples, s)
 		}
-		if info.Status == "completed" || info.Status == "failed" || info.Status == "cancelled" {
+		if info.Status == "completed" || info.Status == "failed" || info.Status == "cancelled" || info.Status == "postcopy-paused" {
 			break
 		}
-		if !cancelled && time.Since(t0) >= b.bound {
+		if err := out.poll(q, &info, time.Since(t0).Seconds()); err != nil {
+			// The migration goes on (in pre-copy); the run is marked failed.
+			r.fail("%v", err)
+		}
+		if out.asked {
+			// Past the switch the guest runs on the destination: no
+			// cancelling, but a post-copy that never ends is a failure.
+			if time.Since(t0) >= b.bound+3*time.Minute {
+				r.fail("post-copy not completed %v after the start (status %s)", time.Since(t0).Round(time.Second), info.Status)
+				dst.stop()
+				src.stop()
+				return nil
+			}
+		} else if !cancelled && time.Since(t0) >= b.bound {
 			// The same bound as ferry's --timeout with --on-timeout abort.
 			if _, err := q.cmd("migrate_cancel", nil); err != nil {
 				return abandon("%v", err)
@@ -304,7 +337,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 
 	switch info.Status {
 	case "completed":
-		r.Migrated, r.Converged = true, !cancelled
+		r.Migrated, r.Converged = true, !cancelled && !out.switched(&info)
 		r.TotalSeconds = float64(info.TotalTime) / 1000
 		if info.Downtime != nil {
 			d := float64(*info.Downtime)
@@ -316,10 +349,20 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	case "cancelled":
 		r.TotalSeconds = r.WallSeconds
 		r.Check = "not converged: cancelled at the bound, guest kept on the source"
+	case "failed", "postcopy-paused":
+		if out.asked {
+			// Neither side can be trusted with the guest now.
+			r.fail("post-copy %s: %s", info.Status, info.ErrorDesc)
+			dst.stop()
+			src.stop()
+			return nil
+		}
+		return abandon("migration %s: %s", info.Status, info.ErrorDesc)
 	default:
 		return abandon("migration %s: %s", info.Status, info.ErrorDesc)
 	}
 	r.qemuSplit(samples, b.totalPages(), tx0p)
+	out.finish(r, &info)
 
 	if !r.Migrated {
 		if n := len(r.PerIteration); n > 0 {

@@ -63,10 +63,11 @@ func report(w io.Writer, runs []*Run, outDir string) {
 			first, after, afterS = mibs(f.Bytes), mibs(f.AfterBytes), fmt.Sprintf("%.2f", f.AfterSeconds)
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %.2f | %s | %.1f | %s | %s | %s | %d | %s | %s |\n", r.Workload, r.System, capName(r.MaxBandwidthMiBs),
-			yesNo(r.Converged), r.TotalSeconds, fmtp(r.DowntimeMS, "%.1f"), float64(r.BytesTotal)/(1<<20), first, after, afterS, r.Iterations,
+			finishedCell(r), r.TotalSeconds, fmtp(r.DowntimeMS, "%.1f"), float64(r.BytesTotal)/(1<<20), first, after, afterS, r.Iterations,
 			fmtp(r.CounterGapMS, "%.0f"), shortCheck(r))
 	}
 	savingsTable(w, runs)
+	outrunTable(w, runs)
 
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Ratios ferry (default) / QEMU (default migration), and ferry / QEMU with XBZRLE, in all and after the first pass (bytes = bytes on the wire; \"false-dirty share seen by ferry\" = dirty pages ferry found unchanged in iterations 1.., over all pages dirtied again in those iterations; n/a: a system not run on the workload):")
@@ -98,6 +99,7 @@ func report(w io.Writer, runs []*Run, outDir string) {
 			ratio(f, x, afterBytesOf), ratio(f, x, afterTimeOf), conv(f), conv(q), conv(x), falseShare(f))
 	}
 	firstPassTable(w, keys, get)
+	outrunRatios(w, keys, get)
 
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Targets (ferry default against QEMU's default migration; \"n/a\" where neither converged, since both then stop at the bound):")
@@ -116,7 +118,7 @@ func report(w io.Writer, runs []*Run, outDir string) {
 		case "idle":
 			checks = []string{"time <= 1.0x"}
 		}
-		checks = append(checks, "downtime <= 300 ms")
+		checks = append(checks, fmt.Sprintf("downtime <= %d ms", downtimeBudgetMS))
 		for _, c := range checks {
 			fmt.Fprintf(w, "| %s | %s | %s | %s |\n", k.wl, capName(k.cap), c, target(c, f, q))
 		}
@@ -126,6 +128,7 @@ func report(w io.Writer, runs []*Run, outDir string) {
 	} else {
 		fmt.Fprintf(w, "\nplot: %s\n", filepath.Join(outDir, "mix-iterations.svg"))
 	}
+	tally(w, runs)
 }
 
 // key is one workload at one bandwidth cap.
@@ -231,11 +234,11 @@ func target(c string, f, q *Run) string {
 		return verdict(x <= lim, fmt.Sprintf("%.2fx: %.2f vs %.2f s", x, timeOf(f), timeOf(q)))
 	case "converges where QEMU does":
 		return verdict(f.Converged || !q.Converged, fmt.Sprintf("ferry %s, QEMU %s", yesNo(f.Converged), yesNo(q.Converged)))
-	case "downtime <= 300 ms":
+	case fmt.Sprintf("downtime <= %d ms", downtimeBudgetMS):
 		if f.DowntimeMS == nil {
 			return "n/a (did not migrate)"
 		}
-		return verdict(*f.DowntimeMS <= 300, fmt.Sprintf("%.1f ms", *f.DowntimeMS))
+		return verdict(*f.DowntimeMS <= downtimeBudgetMS, fmt.Sprintf("%.1f ms", *f.DowntimeMS))
 	}
 	return "?"
 }

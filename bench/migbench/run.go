@@ -122,11 +122,13 @@ func (b *bench) chain(w workload, fam string, syss []system, caps []int) {
 			r.From, r.To = cur.h.name, dstHost.name
 			r.Started = time.Now().UTC().Format("15:04:05")
 			r.Load = loadavg()
+			src, srcMark := cur, cur.p.count()
 			if fam == "ferry" {
 				cur = b.ferryMigrate(cur, dstHost, sys, bw, r)
 			} else {
 				cur = b.qemuMigrate(cur, dstHost, sys, bw, r)
 			}
+			r.writesLow(src, srcMark, cur)
 			switch {
 			case r.Error != "" && r.Check != "":
 				r.Check = "FAILED (" + r.Check + ")"
@@ -223,7 +225,10 @@ func (b *bench) verifyRuns(v *vm, from int) error {
 
 func (b *bench) printRun(r *Run) {
 	conv := "converged"
-	if !r.Converged {
+	switch {
+	case r.Postcopy != nil && r.Postcopy.Switched && r.Migrated:
+		conv = "post-copy"
+	case !r.Converged:
 		conv = "NOT converged"
 	}
 	dt, gap := "-", "-"
@@ -252,6 +257,9 @@ func (b *bench) printRun(r *Run) {
 		fmt.Printf("       saved: false dirty %.1f MiB (%d pages), delta %.1f MiB (%d pages in %.1f MiB), compression %.1f MiB in iteration 0 + %.1f MiB later (%d records)\n",
 			float64(v.FalseDirtyBytes)/(1<<20), v.FalseDirtyPages, float64(v.DeltaSaved)/(1<<20), v.DeltaPages,
 			float64(v.DeltaBytes)/(1<<20), float64(v.CompressSavedIter0)/(1<<20), float64(v.CompressSavedLater)/(1<<20), v.RecordsCompressed)
+	}
+	if l := r.outrunLine(); l != "" {
+		fmt.Printf("       %s\n", l)
 	}
 	for _, it := range r.PerIteration {
 		fmt.Printf("       %s\n", it.String())
@@ -285,6 +293,9 @@ func (it IterStat) String() string {
 	}
 	if it.RecordsCompressed > 0 {
 		approx += fmt.Sprintf("  compressed %d records (saved %.2f MiB)", it.RecordsCompressed, float64(it.CompressSaved)/(1<<20))
+	}
+	if it.ThrottlePct > 0 {
+		approx += fmt.Sprintf("  throttled %d%%", it.ThrottlePct)
 	}
 	if it.Approx {
 		approx += " (sent/zero/MiB/s from polls)"
