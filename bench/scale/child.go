@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/pprof"
 	"sync"
 	"time"
 
@@ -48,6 +49,7 @@ type childFlags struct {
 	noDigest     bool
 	resumeWindow time.Duration
 	timeout      time.Duration
+	profile      string // write the measured part's CPU profile there
 	verbose      bool
 }
 
@@ -64,6 +66,9 @@ func (f childFlags) args() []string {
 	if f.noDigest {
 		a = append(a, "-no-digest")
 	}
+	if f.profile != "" {
+		a = append(a, "-cpuprofile", f.profile)
+	}
 	if f.verbose {
 		a = append(a, "-v")
 	}
@@ -75,6 +80,8 @@ func (f childFlags) args() []string {
 type childResult struct {
 	Seconds     float64 `json:"seconds"`
 	CPUSeconds  float64 `json:"cpu_seconds"`
+	UserSeconds float64 `json:"user_seconds"`
+	SysSeconds  float64 `json:"sys_seconds"`
 	FillSeconds float64 `json:"fill_seconds,omitempty"`
 	// GuestResident is the resident part of the guest mapping at the end
 	// (zero without one: the copy's receiver).
@@ -154,6 +161,7 @@ func parseChildFlags(args []string) (childFlags, error) {
 	fs.BoolVar(&f.noDigest, "no-digest", false, "migrate.Options.NoDigest")
 	fs.DurationVar(&f.resumeWindow, "resume-window", 10*time.Minute, "the receiver's Keeper window (as ferry receive --resume-window)")
 	fs.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
+	fs.StringVar(&f.profile, "cpuprofile", "", "write the CPU profile of the measured part to `FILE`")
 	fs.BoolVar(&f.verbose, "v", false, "log the receiver's events")
 	if err := fs.Parse(args[1:]); err != nil {
 		return f, err
@@ -220,13 +228,55 @@ func report(v any) error {
 	return nil
 }
 
-// cpuTime is this process's user + system time so far, every thread.
-func cpuTime() float64 {
+// meter measures a child's measured part: its wall time, its CPU time
+// (every thread, user and system), and its CPU profile when asked for.
+type meter struct {
+	t0         time.Time
+	user, sys  time.Duration
+	profile    *os.File
+	profileErr error
+}
+
+func startMeter(profile string) (*meter, error) {
+	m := &meter{}
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return nil, fmt.Errorf("CPU profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("CPU profile: %w", err)
+		}
+		m.profile = f
+	}
+	m.user, m.sys = cpuTimes()
+	m.t0 = time.Now()
+	return m, nil
+}
+
+// stop ends the measured part and puts its times in res.
+func (m *meter) stop(res *childResult) error {
+	res.Seconds = time.Since(m.t0).Seconds()
+	u, s := cpuTimes()
+	res.UserSeconds, res.SysSeconds = (u - m.user).Seconds(), (s - m.sys).Seconds()
+	res.CPUSeconds = res.UserSeconds + res.SysSeconds
+	if m.profile != nil {
+		pprof.StopCPUProfile()
+		if err := m.profile.Close(); err != nil {
+			return fmt.Errorf("CPU profile: %w", err)
+		}
+	}
+	return nil
+}
+
+// cpuTimes is this process's user and system time so far, every thread.
+func cpuTimes() (user, sys time.Duration) {
 	var ru unix.Rusage
 	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
 }
 
 // filledGuest maps and fills the sender's guest memory.
@@ -275,14 +325,19 @@ func sendMigration(ctx context.Context, f childFlags) (childResult, error) {
 	}
 	src := &source{info: guestInfo(f.size), mem: mem, state: guestState()}
 
-	cpu0, t0 := cpuTime(), time.Now()
+	m, err := startMeter(f.profile)
+	if err != nil {
+		return res, err
+	}
 	conn, err := dial(ctx, f.addr, cfg)
 	if err != nil {
 		return res, err
 	}
 	st, err := migrate.Send(ctx, src, conn, opts)
 	conn.Close()
-	res.Seconds, res.CPUSeconds = time.Since(t0).Seconds(), cpuTime()-cpu0
+	if merr := m.stop(&res); err == nil && merr != nil {
+		return res, merr
+	}
 	if err != nil {
 		return res, fmt.Errorf("migrate: %w", err)
 	}
@@ -324,9 +379,14 @@ func receiveMigration(ctx context.Context, f childFlags, ln net.Listener) (child
 		Logf:      logf,
 	})
 	defer srv.Close()
-	cpu0 := cpuTime()
+	m, err := startMeter(f.profile)
+	if err != nil {
+		return res, err
+	}
 	dst, err := srv.Serve(ctx)
-	res.CPUSeconds = cpuTime() - cpu0
+	if merr := m.stop(&res); err == nil && merr != nil {
+		return res, merr
+	}
 	if err != nil {
 		return res, fmt.Errorf("receive: %w", err)
 	}
@@ -378,7 +438,10 @@ func sendCopy(ctx context.Context, f childFlags) (childResult, error) {
 	})
 	defer stop()
 
-	cpu0, t0 := cpuTime(), time.Now()
+	m, err := startMeter(f.profile)
+	if err != nil {
+		return res, err
+	}
 	pages := f.size / pageSize
 	errs := make([]error, len(conns))
 	var wg sync.WaitGroup
@@ -398,7 +461,9 @@ func sendCopy(ctx context.Context, f childFlags) (childResult, error) {
 		})
 	}
 	wg.Wait()
-	res.Seconds, res.CPUSeconds = time.Since(t0).Seconds(), cpuTime()-cpu0
+	if err := m.stop(&res); err != nil {
+		return res, err
+	}
 	if err := errors.Join(errs...); err != nil {
 		return res, fmt.Errorf("copy: %w", err)
 	}
@@ -418,7 +483,10 @@ func receiveCopy(ctx context.Context, f childFlags, ln net.Listener) (childResul
 	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	cpu0 := cpuTime()
+	m, err := startMeter(f.profile)
+	if err != nil {
+		return res, err
+	}
 	counts := make([]int64, f.conns)
 	errs := make([]error, f.conns)
 	var wg sync.WaitGroup
@@ -447,7 +515,9 @@ func receiveCopy(ctx context.Context, f childFlags, ln net.Listener) (childResul
 		})
 	}
 	wg.Wait()
-	res.CPUSeconds = cpuTime() - cpu0
+	if err := m.stop(&res); err != nil {
+		return res, err
+	}
 	if err := errors.Join(errs...); err != nil {
 		return res, fmt.Errorf("copy: %w", err)
 	}

@@ -47,6 +47,7 @@ type config struct {
 	resumeWindow time.Duration
 	timeout      time.Duration // per measurement; 0: by size
 	jsonPath     string
+	profileDir   string
 	verbose      bool
 }
 
@@ -111,12 +112,23 @@ func parseFlags(args []string) (config, error) {
 		"the receiver keeps pages for resumes this long, as ferry receive's default (0: it keeps no digest table)")
 	fs.DurationVar(&c.timeout, "timeout", 0, "give up a measurement after this long (default: 2 minutes + 1 per GiB)")
 	fs.StringVar(&c.jsonPath, "json", "", "also write the results to `FILE` as JSON")
+	fs.StringVar(&c.profileDir, "cpuprofile", "", "write each side's CPU profile of each measurement into `DIR` (pprof format)")
 	fs.BoolVar(&c.verbose, "v", false, "log the receivers' events")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if c.profileDir != "" {
+		if err := os.MkdirAll(c.profileDir, 0o755); err != nil {
+			return c, fmt.Errorf("-cpuprofile: %w", err)
+		}
+		abs, err := filepath.Abs(c.profileDir)
+		if err != nil {
+			return c, fmt.Errorf("-cpuprofile: %w", err)
+		}
+		c.profileDir = abs
 	}
 	for _, s := range splitList(*sizes) {
 		g, err := strconv.ParseFloat(s, 64)
@@ -208,6 +220,7 @@ func run(c config, tmp string) (*Report, error) {
 				if on {
 					f.tlsDir = tlsDir
 				}
+				f.profile = profilePath(c.profileDir, f)
 				p, err := runPair(f)
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", describe(f), err)
@@ -217,6 +230,7 @@ func run(c config, tmp string) (*Report, error) {
 				f.mode, f.noDigest = "migrate", c.noDigest
 				for _, mode := range c.compress {
 					f.compress = mode
+					f.profile = profilePath(c.profileDir, f)
 					p, err := runPair(f)
 					if err != nil {
 						return nil, fmt.Errorf("%s: %w", describe(f), err)
@@ -245,6 +259,23 @@ func describe(f childFlags) string {
 		what = "the migration (compress " + f.compress + ")"
 	}
 	return fmt.Sprintf("%s of %s over %d %s connection(s)", what, gib(f.size), f.conns, tls)
+}
+
+// profilePath is where the profiles of measurement f go (runPair adds
+// each side's suffix); "" without dir.
+func profilePath(dir string, f childFlags) string {
+	if dir == "" {
+		return ""
+	}
+	tls := "tcp"
+	if f.tlsDir != "" {
+		tls = "tls"
+	}
+	name := fmt.Sprintf("%s-%gGiB-%dconn-%s", f.mode, float64(f.size)/(1<<30), f.conns, tls)
+	if f.mode == "migrate" {
+		name += "-compress-" + f.compress
+	}
+	return filepath.Join(dir, name)
 }
 
 // gib formats a size in GiB.

@@ -148,8 +148,11 @@ type pair struct {
 // are filled in), and returns both results once both have exited.
 func runPair(f childFlags) (pair, error) {
 	var p pair
-	rf := f
-	rf.role = "recv"
+	rf, sf := f, f
+	rf.role, sf.role = "recv", "send"
+	if f.profile != "" {
+		rf.profile, sf.profile = f.profile+"-recv.pprof", f.profile+"-send.pprof"
+	}
 	recv, err := startChild("scale recv", rf.args())
 	if err != nil {
 		return p, err
@@ -159,8 +162,7 @@ func runPair(f childFlags) (pair, error) {
 	if err := recv.next(&port, time.Minute); err != nil {
 		return p, err
 	}
-	sf := f
-	sf.role, sf.addr = "send", fmt.Sprintf("127.0.0.1:%d", port.Port)
+	sf.addr = fmt.Sprintf("127.0.0.1:%d", port.Port)
 	send, err := startChild("scale send", sf.args())
 	if err != nil {
 		return p, err

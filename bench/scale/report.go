@@ -90,6 +90,8 @@ type Side struct {
 	Overhead      int64   `json:"overhead"`     // MaxRSS - GuestResident
 	OverheadPct   float64 `json:"overhead_pct"` // of guest memory
 	CPUSeconds    float64 `json:"cpu_seconds"`
+	UserSeconds   float64 `json:"user_seconds"`
+	SysSeconds    float64 `json:"sys_seconds"`
 	CPUPerGiB     float64 `json:"cpu_s_per_gib"`
 }
 
@@ -198,7 +200,8 @@ func (r *Report) add(f childFlags, p pair, cp *Row) *Row {
 }
 
 func side(maxRSS uint64, res childResult, size float64) Side {
-	s := Side{MaxRSS: maxRSS, GuestResident: res.GuestResident, CPUSeconds: res.CPUSeconds}
+	s := Side{MaxRSS: maxRSS, GuestResident: res.GuestResident, CPUSeconds: res.CPUSeconds,
+		UserSeconds: res.UserSeconds, SysSeconds: res.SysSeconds}
 	s.Overhead = int64(maxRSS) - int64(res.GuestResident)
 	s.OverheadPct = float64(s.Overhead) / size * percent
 	s.CPUPerGiB = res.CPUSeconds / (size / bytesPerGiB)
