@@ -96,6 +96,17 @@ type childResult struct {
 	PagesSent  uint64 `json:"pages_sent,omitempty"`
 	TableBytes int64  `json:"table_bytes,omitempty"`
 	Compressed int    `json:"records_compressed,omitempty"`
+	// TLSSuite is the cipher suite the sender's first connection
+	// negotiated.
+	TLSSuite string `json:"tls_suite,omitempty"`
+}
+
+// suite names c's TLS cipher suite ("" without TLS).
+func suite(c net.Conn) string {
+	if tc, ok := c.(*tls.Conn); ok {
+		return tls.CipherSuiteName(tc.ConnectionState().CipherSuite)
+	}
+	return ""
 }
 
 // childMain runs a child and returns its exit status.
@@ -333,6 +344,7 @@ func sendMigration(ctx context.Context, f childFlags) (childResult, error) {
 	if err != nil {
 		return res, err
 	}
+	res.TLSSuite = suite(conn)
 	st, err := migrate.Send(ctx, src, conn, opts)
 	conn.Close()
 	if merr := m.stop(&res); err == nil && merr != nil {
@@ -431,6 +443,7 @@ func sendCopy(ctx context.Context, f childFlags) (childResult, error) {
 			return res, err
 		}
 	}
+	res.TLSSuite = suite(conns[0])
 	stop := context.AfterFunc(ctx, func() {
 		for _, c := range conns {
 			c.SetDeadline(time.Unix(1, 0))

@@ -62,6 +62,7 @@ type Row struct {
 	// GBps is guest memory (the copy: the same bytes) per second.
 	GBps      float64 `json:"guest_GBps"`
 	WireBytes int64   `json:"wire_bytes"`
+	TLSSuite  string  `json:"tls_suite,omitempty"`
 	Sender    Side    `json:"sender"`
 	Receiver  Side    `json:"receiver"`
 	// A migration against the copy of the same size, connections and TLS
@@ -172,6 +173,7 @@ func (r *Report) add(f childFlags, p pair, cp *Row) *Row {
 		TLS:         f.tlsDir != "",
 		Seconds:     p.send.Seconds,
 		WireBytes:   p.send.Bytes,
+		TLSSuite:    p.send.TLSSuite,
 		Sender:      side(p.sendMaxRSS, p.send, size),
 		Receiver:    side(p.recvMaxRSS, p.recv, size),
 		FillSeconds: p.send.FillSeconds,
@@ -288,7 +290,11 @@ func progressLine(row *Row) string {
 	if row.Kind == "ferry" {
 		s += fmt.Sprintf("  %.2fx copy", row.VsCopy)
 	}
-	return s + fmt.Sprintf("  (fill %.1f s)", row.FillSeconds)
+	s += fmt.Sprintf("  (fill %.1f s)", row.FillSeconds)
+	if row.TLSSuite != "" {
+		s += " " + row.TLSSuite
+	}
+	return s
 }
 
 // printReport prints the table and the targets.

@@ -95,6 +95,9 @@ func TestSmallRun(t *testing.T) {
 		if r.Sender.GuestResident != r.Mix.Touched() {
 			t.Errorf("%s: sender: %d bytes of guest memory resident, want %d", name, r.Sender.GuestResident, r.Mix.Touched())
 		}
+		if r.TLS != (r.TLSSuite != "") {
+			t.Errorf("%s: TLS cipher suite %q", name, r.TLSSuite)
+		}
 		if r.Kind != "ferry" {
 			continue
 		}
