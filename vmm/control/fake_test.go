@@ -132,7 +132,7 @@ func (f *fakeMachine) hold() {
 	}
 }
 
-func (f *fakeMachine) Migrate(ctx context.Context, req MigrateRequest, paused bool, progress func(migrate.IterationStats)) (*migrate.Stats, error) {
+func (f *fakeMachine) Migrate(ctx context.Context, req MigrateRequest, paused bool, hooks MigrateHooks) (*migrate.Stats, error) {
 	if !f.enter("migration", paused) {
 		return nil, errors.New("stopped")
 	}
@@ -140,7 +140,7 @@ func (f *fakeMachine) Migrate(ctx context.Context, req MigrateRequest, paused bo
 	f.mu.Lock()
 	f.migrations++
 	f.mu.Unlock()
-	progress(migrate.IterationStats{Iteration: 0, StopAndCopy: paused})
+	hooks.Progress(migrate.IterationStats{Iteration: 0, StopAndCopy: paused})
 	f.hold()
 	f.mu.Lock()
 	f.paused = true // the stop-and-copy (a paused guest already is)
