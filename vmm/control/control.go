@@ -15,6 +15,7 @@ package control
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -199,6 +200,30 @@ func newPassStatus(p migrate.PassProgress) *PassStatus {
 	return &PassStatus{PassProgress: p, RateBytesPerSec: p.Rate(), ETASeconds: p.ETA().Seconds()}
 }
 
+// UnmarshalJSON reads both parts of "migration". (Without it, the
+// UnmarshalJSON of the embedded *IterationStats would be promoted: it
+// would drop the pass, and fail on the nil pointer.)
+func (m *MigrationStatus) UnmarshalJSON(b []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return err
+	}
+	*m = MigrationStatus{}
+	if raw, ok := fields["pass"]; ok {
+		delete(fields, "pass")
+		if err := json.Unmarshal(raw, &m.Pass); err != nil {
+			return fmt.Errorf("migration pass: %w", err)
+		}
+	}
+	if len(fields) > 0 { // an iteration has ended
+		m.IterationStats = new(migrate.IterationStats)
+		if err := m.IterationStats.UnmarshalJSON(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Controller is the control API of one machine.
 //
 // Each request is a typed Action handled by one Controller. Every action
@@ -216,8 +241,8 @@ func newPassStatus(p migrate.PassProgress) *PassStatus {
 // is unknown), or stopped.
 type Controller struct {
 	m Machine
-	// mu guards state, was, progress and pass: every request is one step of the
-	// state machine, taken under mu, so racing requests are ordered.
+	// mu guards state, was, progress and pass: every request is one step
+	// of the state machine, taken under mu, so racing requests are ordered.
 	mu sync.Mutex
 	// state is the current state; was, while state is busy, the run state
 	// (Running or Paused) recorded when the operation began.

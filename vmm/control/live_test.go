@@ -256,3 +256,29 @@ func TestEventWriterSlowClient(t *testing.T) {
 		t.Errorf("%s; want live 0, perhaps live 999, then the iteration", desc)
 	}
 }
+
+// A Status decodes back as it was encoded, both parts of "migration"
+// included.
+func TestMigrationStatusJSON(t *testing.T) {
+	for _, m := range []*MigrationStatus{
+		nil,
+		{Pass: newPassStatus(livePasses[2])},
+		{IterationStats: &migrate.IterationStats{Iteration: 1, PagesDirty: 7, PagesSent: 5}},
+		{IterationStats: &migrate.IterationStats{Iteration: 1, PagesDirty: 7}, Pass: newPassStatus(livePasses[0])},
+	} {
+		in := Status{State: "migrating", ID: "x", VCPUs: 1, Migration: m}
+		b, err := json.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out Status
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if fmt.Sprintf("%+v", statusJSON(t, out)) != fmt.Sprintf("%+v", statusJSON(t, in)) ||
+			(m == nil) != (out.Migration == nil) ||
+			m != nil && ((m.IterationStats == nil) != (out.Migration.IterationStats == nil) || (m.Pass == nil) != (out.Migration.Pass == nil)) {
+			t.Errorf("%s decoded as %+v", b, out.Migration)
+		}
+	}
+}
