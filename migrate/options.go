@@ -89,6 +89,16 @@ type Options struct {
 	// not touched; the destination says which pages it still lacks, and
 	// they are pushed as before (PostcopyDial is needed again).
 	PostcopyResume bool
+	// Connections is how many connections carry the pages (1 to
+	// MaxConnections; 0 means 1): the main one and Connections−1 parallel
+	// streams that StreamDial opens to the same destination. Each stream
+	// has its goroutine, which checks, hashes, filters, encodes and
+	// writes the chunks of pages it takes; the destination stores the
+	// pages of every stream in parallel (PROTOCOL.md, "Parallel streams").
+	Connections int
+	// StreamDial opens one more connection to the destination, for a
+	// parallel stream, authenticated as the first.
+	StreamDial func(ctx context.Context) (io.ReadWriteCloser, error)
 	// NoAutoConverge turns auto-converge off: without it, a migration that
 	// does not converge (the guest dirties memory about as fast as the
 	// link carries it away, two iterations in a row) slows the guest's
@@ -187,6 +197,10 @@ func (o Options) Validate() error {
 		return optErr("PostcopyAfterIterations", "%d: must not be negative", o.PostcopyAfterIterations)
 	case o.PostcopyResume && o.PostcopyDial == nil:
 		return optErr("PostcopyResume", "needs PostcopyDial for the request channel")
+	case o.Connections < 0 || o.Connections > MaxConnections:
+		return optErr("Connections", "%d: want 1 to %d", o.Connections, MaxConnections)
+	case o.Connections > 1 && o.StreamDial == nil:
+		return optErr("Connections", "%d connections need StreamDial to open the extra ones", o.Connections)
 	case o.Resume && o.NoDigest:
 		return optErr("Resume", "needs the digest table: a resumed migration cannot turn the digest filter off")
 	}
@@ -200,6 +214,9 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.Downtime == 0 {
 		o.Downtime = 300 * time.Millisecond
+	}
+	if o.Connections == 0 {
+		o.Connections = 1
 	}
 	if o.MaxIterations == 0 {
 		o.MaxIterations = 30

@@ -22,6 +22,9 @@ type tokenBucket struct {
 	now    func() time.Time
 	sleep  func(ctx context.Context, d time.Duration) error
 	lifted atomic.Bool // no cap any more (stop-and-copy)
+	// slept counts the writes the cap held back (the sender's sign that
+	// the cap, not its own speed, sets the pace).
+	slept atomic.Int64
 }
 
 // lift removes the cap for good. It may be called from any goroutine.
@@ -66,6 +69,7 @@ func (b *tokenBucket) take(ctx context.Context, n int) error {
 	if debt >= 0 {
 		return nil
 	}
+	b.slept.Add(1)
 	return b.sleep(ctx, time.Duration(-debt/b.rate*float64(time.Second)))
 }
 

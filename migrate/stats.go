@@ -94,6 +94,9 @@ type Stats struct {
 	// TableBytes is the memory of the sender's per-page tables (digests
 	// and block hashes): about 1.66% of guest memory, 0.49% with NoDelta.
 	TableBytes int64 `json:"table_bytes"`
+	// Connections is how many connections carried the pages (the main
+	// one and the parallel streams; 0 or 1: one).
+	Connections int `json:"connections,omitempty"`
 	// Warnings are failures that did not fail the migration (the guest
 	// already runs on the destination) but need an operator's eye.
 	Warnings []string `json:"warnings,omitempty"`

@@ -287,7 +287,7 @@ func (r *receiver) onStreamHello(h hello) error {
 func (r *receiver) leaveStream(err error) {
 	g := r.group
 	if err != nil {
-		g.fail(fmt.Errorf("stream %d: %w", r.streamIdx+1, err))
+		g.fail(fmt.Errorf("stream %d: %w", r.streamIdx+2, err))
 	}
 	g.update(func() { g.stats[r.streamIdx] = r.stats })
 	g.active.Done()

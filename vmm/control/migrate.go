@@ -43,9 +43,12 @@ type MigrateRequest struct {
 }
 
 // MigrateEvent is one line of the newline-delimited JSON answer to
-// POST /v1/migrate: progress lines, then either Stats or Error.
+// POST /v1/migrate: progress lines, then either Stats or Error. During a
+// pass, Live lines say where it stands (at most every 250 ms; a client
+// that reads slowly misses some), before the pass's Progress line.
 type MigrateEvent struct {
 	Progress *migrate.IterationStats `json:"progress,omitempty"`
+	Live     *migrate.PassProgress   `json:"live,omitempty"`
 	Stats    *migrate.Stats          `json:"stats,omitempty"`
 	Error    string                  `json:"error,omitempty"`
 	Outcome  string                  `json:"outcome,omitempty"` // with Error: OutcomeFailed or OutcomeUnknown
