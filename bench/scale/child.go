@@ -328,11 +328,9 @@ func sendMigration(ctx context.Context, f childFlags) (childResult, error) {
 	if err != nil {
 		return res, err
 	}
-	opts := migrate.Options{Compress: mode, NoDigest: f.noDigest}
-	if err := setStreams(&opts, f.conns, func(ctx context.Context) (io.ReadWriteCloser, error) {
-		return dial(ctx, f.addr, cfg)
-	}); err != nil {
-		return res, err
+	opts := migrate.Options{Compress: mode, NoDigest: f.noDigest, Connections: f.conns}
+	if f.conns > 1 {
+		opts.StreamDial = func(ctx context.Context) (io.ReadWriteCloser, error) { return dial(ctx, f.addr, cfg) }
 	}
 	src := &source{info: guestInfo(f.size), mem: mem, state: guestState()}
 

@@ -71,12 +71,16 @@ func main() {
 	}
 	go func() {
 		s := <-sig
+		interrupt()
 		killChildren()
 		os.RemoveAll(tmp)
 		fmt.Fprintf(os.Stderr, "scale: %v: stopped\n", s)
 		os.Exit(130)
 	}()
 	rep, err := run(cfg, tmp)
+	if interrupted() {
+		select {} // the signal handler cleans up and exits
+	}
 	killChildren()
 	os.RemoveAll(tmp)
 	if err != nil {
@@ -140,11 +144,8 @@ func parseFlags(args []string) (config, error) {
 	}
 	for _, s := range splitList(*conns) {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 64 {
-			return c, fmt.Errorf("-conns: %q: want 1 to 64", s)
-		}
-		if n > 1 && !streamsSupported() {
-			return c, fmt.Errorf("-conns %d: %w", n, errNoStreams)
+		if err != nil || n < 1 || n > migrate.MaxConnections {
+			return c, fmt.Errorf("-conns: %q: want 1 to %d", s, migrate.MaxConnections)
 		}
 		c.conns = append(c.conns, n)
 	}

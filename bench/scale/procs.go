@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -26,6 +27,14 @@ var (
 )
 
 var errStopping = errors.New("the benchmark is being stopped")
+
+// signalled is set when a signal stops the benchmark: the children it
+// kills then make the measurement under way fail, and that failure is not
+// the benchmark's end (the signal handler's is).
+var signalled atomic.Bool
+
+func interrupt()        { signalled.Store(true) }
+func interrupted() bool { return signalled.Load() }
 
 // child is a running child process and its stdout, line by line.
 type child struct {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,13 +52,13 @@ func runBenchmark(t *testing.T, timeout time.Duration, env []string, args ...str
 	return out.Bytes(), err
 }
 
-// TestSmallRun runs the benchmark end to end on 64 MiB, one connection,
-// TCP and TLS: the copies and the migrations complete, both sides' memory
-// hashes match, and every number is there.
+// TestSmallRun runs the benchmark end to end on 64 MiB, one and two
+// connections, TCP and TLS: the copies and the migrations complete, both
+// sides' memory hashes match, and every number is there.
 func TestSmallRun(t *testing.T) {
 	js := filepath.Join(t.TempDir(), "scale.json")
 	out, err := runBenchmark(t, 3*time.Minute, nil,
-		"-sizes", "0.0625", "-conns", "1", "-tls", "off,on", "-reftime", "100ms", "-json", js)
+		"-sizes", "0.0625", "-conns", "1,2", "-tls", "off,on", "-reftime", "100ms", "-json", js)
 	t.Logf("output:\n%s", out)
 	if err != nil {
 		t.Fatalf("benchmark: %v", err)
@@ -73,15 +74,15 @@ func TestSmallRun(t *testing.T) {
 	if rep.MemcpyGBps <= 0 || rep.AESGCMGBps <= 0 {
 		t.Errorf("references: memcpy %v GB/s, AES-GCM %v GB/s", rep.MemcpyGBps, rep.AESGCMGBps)
 	}
-	want := []string{"copy tcp", "ferry tcp", "copy tls", "ferry tls"}
+	want := []string{"copy tcp 1", "ferry tcp 1", "copy tcp 2", "ferry tcp 2", "copy tls 1", "ferry tls 1", "copy tls 2", "ferry tls 2"}
 	if len(rep.Rows) != len(want) {
 		t.Fatalf("%d rows, want %d", len(rep.Rows), len(want))
 	}
 	const pages = 64 << 20 / pageSize
 	for i, r := range rep.Rows {
-		name := r.Kind + " " + map[bool]string{false: "tcp", true: "tls"}[r.TLS]
-		if name != want[i] || r.SizeGiB != 0.0625 || r.Conns != 1 {
-			t.Errorf("row %d: %s, %v GiB, %d connections; want %s, 0.0625 GiB, 1", i, name, r.SizeGiB, r.Conns, want[i])
+		name := fmt.Sprintf("%s %s %d", r.Kind, map[bool]string{false: "tcp", true: "tls"}[r.TLS], r.Conns)
+		if name != want[i] || r.SizeGiB != 0.0625 {
+			t.Errorf("row %d: %s, %v GiB; want %s, 0.0625 GiB", i, name, r.SizeGiB, want[i])
 		}
 		if r.Seconds <= 0 || r.GBps <= 0 || r.Sender.CPUSeconds <= 0 || r.Receiver.CPUSeconds <= 0 ||
 			r.Sender.MaxRSS == 0 || r.Receiver.MaxRSS == 0 {
