@@ -15,10 +15,12 @@ import (
 )
 
 // The children: started from this executable with the hidden child
-// command, killed when the benchmark dies (Pdeathsig: the kernel kills a
-// child whose parent thread exits, and the Go runtime keeps its threads)
-// and registered while they run, so that killChildren can stop them when
-// the benchmark is interrupted.
+// command, each in a process group of its own (Ctrl-C at the terminal
+// reaches the benchmark only, which stops them: a child that died of it
+// first would fail the measurement before the benchmark saw the signal),
+// killed when the benchmark dies (Pdeathsig: the kernel kills a child
+// whose parent thread exits, and the Go runtime keeps its threads), and
+// registered while they run, so that killChildren can stop them.
 
 var (
 	childMu  sync.Mutex
@@ -53,7 +55,7 @@ func startChild(name string, args []string) (*child, error) {
 	}
 	c := &child{name: name, cmd: exec.Command(exe, args...), lines: make(chan []byte, 4)}
 	c.cmd.Stderr = os.Stderr
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if c.stdin, err = c.cmd.StdinPipe(); err != nil {
 		return nil, err
 	}

@@ -135,12 +135,18 @@ func TestCorruptionFails(t *testing.T) {
 	}
 }
 
-// TestInterruptLeavesNothing interrupts the benchmark (SIGINT, as Ctrl-C)
-// while its children run: none of them may survive it.
+// TestInterruptLeavesNothing interrupts the benchmark while its children
+// run, with SIGINT to its process group (Ctrl-C at a terminal) and with
+// SIGTERM to it alone: none of them may survive, and it exits with status
+// 130.
 func TestInterruptLeavesNothing(t *testing.T) {
-	for _, s := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
-		t.Run(s.String(), func(t *testing.T) {
+	for _, c := range []struct {
+		sig   syscall.Signal
+		group bool
+	}{{syscall.SIGINT, true}, {syscall.SIGTERM, false}} {
+		t.Run(c.sig.String(), func(t *testing.T) {
 			cmd := benchmark(nil, "-sizes", "0.5", "-conns", "1", "-tls", "off", "-reftime", "10ms")
+			cmd.SysProcAttr.Setpgid = true
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -154,7 +160,11 @@ func TestInterruptLeavesNothing(t *testing.T) {
 			if len(kids) < 2 {
 				t.Fatalf("the benchmark did not start its two children within a minute (%v)", kids)
 			}
-			cmd.Process.Signal(s)
+			if c.group {
+				syscall.Kill(-cmd.Process.Pid, c.sig)
+			} else {
+				cmd.Process.Signal(c.sig)
+			}
 			err := cmd.Wait()
 			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {
 				t.Errorf("the benchmark ended with %v, want exit status 130", err)
@@ -165,7 +175,7 @@ func TestInterruptLeavesNothing(t *testing.T) {
 					time.Sleep(20 * time.Millisecond)
 				}
 				if alive(pid) {
-					t.Errorf("child %d survived %v", pid, s)
+					t.Errorf("child %d survived %v", pid, c.sig)
 					unix.Kill(pid, syscall.SIGKILL)
 				}
 			}
