@@ -62,6 +62,7 @@ type Row struct {
 	// GBps is guest memory (the copy: the same bytes) per second.
 	GBps      float64 `json:"guest_GBps"`
 	WireBytes int64   `json:"wire_bytes"`
+	WireGBps  float64 `json:"wire_GBps"`
 	TLSSuite  string  `json:"tls_suite,omitempty"`
 	Sender    Side    `json:"sender"`
 	Receiver  Side    `json:"receiver"`
@@ -183,6 +184,7 @@ func (r *Report) add(f childFlags, p pair, cp *Row) *Row {
 	}
 	if p.send.Seconds > 0 {
 		row.GBps = size / p.send.Seconds / gbps
+		row.WireGBps = float64(p.send.Bytes) / p.send.Seconds / gbps
 	}
 	if cp != nil {
 		row.Kind, row.Compress = "ferry", f.compress
@@ -305,7 +307,7 @@ func printReport(out io.Writer, r *Report) {
 	fmt.Fprintf(out, "references on one core: memcpy %.2f GB/s, AES-128-GCM seal (16 KiB records) %.2f GB/s\n\n",
 		r.MemcpyGBps, r.AESGCMGBps)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "what\tGiB\tconns\ttls\tcompress\ts\tGB/s\tx copy\tx AES\tsnd ovh MiB\t%\trcv ovh MiB\t%\tsnd CPU s/GiB\trcv CPU s/GiB\t")
+	fmt.Fprintln(tw, "what\tGiB\tconns\ttls\tcompress\ts\tGB/s\twire GB/s\tx copy\tx AES\tsnd ovh MiB\t%\trcv ovh MiB\t%\tsnd CPU s/GiB\trcv CPU s/GiB\t")
 	for _, row := range r.Rows {
 		vsCopy, vsAES, comp := "-", "-", "-"
 		if row.Kind == "ferry" {
@@ -314,14 +316,15 @@ func printReport(out io.Writer, r *Report) {
 				vsAES = fmt.Sprintf("%.2f", row.VsAES)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%.4g\t%d\t%s\t%s\t%.2f\t%.2f\t%s\t%s\t%.1f\t%.2f\t%.1f\t%.2f\t%.2f\t%.2f\t\n",
-			row.Kind, row.SizeGiB, row.Conns, onOff(row.TLS), comp, row.Seconds, row.GBps, vsCopy, vsAES,
+		fmt.Fprintf(tw, "%s\t%.4g\t%d\t%s\t%s\t%.2f\t%.2f\t%.2f\t%s\t%s\t%.1f\t%.2f\t%.1f\t%.2f\t%.2f\t%.2f\t\n",
+			row.Kind, row.SizeGiB, row.Conns, onOff(row.TLS), comp, row.Seconds, row.GBps, row.WireGBps, vsCopy, vsAES,
 			float64(row.Sender.Overhead)/bytesPerMiB, row.Sender.OverheadPct,
 			float64(row.Receiver.Overhead)/bytesPerMiB, row.Receiver.OverheadPct,
 			row.Sender.CPUPerGiB, row.Receiver.CPUPerGiB)
 	}
 	tw.Flush()
 	fmt.Fprintln(out, "\nGB/s: guest memory per second (10^9 bytes), of the whole migration (connect to DONE-ACK) or copy;")
+	fmt.Fprintln(out, "wire GB/s: the bytes written to the connections per second (ferry sends no data for zero pages);")
 	fmt.Fprintln(out, "x copy: of the copy above it (same size, connections, TCP or TLS); x AES: of AES-128-GCM on one core;")
 	fmt.Fprintln(out, "ovh: peak RSS minus the guest memory resident in that process, MiB and % of guest memory;")
 	fmt.Fprintln(out, "CPU: user + system seconds of that process during the migration or copy, per GiB of guest memory.")
