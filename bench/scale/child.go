@@ -48,6 +48,7 @@ type childFlags struct {
 	resumeWindow time.Duration
 	timeout      time.Duration
 	profile      string // write the measured part's CPU profile there
+	prefault     bool   // recv: guest memory faulted in before the measurement
 	verbose      bool
 }
 
@@ -66,6 +67,9 @@ func (f childFlags) args() []string {
 	}
 	if f.profile != "" {
 		a = append(a, "-cpuprofile", f.profile)
+	}
+	if f.prefault {
+		a = append(a, "-prefault")
 	}
 	if f.verbose {
 		a = append(a, "-v")
@@ -171,6 +175,7 @@ func parseChildFlags(args []string) (childFlags, error) {
 	fs.DurationVar(&f.resumeWindow, "resume-window", 10*time.Minute, "the receiver's Keeper window (as ferry receive --resume-window)")
 	fs.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.StringVar(&f.profile, "cpuprofile", "", "write the CPU profile of the measured part to `FILE`")
+	fs.BoolVar(&f.prefault, "prefault", false, "recv: map and fault in the guest memory before the measurement")
 	fs.BoolVar(&f.verbose, "v", false, "log the receiver's events")
 	if err := fs.Parse(args[1:]); err != nil {
 		return f, err

@@ -310,9 +310,12 @@ func (s *source) State() ([]byte, error)                    { return s.state, ni
 // is given. It is a migrate.Resumable, as vmm's destination is, so that
 // the receiver keeps its digest table for resumes as ferry receive does.
 type destination struct {
-	want    migrate.VMInfo
-	state   []byte
-	mem     []byte
+	want  migrate.VMInfo
+	state []byte
+	mem   []byte
+	// pool, if set, holds guest memory mapped and faulted in before the
+	// measurement (-prefault): the first Prepare takes it.
+	pool    *prefaulted
 	started atomic.Bool
 }
 
@@ -320,12 +323,48 @@ func (d *destination) Prepare(info migrate.VMInfo) error {
 	if err := migrate.SameLayout(d.want, info); err != nil {
 		return err
 	}
+	if mem := d.pool.take(); mem != nil {
+		d.mem = mem
+		return nil
+	}
 	mem, err := mapGuest(info.MemorySize())
 	if err != nil {
 		return err
 	}
 	d.mem = mem
 	return nil
+}
+
+// prefaulted is guest memory whose every page is already resident, as a
+// VMM that preallocates guest memory would hand it over: a migration into
+// it pays no page faults.
+type prefaulted struct {
+	mu  sync.Mutex
+	mem []byte
+}
+
+// prefault maps size bytes and writes every page.
+func prefault(size uint64) (*prefaulted, error) {
+	mem, err := mapGuest(size)
+	if err != nil {
+		return nil, err
+	}
+	for o := 0; o < len(mem); o += pageSize {
+		mem[o] = 0 // a write fault: the page is allocated (zeroed)
+	}
+	return &prefaulted{mem: mem}, nil
+}
+
+// take hands the memory over, once; nil after that, or without a pool.
+func (p *prefaulted) take() []byte {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	mem := p.mem
+	p.mem = nil
+	return mem
 }
 
 func (d *destination) Memory(int) []byte { return d.mem }

@@ -48,6 +48,7 @@ type config struct {
 	timeout      time.Duration // per measurement; 0: by size
 	jsonPath     string
 	profileDir   string
+	prefault     bool
 	verbose      bool
 }
 
@@ -117,6 +118,9 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.timeout, "timeout", 0, "give up a measurement after this long (default: 2 minutes + 1 per GiB)")
 	fs.StringVar(&c.jsonPath, "json", "", "also write the results to `FILE` as JSON")
 	fs.StringVar(&c.profileDir, "cpuprofile", "", "write each side's CPU profile of each measurement into `DIR` (pprof format)")
+	fs.BoolVar(&c.prefault, "prefault", false,
+		"the migration's receiver maps and faults in all guest memory before the measurement, as a VMM that preallocates it: "+
+			"the migration then pays no page faults there (and the receiver holds all of it resident)")
 	fs.BoolVar(&c.verbose, "v", false, "log the receivers' events")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -208,7 +212,7 @@ func run(c config, tmp string) (*Report, error) {
 		}
 	}
 	for _, size := range c.sizes {
-		if err := checkMemory(size); err != nil {
+		if err := checkMemory(size, c.prefault); err != nil {
 			return nil, err
 		}
 		for _, on := range c.tls {
@@ -228,7 +232,7 @@ func run(c config, tmp string) (*Report, error) {
 				}
 				cp := rep.add(f, p, nil)
 				fmt.Println(progressLine(cp))
-				f.mode, f.noDigest = "migrate", c.noDigest
+				f.mode, f.noDigest, f.prefault = "migrate", c.noDigest, c.prefault
 				for _, mode := range c.compress {
 					f.compress = mode
 					f.profile = profilePath(c.profileDir, f)
@@ -284,13 +288,17 @@ func gib(b uint64) string { return strconv.FormatFloat(float64(b)/(1<<30), 'g', 
 
 // checkMemory refuses a size whose two sides would not fit in the memory
 // available now: each side holds about two thirds of the guest resident
-// (the zero pages stay untouched), plus a margin.
-func checkMemory(size uint64) error {
+// (the zero pages stay untouched; with prefault, the receiver all of it),
+// plus a margin.
+func checkMemory(size uint64, prefault bool) error {
 	avail, err := memAvailable()
 	if err != nil {
 		return nil // not Linux's /proc: let the kernel decide
 	}
 	need := 2*(size/3*2) + 1<<30
+	if prefault {
+		need += size / 3
+	}
 	if avail < need {
 		return fmt.Errorf("%s needs about %.1f GiB of memory for both sides, and %.1f GiB is available: choose smaller -sizes",
 			gib(size), float64(need)/(1<<30), float64(avail)/(1<<30))

@@ -83,13 +83,19 @@ func receiveMigration(ctx context.Context, f childFlags, ln net.Listener) (child
 		logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, "scale recv: "+format+"\n", args...) }
 	}
 	info, state := guestInfo(f.size), guestState()
+	var pool *prefaulted
+	if f.prefault {
+		if pool, err = prefault(f.size); err != nil {
+			return res, err
+		}
+	}
 	keep := migrate.NewKeeper(f.resumeWindow, logf)
 	defer keep.Close()
 	srv := incoming.NewServer(ln, incoming.Config[*destination]{
 		TLS: cfg,
 		Receive: migrate.ReceiveOptions{MaxMemory: f.size, MaxVCPUs: info.VCPUs, IdleTimeout: 30 * time.Second,
 			Keep: keep, Sessions: migrate.NewSessions()},
-		NewTarget: func() *destination { return &destination{want: info, state: state} },
+		NewTarget: func() *destination { return &destination{want: info, state: state, pool: pool} },
 		Logf:      logf,
 	})
 	defer srv.Close()

@@ -42,6 +42,7 @@ type Report struct {
 	MixNote   string `json:"mix"`
 	Digest    bool   `json:"digest_filter"`
 	Resume    string `json:"receiver_resume_window"`
+	Prefault  bool   `json:"receiver_prefault"`
 	// The references on one core.
 	MemcpyGBps float64 `json:"memcpy_GBps"`
 	AESGCMGBps float64 `json:"aes_128_gcm_seal_GBps"`
@@ -128,6 +129,7 @@ func newReport(c config) *Report {
 		MixNote:   "runs of 1-16 pages, each zero (untouched), text-like or random with equal odds",
 		Digest:    !c.noDigest,
 		Resume:    c.resumeWindow.String(),
+		Prefault:  c.prefault,
 	}
 	if commit != "" {
 		r.Commit = "commit " + commit
@@ -301,8 +303,12 @@ func progressLine(row *Row) string {
 
 // printReport prints the table and the targets.
 func printReport(out io.Writer, r *Report) {
-	fmt.Fprintf(out, "\nscale: %s, %s, %d CPUs, load %s at the start, %s at the end; digest filter %s; receiver resume window %s\n",
-		r.Commit, r.GoVersion, r.NumCPU, r.LoadStart, r.LoadEnd, onOff(r.Digest), r.Resume)
+	pre := ""
+	if r.Prefault {
+		pre = "; the receiver's guest memory faulted in before the measurement (-prefault)"
+	}
+	fmt.Fprintf(out, "\nscale: %s, %s, %d CPUs, load %s at the start, %s at the end; digest filter %s; receiver resume window %s%s\n",
+		r.Commit, r.GoVersion, r.NumCPU, r.LoadStart, r.LoadEnd, onOff(r.Digest), r.Resume, pre)
 	fmt.Fprintf(out, "guest memory: %s\n", r.MixNote)
 	fmt.Fprintf(out, "references on one core: memcpy %.2f GB/s, AES-128-GCM seal (16 KiB records) %.2f GB/s\n\n",
 		r.MemcpyGBps, r.AESGCMGBps)

@@ -122,6 +122,33 @@ func TestSmallRun(t *testing.T) {
 	}
 }
 
+// TestPrefault runs a migration into receiver memory faulted in before
+// it: all of the guest is resident there, and the bytes still match.
+func TestPrefault(t *testing.T) {
+	js := filepath.Join(t.TempDir(), "scale.json")
+	out, err := runBenchmark(t, 2*time.Minute, nil,
+		"-sizes", "0.0625", "-conns", "1", "-tls", "off", "-reftime", "10ms", "-prefault", "-json", js)
+	if err != nil {
+		t.Fatalf("benchmark: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Prefault || len(rep.Rows) != 2 {
+		t.Fatalf("prefault %v, %d rows:\n%s", rep.Prefault, len(rep.Rows), out)
+	}
+	r := rep.Rows[1]
+	if r.Kind != "ferry" || r.Receiver.GuestResident != 64<<20 || r.SenderHash == "" || r.SenderHash != r.ReceiverHash {
+		t.Errorf("%s: receiver's guest resident %d bytes, want %d; hashes %q and %q",
+			r.Kind, r.Receiver.GuestResident, 64<<20, r.SenderHash, r.ReceiverHash)
+	}
+}
+
 // TestCorruptionFails checks that a migration whose receiver ends with
 // other bytes than the sender's fails the run, loudly.
 func TestCorruptionFails(t *testing.T) {
