@@ -90,6 +90,9 @@ func (v *VM) Migrate(ctx context.Context, req MigrateRequest, paused bool, hooks
 	opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
 		return dialDestination(ctx, req) // the request channel, authenticated as the first
 	}
+	opts.StreamDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+		return dialDestination(ctx, req) // a parallel stream, authenticated as the first
+	}
 	stats, err := v.send(ctx, req, paused, opts)
 	if err != nil && req.postcopyResume && !errors.Is(err, migrate.ErrPostcopyInterrupted) {
 		// Whatever went wrong, the guest still runs there and waits.
