@@ -57,6 +57,18 @@ func runStreams(t *testing.T, src Source, dst Destination, opts Options, ropts R
 		}()
 		return a, nil
 	}
+	if opts.PostcopyAfterIterations > 0 {
+		opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+			a, b := net.Pipe()
+			extras.Add(1)
+			go func() {
+				defer extras.Done()
+				Receive(context.Background(), b, &fakeDest{}, ropts)
+				b.Close()
+			}()
+			return a, nil
+		}
+	}
 	run.result = runFull(t, src, dst, opts, ropts, nil, nil)
 	extras.Wait()
 	return run
@@ -315,4 +327,56 @@ func TestStreamsRefused(t *testing.T) {
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "no migration of VM") {
 		t.Fatalf("a stream for no migration: %v", err)
 	}
+}
+
+// A migration over streams that breaks is resumed over streams: the
+// destination kept what every stream brought, and only the rest goes.
+func TestStreamsResume(t *testing.T) {
+	src := newStreamSource(1024, 0)
+	keep := NewKeeper(time.Minute, t.Logf)
+	defer keep.Close()
+	kd := newKeptDest()
+	cut := func(i int, c net.Conn) net.Conn {
+		if i == 2 {
+			return &cutConn{Conn: c, after: 256 << 10}
+		}
+		return c
+	}
+	run := runStreams(t, src, kd, streamOptions(3), ReceiveOptions{Keep: keep}, cut)
+	if run.sendErr == nil || kd.suspends != 1 || kd.started {
+		t.Fatalf("the cut migration: send error %v, destination suspended %d, started %v", run.sendErr, kd.suspends, kd.started)
+	}
+	t.Logf("cut: %v; the destination keeps %s", run.sendErr, keep.Holding())
+
+	opts := streamOptions(3)
+	opts.Resume = true
+	run = runStreams(t, src, newKeptDest(), opts, ReceiveOptions{Keep: keep}, nil)
+	mustSucceed(t, run.result)
+	if !kd.started {
+		t.Fatal("the resumed migration did not start the kept VM")
+	}
+	sameMemory(t, src, kd.fakeDest)
+	it0 := run.stats.Iterations[0]
+	if run.stats.DestinationKept == 0 || it0.PagesReused != run.stats.DestinationKept || it0.PagesReused+it0.PagesSent+it0.PagesZero != 1024 {
+		t.Fatalf("kept %d; iteration 0 %+v", run.stats.DestinationKept, it0)
+	}
+	t.Logf("resumed: the destination kept %d pages; %s", run.stats.DestinationKept, run.stats.Summary())
+}
+
+// Pre-copy over streams, then a switch to post-copy: the pages of every
+// stream are in place before the switch, the missing ones come after it.
+func TestStreamsThenPostcopy(t *testing.T) {
+	src := newStreamSource(2048, 20)
+	dst := newPostcopyDest()
+	opts := streamOptions(3)
+	opts.PostcopyAfterIterations = 2
+	opts.NoAutoConverge = true
+	run := runStreams(t, src, dst, opts, ReceiveOptions{}, nil)
+	mustSucceed(t, run.result)
+	st := run.stats
+	if !st.Postcopy || !dst.started || !dst.ended || st.PagesMissing == 0 {
+		t.Fatalf("post-copy %v, started %v, ended %v, missing %d", st.Postcopy, dst.started, dst.ended, st.PagesMissing)
+	}
+	sameMemory(t, src, &dst.fakeDest)
+	t.Logf("%s; missing %d, pushed %d, served %d", st.Summary(), st.PagesMissing, st.PagesPushed, st.PagesServed)
 }
