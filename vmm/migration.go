@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"time"
 	"sync"
 
 	"github.com/ferryvmm/ferry/kvm"
@@ -274,7 +275,10 @@ func (t *MigrationDestination) Restore(state []byte) error {
 // before). Its network devices announce it either way.
 func (t *MigrationDestination) Start() error {
 	if t.LogMemoryHash != nil {
-		t.LogMemoryHash(t.m.mem.Hash())
+		// Inside the downtime, which only tests pay: say how much.
+		at := time.Now()
+		h := t.m.mem.Hash()
+		t.LogMemoryHash(fmt.Sprintf("%s (the guest waited %.1f ms for this hash)", h, float64(time.Since(at).Microseconds())/1000))
 	}
 	return t.startGuest()
 }
