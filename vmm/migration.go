@@ -4,8 +4,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"time"
 	"sync"
+	"time"
 
 	"github.com/ferryvmm/ferry/kvm"
 	"github.com/ferryvmm/ferry/migrate"
