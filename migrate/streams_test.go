@@ -380,3 +380,37 @@ func TestStreamsThenPostcopy(t *testing.T) {
 	sameMemory(t, src, &dst.fakeDest)
 	t.Logf("%s; missing %d, pushed %d, served %d", st.Summary(), st.PagesMissing, st.PagesPushed, st.PagesServed)
 }
+
+// With compression on, each stream's compressor asks the link rate of
+// the sender while the sender's goroutine goes on (the race detector
+// checks the sharing); a stream whose HELLO is refused fails the
+// migration before any page goes, and the source guest runs on.
+func TestStreamsCompressAndRefusedStream(t *testing.T) {
+	src := newStreamSource(1024, 2)
+	dst := &fakeDest{}
+	opts := streamOptions(3)
+	opts.Compress = CompressZstd
+	run := runStreams(t, src, dst, opts, ReceiveOptions{}, nil)
+	mustSucceed(t, run.result)
+	sameMemory(t, src, dst)
+
+	src = newStreamSource(1024, 2) // the first one stays paused: it was handed over
+	opts.Compress = CompressAuto
+	dials := 0
+	opts.StreamDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+		dials++
+		a, b := net.Pipe()
+		go func() { // a destination that knows no such migration
+			Receive(context.Background(), b, &fakeDest{}, ReceiveOptions{Sessions: NewSessions()})
+			b.Close()
+		}()
+		return a, nil
+	}
+	res := runFull(t, src, &fakeDest{}, opts, ReceiveOptions{Sessions: NewSessions()}, nil, nil)
+	if res.sendErr == nil || !strings.Contains(res.sendErr.Error(), "stream 2 of 3") || dials != 1 {
+		t.Fatalf("send error %v after %d dials: want the refusal of stream 2", res.sendErr, dials)
+	}
+	if src.paused || src.logging {
+		t.Fatal("the source guest did not get back to normal")
+	}
+}
