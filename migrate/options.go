@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"time"
 )
 
@@ -157,6 +158,15 @@ type Options struct {
 	BufferSize int
 }
 
+// DefaultConnections is the number of connections the front ends use when
+// the user chooses none: half the cores of this host (the guest's vCPUs
+// need the rest), 1 to 4. Each stream costs a core while it hashes and
+// writes; on a host with 2 cores, one stream already keeps both busy
+// (the sender's goroutine and its writer).
+func DefaultConnections() int {
+	return min(4, max(1, runtime.NumCPU()/2))
+}
+
 // OptionError is a bad setting in Options: Option names the field, so
 // that each front end can name it its own way (a flag, a JSON field).
 type OptionError struct {
@@ -199,8 +209,6 @@ func (o Options) Validate() error {
 		return optErr("PostcopyResume", "needs PostcopyDial for the request channel")
 	case o.Connections < 0 || o.Connections > MaxConnections:
 		return optErr("Connections", "%d: want 1 to %d", o.Connections, MaxConnections)
-	case o.Connections > 1 && o.StreamDial == nil:
-		return optErr("Connections", "%d connections need StreamDial to open the extra ones", o.Connections)
 	case o.Resume && o.NoDigest:
 		return optErr("Resume", "needs the digest table: a resumed migration cannot turn the digest filter off")
 	}
@@ -217,6 +225,9 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.Connections == 0 {
 		o.Connections = 1
+	}
+	if o.Connections > 1 && o.StreamDial == nil {
+		return o, optErr("Connections", "%d connections need StreamDial to open the extra ones", o.Connections)
 	}
 	if o.MaxIterations == 0 {
 		o.MaxIterations = 30

@@ -39,6 +39,14 @@ func (s *sender) beginIterationFlags(flags uint32) error {
 	if err := s.w.record(RecIterationStart, encodeIterationStartFlags(s.pass.iter, flags)); err != nil {
 		return s.ioError("send ITERATION-START", err)
 	}
+	if s.par.jobs != nil {
+		// The extra streams' pages wait at the destination until it has
+		// this record: it must not wait in the buffer for the main
+		// connection's own pages, which may never fill it.
+		if err := s.w.flush(); err != nil {
+			return s.ioError("send ITERATION-START", err)
+		}
+	}
 	return nil
 }
 

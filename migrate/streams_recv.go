@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -116,6 +117,9 @@ func (g *streamGroup) fail(err error) {
 	}
 }
 
+// errMigrationEnded refuses a stream that comes after its migration.
+var errMigrationEnded = errors.New("the migration ended")
+
 // The main connection's side.
 
 // acceptStreams registers the group of a migration whose HELLO asked for
@@ -226,11 +230,14 @@ func (r *receiver) endStreams(err error) {
 	if g == nil {
 		return
 	}
+	r.opts.Sessions.removeStreams(g)
 	if err != nil {
 		g.fail(err)
+	} else {
+		// No stream joins a migration that ended.
+		g.update(func() { g.err = errMigrationEnded })
 	}
 	g.active.Wait()
-	r.opts.Sessions.removeStreams(g)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, st := range g.stats {

@@ -71,13 +71,15 @@ func (s *sender) openStreams() error {
 		if err != nil {
 			return fmt.Errorf("migrate: open stream %d of %d: %w", i+2, extra+1, err)
 		}
-		st := &stream{s: s, conn: conn}
-		s.streams = append(s.streams, st) // closed with the others, whatever happens
-		s.par.unwatch = append(s.par.unwatch, context.AfterFunc(s.ctx, func() { setDeadline(conn, time.Unix(1, 0)) }))
+		unwatch := context.AfterFunc(s.ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
 		if err := s.streamHello(conn); err != nil {
+			unwatch()
+			conn.Close()
 			return fmt.Errorf("migrate: stream %d of %d: %w", i+2, extra+1, err)
 		}
-		st.w = newRecordWriter(s.ctx, conn, s.opts.BufferSize, s.w.lim)
+		st := &stream{s: s, conn: conn, w: newRecordWriter(s.ctx, conn, s.opts.BufferSize, s.w.lim)}
+		s.streams = append(s.streams, st) // closed with the others, whatever happens
+		s.par.unwatch = append(s.par.unwatch, unwatch)
 		if s.opts.Compress != CompressOff {
 			n := float64(s.opts.Connections)
 			st.w.comp, st.w.linkBps = newCompressor(s.opts.Compress), func() float64 { return s.linkRate() / n }
@@ -239,9 +241,7 @@ func (s *sender) closeStreams() {
 		unwatch()
 	}
 	for _, st := range s.streams[1:] {
-		if st.w != nil {
-			st.w.stop(time.Second)
-		}
+		st.w.stop(time.Second)
 		st.conn.Close()
 	}
 }

@@ -57,6 +57,18 @@ func runStreams(t *testing.T, src Source, dst Destination, opts Options, ropts R
 		}()
 		return a, nil
 	}
+	if opts.PostcopyAfterIterations > 0 {
+		opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+			a, b := net.Pipe()
+			extras.Add(1)
+			go func() {
+				defer extras.Done()
+				Receive(context.Background(), b, &fakeDest{}, ropts)
+				b.Close()
+			}()
+			return a, nil
+		}
+	}
 	run.result = runFull(t, src, dst, opts, ropts, nil, nil)
 	extras.Wait()
 	return run
@@ -314,5 +326,91 @@ func TestStreamsRefused(t *testing.T) {
 	err, _ = scripted(t, ReceiveOptions{Sessions: NewSessions()}, &fakeDest{}, rec(RecHello, p))
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "no migration of VM") {
 		t.Fatalf("a stream for no migration: %v", err)
+	}
+}
+
+// A migration over streams that breaks is resumed over streams: the
+// destination kept what every stream brought, and only the rest goes.
+func TestStreamsResume(t *testing.T) {
+	src := newStreamSource(1024, 0)
+	keep := NewKeeper(time.Minute, t.Logf)
+	defer keep.Close()
+	kd := newKeptDest()
+	cut := func(i int, c net.Conn) net.Conn {
+		if i == 2 {
+			return &cutConn{Conn: c, after: 256 << 10}
+		}
+		return c
+	}
+	run := runStreams(t, src, kd, streamOptions(3), ReceiveOptions{Keep: keep}, cut)
+	if run.sendErr == nil || kd.suspends != 1 || kd.started {
+		t.Fatalf("the cut migration: send error %v, destination suspended %d, started %v", run.sendErr, kd.suspends, kd.started)
+	}
+	t.Logf("cut: %v; the destination keeps %s", run.sendErr, keep.Holding())
+
+	opts := streamOptions(3)
+	opts.Resume = true
+	run = runStreams(t, src, newKeptDest(), opts, ReceiveOptions{Keep: keep}, nil)
+	mustSucceed(t, run.result)
+	if !kd.started {
+		t.Fatal("the resumed migration did not start the kept VM")
+	}
+	sameMemory(t, src, kd.fakeDest)
+	it0 := run.stats.Iterations[0]
+	if run.stats.DestinationKept == 0 || it0.PagesReused != run.stats.DestinationKept || it0.PagesReused+it0.PagesSent+it0.PagesZero != 1024 {
+		t.Fatalf("kept %d; iteration 0 %+v", run.stats.DestinationKept, it0)
+	}
+	t.Logf("resumed: the destination kept %d pages; %s", run.stats.DestinationKept, run.stats.Summary())
+}
+
+// Pre-copy over streams, then a switch to post-copy: the pages of every
+// stream are in place before the switch, the missing ones come after it.
+func TestStreamsThenPostcopy(t *testing.T) {
+	src := newStreamSource(2048, 20)
+	dst := newPostcopyDest()
+	opts := streamOptions(3)
+	opts.PostcopyAfterIterations = 2
+	opts.NoAutoConverge = true
+	run := runStreams(t, src, dst, opts, ReceiveOptions{}, nil)
+	mustSucceed(t, run.result)
+	st := run.stats
+	if !st.Postcopy || !dst.started || !dst.ended || st.PagesMissing == 0 {
+		t.Fatalf("post-copy %v, started %v, ended %v, missing %d", st.Postcopy, dst.started, dst.ended, st.PagesMissing)
+	}
+	sameMemory(t, src, &dst.fakeDest)
+	t.Logf("%s; missing %d, pushed %d, served %d", st.Summary(), st.PagesMissing, st.PagesPushed, st.PagesServed)
+}
+
+// With compression on, each stream's compressor asks the link rate of
+// the sender while the sender's goroutine goes on (the race detector
+// checks the sharing); a stream whose HELLO is refused fails the
+// migration before any page goes, and the source guest runs on.
+func TestStreamsCompressAndRefusedStream(t *testing.T) {
+	src := newStreamSource(1024, 2)
+	dst := &fakeDest{}
+	opts := streamOptions(3)
+	opts.Compress = CompressZstd
+	run := runStreams(t, src, dst, opts, ReceiveOptions{}, nil)
+	mustSucceed(t, run.result)
+	sameMemory(t, src, dst)
+
+	src = newStreamSource(1024, 2) // the first one stays paused: it was handed over
+	opts.Compress = CompressAuto
+	dials := 0
+	opts.StreamDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+		dials++
+		a, b := net.Pipe()
+		go func() { // a destination that knows no such migration
+			Receive(context.Background(), b, &fakeDest{}, ReceiveOptions{Sessions: NewSessions()})
+			b.Close()
+		}()
+		return a, nil
+	}
+	res := runFull(t, src, &fakeDest{}, opts, ReceiveOptions{Sessions: NewSessions()}, nil, nil)
+	if res.sendErr == nil || !strings.Contains(res.sendErr.Error(), "stream 2 of 3") || dials != 1 {
+		t.Fatalf("send error %v after %d dials: want the refusal of stream 2", res.sendErr, dials)
+	}
+	if src.paused || src.logging {
+		t.Fatal("the source guest did not get back to normal")
 	}
 }

@@ -81,6 +81,7 @@ pages this host keeps; finish with the same command and --resume.`,
 		&cli.StringFlag{Name: "compress", Value: "auto", Usage: "compress page records with zstd: auto (while it pays at the measured link rate), off, or zstd (always)"},
 		&cli.StringFlag{Name: "stats-json", Usage: "write the migration statistics to `FILE`"},
 		&cli.BoolFlag{Name: "resume", Usage: "resume a cut migration into the pages the destination kept (sends only the pages that differ)"},
+		&cli.IntFlag{Name: "connections", Value: migrate.DefaultConnections(), Usage: "connections that carry the pages in parallel, 1 to 64, each a TCP (or TLS) connection to --to, each with a goroutine that hashes, filters and writes its share (the default is half this host's cores, 1 to 4)"},
 	}, tlsFlags("this host's")...),
 	Action: migrateAction,
 }
@@ -100,6 +101,7 @@ var optionFlags = map[string]string{
 	"PostcopyAfterIterations": "postcopy-after",
 	"Compress":                "compress",
 	"Resume":                  "resume",
+	"Connections":             "connections",
 }
 
 func migrateAction(c *cli.Context) error {
@@ -115,11 +117,15 @@ func migrateAction(c *cli.Context) error {
 		NoAutoConverge:    c.Bool("no-auto-converge"),
 		Compress:          c.String("compress"),
 		Resume:            c.Bool("resume"),
+		Connections:       c.Int("connections"),
 	}
 	// A flag given as 0 would mean "the default" to migrate.Options: the
 	// flags show their defaults, so 0 is refused here instead.
 	if req.DowntimeMS <= 0 {
 		return flagError("downtime", "%v: must be positive", c.Duration("downtime"))
+	}
+	if c.Int("connections") < 1 {
+		return flagError("connections", "%d: must be at least 1", c.Int("connections"))
 	}
 	if c.Int("max-iterations") < 1 {
 		return flagError("max-iterations", "%d: must be at least 1", c.Int("max-iterations"))

@@ -90,6 +90,9 @@ func (v *VM) Migrate(ctx context.Context, req MigrateRequest, paused bool, hooks
 	opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
 		return dialDestination(ctx, req) // the request channel, authenticated as the first
 	}
+	opts.StreamDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+		return dialDestination(ctx, req) // a parallel stream, authenticated as the first
+	}
 	stats, err := v.send(ctx, req, paused, opts)
 	if err != nil && req.postcopyResume && !errors.Is(err, migrate.ErrPostcopyInterrupted) {
 		// Whatever went wrong, the guest still runs there and waits.
@@ -104,7 +107,11 @@ func (v *VM) send(ctx context.Context, req MigrateRequest, paused bool, opts mig
 		return nil, err
 	}
 	defer conn.Close()
-	stats, err := migrate.Send(ctx, v.source(paused), conn, opts)
+	src := v.source(paused)
+	stats, err := migrate.Send(ctx, src, conn, opts)
+	if err == nil {
+		src.LogHash() // the guest stays paused here for good
+	}
 	if err != nil && !errors.Is(err, migrate.ErrOutcomeUnknown) && !errors.Is(err, migrate.ErrPostcopyInterrupted) && req.TLS.Enabled() {
 		err = migrate.ExplainTLSError(err)
 	}
@@ -125,7 +132,11 @@ func (v *VM) Snapshot(ctx context.Context, path string, paused, thenStop bool) (
 		}
 		return v.M.Resume()
 	}
-	st, err := writeSnapshotFile(ctx, path, v.source(paused))
+	src := v.source(paused)
+	st, err := writeSnapshotFile(ctx, path, src)
+	if err == nil {
+		src.LogHash() // still paused: the memory the file holds
+	}
 	res := &SnapshotResult{Path: path, PausedMS: float64(time.Since(pausedAt).Microseconds()) / 1000}
 	if st != nil {
 		res.Stats = *st

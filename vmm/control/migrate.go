@@ -34,6 +34,9 @@ type MigrateRequest struct {
 	PostcopyAfterIterations int     `json:"postcopy_after_iterations,omitempty"`
 	// Resume resumes a cut migration into the pages the destination kept.
 	Resume bool `json:"resume,omitempty"`
+	// Connections is how many connections carry the pages (0: the
+	// default of this host, migrate.DefaultConnections).
+	Connections int `json:"connections,omitempty"`
 	// postcopyResume: this request finishes an interrupted post-copy (the
 	// controller sets it in state handed-over).
 	postcopyResume bool
@@ -71,6 +74,10 @@ func (r MigrateRequest) MigrateOptions() (migrate.Options, error) {
 		PostcopyAfter:           time.Duration(r.PostcopyAfterSeconds * float64(time.Second)),
 		PostcopyAfterIterations: r.PostcopyAfterIterations,
 		Resume:                  r.Resume,
+		Connections:             r.Connections,
+	}
+	if o.Connections == 0 {
+		o.Connections = migrate.DefaultConnections()
 	}
 	var err error
 	if o.OnTimeout, err = migrate.ParseTimeoutAction(r.OnTimeout); err != nil {
@@ -116,6 +123,7 @@ var OptionJSON = map[string]string{
 	"PostcopyAfterIterations": "postcopy_after_iterations",
 	"Compress":                "compress",
 	"Resume":                  "resume",
+	"Connections":             "connections",
 }
 
 // dialDestination connects to req.To, with the TLS handshake when req.TLS
