@@ -190,7 +190,7 @@ func splitList(s string) []string {
 // compared with.
 func run(c config, tmp string) (*Report, error) {
 	rep := newReport(c)
-	fmt.Printf("scale: %s, Go %s, %d CPUs, load %s\n", rep.Commit, rep.GoVersion, rep.NumCPU, rep.LoadStart)
+	fmt.Printf("scale: %s, %s, %d CPUs, load %s\n", rep.Commit, rep.GoVersion, rep.NumCPU, rep.LoadStart)
 	refs, err := measureRefs(c.refTime)
 	if err != nil {
 		return nil, fmt.Errorf("the one-core references: %w", err)
