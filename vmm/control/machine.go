@@ -109,8 +109,10 @@ func (v *VM) send(ctx context.Context, req MigrateRequest, paused bool, opts mig
 	defer conn.Close()
 	src := v.source(paused)
 	stats, err := migrate.Send(ctx, src, conn, opts)
-	if err == nil {
-		src.LogHash() // the guest stays paused here for good
+	if err == nil || errors.Is(err, migrate.ErrOutcomeUnknown) {
+		// The guest stays paused here: for good, or (outcome unknown)
+		// until the operator has checked the destination.
+		src.LogHash()
 	}
 	if err != nil && !errors.Is(err, migrate.ErrOutcomeUnknown) && !errors.Is(err, migrate.ErrPostcopyInterrupted) && req.TLS.Enabled() {
 		err = migrate.ExplainTLSError(err)
