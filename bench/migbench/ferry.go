@@ -31,7 +31,7 @@ var (
 func (b *bench) ferryBoot(h *host, w workload) (*vm, error) {
 	b.seq++
 	sock := filepath.Join(b.tmp, fmt.Sprintf("ferry-%d.sock", b.seq))
-	args := []string{b.ferry, "run", "--memory", b.mem, "--kernel", b.kernel, "--initrd", b.initrd,
+	args := []string{b.ferry, "run", "--memory", w.mem(b), "--kernel", b.kernel, "--initrd", b.initrd,
 		"--api-socket", sock, "--cmdline", w.cmdline(b)}
 	if b.memoryHash {
 		args = append(args, "--memory-hash")
@@ -52,8 +52,12 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 	port := b.nextPort()
 	sock := filepath.Join(b.tmp, fmt.Sprintf("ferry-%d.sock", b.seq))
 	rargs := []string{b.ferry, "receive", "--listen", fmt.Sprintf("%s:%d", dstHost.addr, port), "--api-socket", sock}
-	if dstHost.addr != "127.0.0.1" {
-		// plain TCP between our own two namespaces; TLS is not what is compared
+	switch {
+	case sys.tls:
+		// mutual TLS: each side's certificate from the run's CA (certs.go)
+		rargs = append(rargs, b.certs.ferryFlags(dstHost)...)
+	case dstHost.addr != "127.0.0.1":
+		// plain TCP between our own two namespaces
 		rargs = append(rargs, "--insecure")
 	}
 	if b.memoryHash {
@@ -79,6 +83,14 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		margs = append(margs, "--max-bandwidth", fmt.Sprintf("%dMiB/s", bw))
 	}
 	margs = append(margs, sys.ferryFlags...)
+	if sys.connections {
+		margs = append(margs, "--connections", strconv.Itoa(b.connections))
+		r.Connections = b.connections
+	}
+	if sys.tls {
+		margs = append(margs, b.certs.ferryFlags(src.h)...)
+		r.TLS = true
+	}
 	r.Command = "ferry " + shellQuote(margs)
 
 	srcMark := src.p.count()
@@ -173,6 +185,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 			r.Converged = st.Converged
 			r.TotalSeconds = st.TotalSeconds
 			r.DowntimeMS = &st.DowntimeMS
+			r.DowntimeParts = st.ferryPostcopy.DowntimeParts
 			r.BytesReported = st.BytesTotal
 			r.PerIteration = r.PerIteration[:0]
 			for _, it := range st.Iterations {
@@ -205,7 +218,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 	if r.BytesTotal = r.WireBytes; r.WireBytes < 0 || src.h.dev == "" {
 		r.BytesTotal = r.BytesReported
 	}
-	r.ferrySplit(b.totalPages())
+	r.ferrySplit(r.wl.pages(b))
 	r.Savings = ferrySavings(r.PerIteration)
 	r.ThrottleMaxPct = maxThrottle(r.PerIteration)
 	r.DirtyRates = ferryDirtyRates(r.PerIteration)
