@@ -33,7 +33,7 @@ func (b *bench) ferryBoot(h *host, w workload) (*vm, error) {
 	sock := filepath.Join(b.tmp, fmt.Sprintf("ferry-%d.sock", b.seq))
 	args := []string{b.ferry, "run", "--memory", w.mem(b), "--kernel", b.kernel, "--initrd", b.initrd,
 		"--api-socket", sock, "--cmdline", w.cmdline(b)}
-	if b.memoryHash {
+	if w.memoryHash(b) {
 		args = append(args, "--memory-hash")
 	}
 	argv := h.wrap(args...)
@@ -60,7 +60,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		// plain TCP between our own two namespaces
 		rargs = append(rargs, "--insecure")
 	}
-	if b.memoryHash {
+	if r.wl.memoryHash(b) {
 		rargs = append(rargs, "--memory-hash")
 	}
 	dp, err := startProc(fmt.Sprintf("ferry receive #%d", b.seq), b.logPath(fmt.Sprintf("%02d-ferry-receive", b.seq)), dstHost.wrap(rargs...))
@@ -247,7 +247,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		dp.stop()
 		return nil
 	}
-	if b.memoryHash {
+	if r.wl.memoryHash(b) {
 		b.compareHashes(src, dst, srcMark, r)
 	}
 	b.counterCheck(src, dst, r)

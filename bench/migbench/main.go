@@ -119,6 +119,10 @@ type Run struct {
 	// MemoryHash: ferry's hashes of guest RAM, on the paused source and on
 	// the destination before it starts: "equal", or what went wrong.
 	MemoryHash string `json:"memory_hash,omitempty"`
+	// GuestVerify: the guest's check of its working set (ferry.verify=1)
+	// in its first report after the migration: "ok pages=N ms=T", or what
+	// went wrong.
+	GuestVerify string `json:"guest_verify,omitempty"`
 	// Guests that write faster than the link (outrun.go): the highest
 	// auto-converge throttle, the lowest write rate the guest's writer
 	// reported while the migration ran, and what post-copy did.
@@ -176,6 +180,7 @@ type bench struct {
 	out                         string
 	cmdlines                    map[string]string // workload/family -> kernel "Command line:"
 	memoryHash                  bool              // ferry --memory-hash on both sides, compared
+	bigMemoryHash               bool              // --memory-hash on the workloads with NoMemoryHash too
 	repeats                     int               // runs of system ferry on a workload with Repeat
 	connections                 int               // ferry migrate --connections N of ferry-conns*
 	hasConnections              bool              // this ferry's migrate takes --connections
@@ -212,6 +217,7 @@ func main() {
 		allPairs  = flag.Bool("all-pairs", false, "run every selected system on every selected workload, not only the systems each workload names")
 		repeats   = flag.Int("repeats", 10, "run system ferry this many times in a row on the big workload (ping-pong), for its downtimes; 1: once")
 		conns     = flag.Int("connections", 2, "ferry migrate --connections N of ferry-conns and ferry-conns-tls (run only if the ferry binary has the flag)")
+		bigHash   = flag.Bool("big-memory-hash", false, "ferry --memory-hash on the big workload too (its two hashes of 1 GiB fall in ferry's downtime; the guest checks its working set after every migration either way)")
 		memHash   = flag.Bool("memory-hash", true, "ferry --memory-hash on both sides, and require equal hashes of guest RAM (adds two RAM hashes, ~5 ms each for 128 MiB here, to ferry's downtime)")
 		bws       = flag.String("bws", "32,0", "bandwidth caps in MiB/s, comma-separated (0: unlimited)")
 		mem       = flag.String("mem", "128M", "guest memory")
@@ -239,7 +245,7 @@ func main() {
 	}
 	b := &bench{qemu: *qemuBin, mem: *mem, ws: *ws, hot: *hot, rate: *rate, downtime: *downtime,
 		bound: *bound, bootWait: *bootWait, maxIter: *maxIter, out: *out, cmdlines: map[string]string{},
-		memoryHash: *memHash, repeats: *repeats, connections: *conns}
+		memoryHash: *memHash, bigMemoryHash: *bigHash, repeats: *repeats, connections: *conns}
 	b.port = 7600 + os.Getpid()%1000
 
 	var workloads []workload

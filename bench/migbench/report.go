@@ -265,6 +265,10 @@ func fmtp(p *float64, f string) string {
 
 func shortCheck(r *Run) string {
 	switch {
+	case strings.HasPrefix(r.Check, "ok") && r.MemoryHash == "equal" && r.GuestVerify != "":
+		return "ok, RAM hash equal, working set intact"
+	case strings.HasPrefix(r.Check, "ok") && r.GuestVerify != "":
+		return "ok, working set intact"
 	case strings.HasPrefix(r.Check, "ok") && r.MemoryHash == "equal":
 		return "ok, RAM hash equal"
 	case strings.HasPrefix(r.Check, "ok"):

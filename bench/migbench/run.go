@@ -58,7 +58,18 @@ func (b *bench) header(plan []planned, caps []int) {
 	fmt.Printf("limits:  downtime %v, caps %v MiB/s (0 = unlimited), bound %v (ferry --timeout %v --on-timeout abort --max-iterations %d; QEMU migrate_cancel at %v)\n",
 		b.downtime, caps, b.bound, b.bound, b.maxIter, b.bound)
 	if b.memoryHash {
-		fmt.Printf("check:   ferry --memory-hash on both sides: the destination's hash of guest RAM must equal the paused source's\n")
+		fmt.Printf("check:   ferry --memory-hash on both sides: the destination's hash of guest RAM must equal the paused source's")
+		for _, p := range plan {
+			if !p.w.memoryHash(b) {
+				fmt.Printf(" (not on %s: its hashes would fall in the downtime; -big-memory-hash)", p.w.Name)
+			}
+		}
+		fmt.Println()
+	}
+	for _, p := range plan {
+		if p.w.Verify {
+			fmt.Printf("check:   %s: the guest checks every page of its working set (ferry.verify=1); its first report on the destination must find them intact (ferry and QEMU)\n", p.w.Name)
+		}
 	}
 	fmt.Printf("workloads, each with its systems:\n")
 	n := 0
@@ -257,12 +268,32 @@ func (b *bench) counterCheck(src, dst *vm, r *Run) {
 		r.fail("destination: a second counter line: %v", err)
 		return
 	}
-	if _, _, _, err := dst.p.waitFor(reDirty, i+1, 30*time.Second); err != nil {
+	_, rl, _, err := dst.p.waitFor(reDirty, i+1, 30*time.Second)
+	if err != nil {
 		r.fail("destination: the memory writer: %v", err)
 		return
 	}
+	if r.wl.Verify {
+		b.guestVerify(rl.s, r)
+	}
 	if r.Check == "" {
 		r.Check = fmt.Sprintf("ok: counter %d -> %d, writer on", last, first)
+	}
+}
+
+// guestVerify requires the writer's report (ferry.verify=1) to say that
+// every page of its working set is intact.
+func (b *bench) guestVerify(report string, r *Run) {
+	m := reVerify.FindStringSubmatch(report)
+	switch {
+	case m == nil:
+		r.GuestVerify = "missing"
+		r.fail("the guest's report has no verify=: %q", report)
+	case m[1] != "ok":
+		r.GuestVerify = m[0]
+		r.fail("the guest found its working set changed: %s", m[0])
+	default:
+		r.GuestVerify = m[0][len("verify="):]
 	}
 }
 
@@ -301,6 +332,9 @@ func (b *bench) printRun(r *Run) {
 	fmt.Printf("       check: %s", r.Check)
 	if r.MemoryHash != "" {
 		fmt.Printf("; RAM hash %s", r.MemoryHash)
+	}
+	if r.GuestVerify != "" {
+		fmt.Printf("; guest's check of its working set: %s", r.GuestVerify)
 	}
 	if r.Error != "" {
 		fmt.Printf(" (%s)", r.Error)
