@@ -104,9 +104,9 @@ func bigTables(w io.Writer, runs []*Run) {
 		case f == nil || q == nil:
 			result = "not run"
 		case !usable(f):
-			result = "not measured: " + t.ferry + ": " + shortCheck(f)
+			result = "not measured: " + t.ferry + ": " + strings.TrimPrefix(shortCheck(f), "not measured: ")
 		case !usable(q):
-			result = "not measured: " + t.qemu + ": " + shortCheck(q)
+			result = "not measured: " + t.qemu + ": " + strings.TrimPrefix(shortCheck(q), "not measured: ")
 		}
 		if result != "" {
 			fmt.Fprintf(w, "| %s | %s | | | %s | %s | |\n", t.ferry, t.qemu, target, strings.ReplaceAll(result, "|", "/"))
