@@ -80,3 +80,51 @@ func TestGuestVerify(t *testing.T) {
 		}
 	}
 }
+
+// TestTransport reads what the VMMs' output shows of TLS and of multifd
+// channels.
+func TestTransport(t *testing.T) {
+	lines := func(ss ...string) *proc {
+		p := &proc{}
+		for _, s := range ss {
+			p.lines = append(p.lines, line{s: s})
+		}
+		return p
+	}
+	tlsSys, _ := findSystem("qemu-tls")
+	plain, _ := findSystem("qemu")
+	multifd, _ := findSystem("qemu-multifd")
+	srcTLS := lines("an earlier migration's migration_tls_outgoing_handshake_complete",
+		"12@1.0:migration_tls_outgoing_handshake_start hostname=10.234.0.2",
+		"12@1.1:qio_channel_tls_credentials_allow TLS credentials allow ioc=0x1",
+		"12@1.2:migration_tls_outgoing_handshake_complete")
+	dstTLS := lines("13@1.0:migration_tls_incoming_handshake_start",
+		"13@1.1:qio_channel_tls_credentials_allow TLS credentials allow ioc=0x2",
+		"13@1.2:migration_tls_incoming_handshake_complete")
+	for _, c := range []struct {
+		name     string
+		sys      system
+		src, dst *proc
+		mark     int
+		want     string
+		failed   bool
+	}{
+		{"tls", tlsSys, srcTLS, dstTLS, 1, "TLS: 1 handshake(s), the peer's certificate allowed on both sides", false},
+		{"tls, destination without a handshake", tlsSys, srcTLS, lines(), 1, "", true},
+		{"tls, only an earlier migration's handshake", tlsSys, lines("migration_tls_outgoing_handshake_complete", "qio_channel_tls_credentials_allow"), dstTLS, 2, "", true},
+		{"plain", plain, lines("migration_bitmap_sync_end dirty_pages 5"), lines(), 0, "", false},
+		{"plain over TLS", plain, srcTLS, dstTLS, 0, "", true},
+		{"multifd", multifd, lines("multifd_send_thread_start 0", "multifd_send_thread_start 1"), lines(), 0, "multifd: 2 send channels", false},
+		{"multifd, one channel", multifd, lines("multifd_send_thread_start 0"), lines(), 0, "multifd: 1 send channels", true},
+	} {
+		r := &Run{}
+		qemuTransport(&vm{p: c.src}, &vm{p: c.dst}, c.mark, c.sys, r)
+		if r.Transport != c.want || (r.Error != "") != c.failed {
+			t.Errorf("%s: transport %q, error %q", c.name, r.Transport, r.Error)
+		}
+	}
+	m := reFerryMode.FindStringSubmatch("ferry: waiting for a migration on 10.234.0.2:7701 (mutual TLS; guests up to 12000 MiB, 32 vCPUs)")
+	if m == nil || m[1] != "mutual TLS" {
+		t.Errorf("ferry receive's mode: %q", m)
+	}
+}

@@ -24,6 +24,7 @@ var (
 	reHashSrc       = regexp.MustCompile(`memory hash \(paused source\): ([0-9a-f]+)`)
 	reHashDst       = regexp.MustCompile(`memory hash \(destination before start\): ([0-9a-f]+)`)
 	reFerryWaiting  = regexp.MustCompile(`waiting for a migration on`)
+	reFerryMode     = regexp.MustCompile(`waiting for a migration on \S+ \(([^;)]+)`)
 	reFerryReceived = regexp.MustCompile(`guest received from .* and running`)
 )
 
@@ -69,10 +70,18 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		return src
 	}
 	dst := &vm{p: dp, h: dstHost, sock: sock, family: "ferry"}
-	if _, _, _, err := dp.waitFor(reFerryWaiting, 0, 30*time.Second); err != nil {
+	_, wl, wm, err := dp.waitFor(reFerryWaiting, 0, 30*time.Second)
+	if err != nil {
 		r.fail("ferry receive did not start: %v", err)
 		dp.stop()
 		return src
+	}
+	// What ferry receive says it listens with: "mutual TLS", "no TLS: --insecure", ...
+	if m := reFerryMode.FindStringSubmatch(wl.s); wm != nil && m != nil {
+		r.Transport = "ferry receive: " + m[1]
+		if sys.tls != (m[1] == "mutual TLS") {
+			r.fail("ferry receive listens with %q", m[1])
+		}
 	}
 
 	statsFile := filepath.Join(b.tmp, fmt.Sprintf("stats-%d.json", b.seq))

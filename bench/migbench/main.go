@@ -90,6 +90,10 @@ type Run struct {
 	// one connection); TLS: the migration ran over (mutual) TLS.
 	Connections int  `json:"connections,omitempty"`
 	TLS         bool `json:"tls,omitempty"`
+	// Transport: what the VMM's own output showed of TLS and of its
+	// connections (QEMU: its trace of the TLS handshakes, the peers'
+	// certificate checks and the multifd send threads).
+	Transport string `json:"transport,omitempty"`
 	// Repeat: the run's place among the repeated migrations of one system
 	// (-repeats), counted from 1; 0 for a system run once.
 	Repeat          int        `json:"repeat,omitempty"`

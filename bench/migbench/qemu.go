@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -29,6 +30,11 @@ func (b *bench) qemuArgs(w workload, h *host, sock string, tls bool) []string {
 		// Observation only (one line per dirty-bitmap sync, one per page
 		// XBZRLE finds unchanged); QEMU's migration itself is untouched.
 		"-trace", "migration_bitmap_sync_end", "-trace", "save_xbzrle_page_skipping",
+		// Also observation only: the TLS handshakes and the peers'
+		// certificate checks, and the multifd channels' threads (what the
+		// harness checks a TLS or multifd migration really used).
+		"-trace", "migration_tls_*", "-trace", "qio_channel_tls_credentials_*",
+		"-trace", "multifd_send_thread_start", "-trace", "multifd_recv_thread_start",
 	}
 	if tls {
 		a = append(a, b.certs.qemuObjects(h)...)
@@ -391,6 +397,9 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	}
 	r.qemuSplit(samples, r.wl.pages(b), tx0p)
 	out.finish(r, &info)
+	if r.Migrated {
+		qemuTransport(src, dst, srcMark, sys, r)
+	}
 
 	if !r.Migrated {
 		if n := len(r.PerIteration); n > 0 {
@@ -419,6 +428,52 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	}
 	b.counterCheck(src, dst, r)
 	return dst
+}
+
+var (
+	reTLSOut     = regexp.MustCompile(`migration_tls_outgoing_handshake_(start|complete|error)`)
+	reTLSIn      = regexp.MustCompile(`migration_tls_incoming_handshake_(start|complete|error)`)
+	reTLSAllow   = regexp.MustCompile(`qio_channel_tls_credentials_(allow|deny)`)
+	reMultifdOut = regexp.MustCompile(`multifd_send_thread_start`)
+)
+
+// qemuTransport checks in QEMU's trace lines (of this migration: after
+// line srcMark on the source, all of the fresh destination) that a TLS
+// system's migration ran over TLS, its handshake complete and the peer's
+// certificate allowed on both sides, and that no other did; and counts a
+// multifd system's send channels. r.Transport says what was seen.
+func qemuTransport(src, dst *vm, srcMark int, sys system, r *Run) {
+	count := func(p *proc, from int, re *regexp.Regexp, want string) int {
+		n := 0
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, l := range p.lines[min(from, len(p.lines)):] {
+			if m := re.FindStringSubmatch(l.s); m != nil && (want == "" || m[1] == want) {
+				n++
+			}
+		}
+		return n
+	}
+	var seen []string
+	outDone, inDone := count(src.p, srcMark, reTLSOut, "complete"), count(dst.p, 0, reTLSIn, "complete")
+	outAllow, inAllow := count(src.p, srcMark, reTLSAllow, "allow"), count(dst.p, 0, reTLSAllow, "allow")
+	switch {
+	case sys.tls && (outDone == 0 || inDone == 0 || outAllow == 0 || inAllow == 0):
+		r.fail("QEMU's trace shows no complete TLS migration: handshakes complete on the source %d, on the destination %d; peer certificate allowed on the source %d, on the destination %d",
+			outDone, inDone, outAllow, inAllow)
+	case sys.tls:
+		seen = append(seen, fmt.Sprintf("TLS: %d handshake(s), the peer's certificate allowed on both sides", outDone))
+	case count(src.p, srcMark, reTLSOut, "") > 0:
+		r.fail("QEMU's trace shows a TLS handshake in a migration without TLS")
+	}
+	if sys.multifd {
+		n := count(src.p, srcMark, reMultifdOut, "")
+		if n != multifdChannels {
+			r.fail("QEMU's trace shows %d multifd send threads, not %d", n, multifdChannels)
+		}
+		seen = append(seen, fmt.Sprintf("multifd: %d send channels", n))
+	}
+	r.Transport = strings.Join(seen, "; ")
 }
 
 // qemuIterations builds per-iteration rows: the pages each dirty-bitmap

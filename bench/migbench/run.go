@@ -336,6 +336,9 @@ func (b *bench) printRun(r *Run) {
 	if r.GuestVerify != "" {
 		fmt.Printf("; guest's check of its working set: %s", r.GuestVerify)
 	}
+	if r.Transport != "" {
+		fmt.Printf("; %s", r.Transport)
+	}
 	if r.Error != "" {
 		fmt.Printf(" (%s)", r.Error)
 	}
