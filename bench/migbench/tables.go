@@ -34,7 +34,7 @@ const legend = "Legend: **1st pass** = until the sender had sent as many pages (
 func savingsTable(w io.Writer, runs []*Run) {
 	var rows []*Run
 	for _, r := range runs {
-		if r.Savings != nil {
+		if r.Savings != nil && r.Repeat <= 1 { // of repeated runs, the first
 			rows = append(rows, r)
 		}
 	}
