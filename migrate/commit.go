@@ -41,6 +41,9 @@ func (s *sender) stopAndCopy(converged bool) error {
 	if _, err := s.sendPending(false, false); err != nil {
 		return err
 	}
+	if err := s.drain(); err != nil {
+		return err
+	}
 	clock.mark(&s.stats.DowntimeParts.PagesMS)
 	return s.complete(clock)
 }
@@ -63,6 +66,9 @@ func (s *sender) pausedCopy() error {
 	if _, err := s.sendAll(false, false); err != nil {
 		return err
 	}
+	if err := s.drain(); err != nil {
+		return err
+	}
 	clock.mark(&s.stats.DowntimeParts.PagesMS)
 	return s.complete(clock)
 }
@@ -71,7 +77,14 @@ func (s *sender) pausedCopy() error {
 // handshake. clock started with the final pass (the downtime's start).
 func (s *sender) complete(clock downtimeClock) error {
 	parts := &s.stats.DowntimeParts
-	s.w.endPages()
+	// Every page of the pass is out on every stream before STATE: the
+	// destination waits for the streams' SYNC before it takes STATE.
+	if err := s.drain(); err != nil {
+		return err
+	}
+	if err := s.syncStreams(false); err != nil {
+		return err
+	}
 	state, err := s.src.State()
 	if err != nil {
 		return fmt.Errorf("migrate: save source state: %w", err)

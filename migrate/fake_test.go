@@ -238,6 +238,13 @@ type tapConn struct {
 	buf bytes.Buffer
 }
 
+// bytes is a copy of what was read so far.
+func (c *tapConn) bytes() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return bytes.Clone(c.buf.Bytes())
+}
+
 func (c *tapConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.mu.Lock()
@@ -253,11 +260,12 @@ type wireLog struct {
 	zero       map[uint64]int // pages sent as zero
 	delta      map[uint64]int // pages sent as DELTA entries
 	compressed int            // compressed PAGES records
+	raw        []byte         // the bytes
 }
 
 func decodeWire(t *testing.T, b []byte) *wireLog {
 	t.Helper()
-	w := &wireLog{full: map[uint64]int{}, zero: map[uint64]int{}, delta: map[uint64]int{}}
+	w := &wireLog{full: map[uint64]int{}, zero: map[uint64]int{}, delta: map[uint64]int{}, raw: b}
 	rr := newRecordReader(bytes.NewReader(b))
 	unzip := newDecompressor()
 	defer unzip.close()

@@ -129,6 +129,14 @@ func decodePayload(t *testing.T, rec record) {
 		}
 	case RecComplete:
 		decodeComplete(p)
+	case RecStreams:
+		if n, err := decodeStreams(p); err == nil && !bytes.Equal(encodeStreams(n), p) {
+			t.Fatal("STREAMS does not re-encode to its input")
+		}
+	case RecSync:
+		if k, n, err := decodeSync(p); err == nil && !bytes.Equal(encodeSync(k, n), p) {
+			t.Fatal("SYNC does not re-encode to its input")
+		}
 	case RecEnd, RecPostcopyEnd:
 		if !bytes.Equal(encodeEnd(decodeEnd(p)), p) {
 			t.Fatal("END does not re-encode")
@@ -263,6 +271,7 @@ func fuzzSeeds() []fuzzSeed {
 		{"kept-records", join(rec(RecHelloAck, encodeHelloAck(helloFlags{Resume: true})), rec(RecKept, encodeKept(keptTable, 0, 4)))},
 		{"postcopy-records", join(rec(RecMissing, encodeMissing([]uint64{0b1010}, 0, 4)), rec(RecRequest, encodeRequest([]uint64{1, 3})),
 			rec(RecPostcopyEnd, encodeEnd(2)), rec(RecComplete, encodeComplete(PostcopyStats{PagesRequested: 2, FaultMedianUS: 20, FaultP99US: 90})))},
+		{"stream-records", join(rec(RecStreams, encodeStreams(3)), rec(RecSync, encodeSync(0, 5)), rec(RecSync, encodeSync(1, 9)))},
 	}
 }
 

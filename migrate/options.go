@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"time"
 )
 
@@ -89,6 +90,16 @@ type Options struct {
 	// not touched; the destination says which pages it still lacks, and
 	// they are pushed as before (PostcopyDial is needed again).
 	PostcopyResume bool
+	// Connections is how many connections carry the pages (1 to
+	// MaxConnections; 0 means 1): the main one and Connections−1 parallel
+	// streams that StreamDial opens to the same destination. Each stream
+	// has its goroutine, which checks, hashes, filters, encodes and
+	// writes the chunks of pages it takes; the destination stores the
+	// pages of every stream in parallel (PROTOCOL.md, "Parallel streams").
+	Connections int
+	// StreamDial opens one more connection to the destination, for a
+	// parallel stream, authenticated as the first.
+	StreamDial func(ctx context.Context) (io.ReadWriteCloser, error)
 	// NoAutoConverge turns auto-converge off: without it, a migration that
 	// does not converge (the guest dirties memory about as fast as the
 	// link carries it away, two iterations in a row) slows the guest's
@@ -147,6 +158,15 @@ type Options struct {
 	BufferSize int
 }
 
+// DefaultConnections is the number of connections the front ends use when
+// the user chooses none: half the cores of this host (the guest's vCPUs
+// need the rest), 1 to 4. Each stream costs a core while it hashes and
+// writes; on a host with 2 cores, one stream already keeps both busy
+// (the sender's goroutine and its writer).
+func DefaultConnections() int {
+	return min(4, max(1, runtime.NumCPU()/2))
+}
+
 // OptionError is a bad setting in Options: Option names the field, so
 // that each front end can name it its own way (a flag, a JSON field).
 type OptionError struct {
@@ -187,6 +207,8 @@ func (o Options) Validate() error {
 		return optErr("PostcopyAfterIterations", "%d: must not be negative", o.PostcopyAfterIterations)
 	case o.PostcopyResume && o.PostcopyDial == nil:
 		return optErr("PostcopyResume", "needs PostcopyDial for the request channel")
+	case o.Connections < 0 || o.Connections > MaxConnections:
+		return optErr("Connections", "%d: want 1 to %d", o.Connections, MaxConnections)
 	case o.Resume && o.NoDigest:
 		return optErr("Resume", "needs the digest table: a resumed migration cannot turn the digest filter off")
 	}
@@ -200,6 +222,12 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.Downtime == 0 {
 		o.Downtime = 300 * time.Millisecond
+	}
+	if o.Connections == 0 {
+		o.Connections = 1
+	}
+	if o.Connections > 1 && o.StreamDial == nil {
+		return o, optErr("Connections", "%d connections need StreamDial to open the extra ones", o.Connections)
 	}
 	if o.MaxIterations == 0 {
 		o.MaxIterations = 30

@@ -189,7 +189,7 @@ func (s *sender) sortPending() error {
 				g, page := base+p, mem[p*PageSize:(p+1)*PageSize]
 				if isZeroPage(page) {
 					if err := s.streams[0].sendPage(g, page); err != nil {
-						return err
+						return s.ioError("send pages", err)
 					}
 					continue
 				}

@@ -30,11 +30,22 @@ func (s *sender) beginIterationFlags(flags uint32) error {
 		s.pass.cur.ThrottlePct = s.throttle.pct
 	}
 	s.pass.at = time.Now()
+	if s.w.lim != nil {
+		s.pass.slept = s.w.lim.slept.Load()
+	}
 	for _, st := range s.streams {
 		st.begin()
 	}
 	if err := s.w.record(RecIterationStart, encodeIterationStartFlags(s.pass.iter, flags)); err != nil {
 		return s.ioError("send ITERATION-START", err)
+	}
+	if s.par.jobs != nil {
+		// The extra streams' pages wait at the destination until it has
+		// this record: it must not wait in the buffer for the main
+		// connection's own pages, which may never fill it.
+		if err := s.w.flush(); err != nil {
+			return s.ioError("send ITERATION-START", err)
+		}
 	}
 	return nil
 }
@@ -42,10 +53,11 @@ func (s *sender) beginIterationFlags(flags uint32) error {
 // endIteration closes the open PAGES record, flushes, and records the
 // iteration's statistics.
 func (s *sender) endIteration() error {
-	for _, st := range s.streams {
-		if err := st.end(); err != nil {
-			return s.ioError("send pages", err)
-		}
+	if err := s.drain(); err != nil {
+		return err
+	}
+	if err := s.syncStreams(true); err != nil {
+		return err
 	}
 	s.pass.cur.Seconds = time.Since(s.pass.at).Seconds()
 	for _, st := range s.streams {
@@ -91,7 +103,7 @@ func (s *sender) midPass(left uint64) (bool, error) {
 		buffered: float64(s.buffered()),
 		bw:       bw,
 		budget:   bw * s.opts.Downtime.Seconds(),
-		capped:   s.opts.MaxBandwidth > 0 && bw >= 0.9*float64(s.opts.MaxBandwidth),
+		capped:   s.capped(bw),
 		elapsed:  time.Since(s.pass.at).Seconds(),
 	}
 	if !p.restFits() || time.Since(s.log.peekAt) < peekEvery {
@@ -105,6 +117,18 @@ func (s *sender) midPass(left uint64) (bool, error) {
 	}
 	p.logged = n
 	return p.stop(), nil
+}
+
+// capped reports whether the bandwidth cap holds the pass back: the pass
+// runs at about the cap, or the cap made a write wait since the pass
+// began (a sender slowed by its own machine may measure less than the
+// cap and still be held back by it).
+func (s *sender) capped(bw float64) bool {
+	lim := s.w.lim
+	if s.opts.MaxBandwidth <= 0 || lim == nil || lim.lifted.Load() {
+		return false
+	}
+	return bw >= 0.9*float64(s.opts.MaxBandwidth) || lim.slept.Load() > s.pass.slept
 }
 
 // peek counts the pages pending or logged dirty, without clearing the log
@@ -214,6 +238,13 @@ func (s *sender) sendPending(clearFirst, midCheck bool) (stopped bool, err error
 					return false, fmt.Errorf("migrate: clear dirty log of region %d: %w", i, err)
 				}
 			}
+			if s.par.jobs != nil {
+				n, err := s.dispatch(mem, base, uint64(c)*64, words)
+				if err != nil {
+					return false, err
+				}
+				left -= uint64(n)
+			}
 			for w := range words {
 				x := words[w]
 				words[w] = 0
@@ -222,16 +253,16 @@ func (s *sender) sendPending(clearFirst, midCheck bool) (stopped bool, err error
 					x &= x - 1
 					left--
 					if err := s.streams[0].sendPage(base+p, mem[p*PageSize:(p+1)*PageSize]); err != nil {
-						return false, err
+						return false, s.ioError("send pages", err)
 					}
 				}
 			}
 			if err := s.check(); err != nil {
 				return false, err
 			}
-			s.live(left)
+			s.live(left + uint64(s.par.inflight.Load()))
 			if midCheck && left > 0 {
-				stop, err := s.midPass(left)
+				stop, err := s.midPass(left + uint64(s.par.inflight.Load()))
 				if err != nil || stop {
 					return stop, err
 				}

@@ -77,6 +77,8 @@ const (
 	RecRequest        RecordType = 13 // destination → source, on the post-copy channel
 	RecPostcopyEnd    RecordType = 14 // source → destination: every missing page was sent
 	RecComplete       RecordType = 15 // destination → source: every missing page arrived
+	RecStreams        RecordType = 16 // source → destination: how many extra streams follow
+	RecSync           RecordType = 17 // source → destination, on an extra stream: the end of its share of an iteration
 )
 
 func (t RecordType) String() string {
@@ -111,6 +113,10 @@ func (t RecordType) String() string {
 		return "POSTCOPY-END"
 	case RecComplete:
 		return "COMPLETE"
+	case RecStreams:
+		return "STREAMS"
+	case RecSync:
+		return "SYNC"
 	}
 	return fmt.Sprintf("type-%d", uint16(t))
 }
@@ -147,6 +153,10 @@ func payloadLimits(t RecordType) (minLen, maxLen int, ok bool) {
 		return 8, 8, true
 	case RecComplete:
 		return completeSize, completeSize, true
+	case RecStreams:
+		return 8, 8, true
+	case RecSync:
+		return syncSize, syncSize, true
 	}
 	return 0, 0, false
 }

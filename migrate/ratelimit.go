@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -11,13 +12,19 @@ import (
 // negative) and the writer then sleeps until the balance is back to zero, so
 // the long-run rate never exceeds rate whatever the write sizes.
 type tokenBucket struct {
-	rate   float64 // bytes per second
-	burst  float64 // bucket capacity, bytes
+	rate  float64 // bytes per second
+	burst float64 // bucket capacity, bytes
+	// mu guards tokens and last: the writers of several streams share
+	// one bucket (one cap for the migration).
+	mu     sync.Mutex
 	tokens float64
 	last   time.Time
 	now    func() time.Time
 	sleep  func(ctx context.Context, d time.Duration) error
 	lifted atomic.Bool // no cap any more (stop-and-copy)
+	// slept counts the writes the cap held back (the sender's sign that
+	// the cap, not its own speed, sets the pace).
+	slept atomic.Int64
 }
 
 // lift removes the cap for good. It may be called from any goroutine.
@@ -49,6 +56,7 @@ func (b *tokenBucket) take(ctx context.Context, n int) error {
 	if b.lifted.Load() {
 		return nil
 	}
+	b.mu.Lock()
 	now := b.now()
 	b.tokens += now.Sub(b.last).Seconds() * b.rate
 	if b.tokens > b.burst {
@@ -56,11 +64,13 @@ func (b *tokenBucket) take(ctx context.Context, n int) error {
 	}
 	b.last = now
 	b.tokens -= float64(n)
-	if b.tokens >= 0 {
+	debt := b.tokens
+	b.mu.Unlock()
+	if debt >= 0 {
 		return nil
 	}
-	d := time.Duration(-b.tokens / b.rate * float64(time.Second))
-	return b.sleep(ctx, d)
+	b.slept.Add(1)
+	return b.sleep(ctx, time.Duration(-debt/b.rate*float64(time.Second)))
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

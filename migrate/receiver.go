@@ -60,17 +60,19 @@ type recvState int
 
 const (
 	stateAwaitHello        recvState = iota // nothing received yet
+	stateAwaitStreams                       // HELLO-ACK{STREAMS} sent: STREAMS must follow
 	stateAwaitPagesOrState                  // HELLO-ACK sent: iterations and pages
 	stateAwaitEnd                           // STATE restored: only END may follow
 	stateAwaitCommit                        // END checked, READY sent: only COMMIT may follow
 	statePostcopy                           // guest started with pages missing: pushed PAGES, POSTCOPY-END
 	stateChannel                            // this connection is a post-copy request channel
+	stateStream                             // this connection is an extra stream: PAGES and SYNC
 	stateDone                               // COMMIT handled, guest started, DONE-ACK sent
 	stateFailed                             // aborted; the guest never runs
 )
 
 func (s recvState) String() string {
-	return [...]string{"AwaitHello", "AwaitPagesOrState", "AwaitEnd", "AwaitCommit", "Done", "Failed"}[s]
+	return [...]string{"AwaitHello", "AwaitStreams", "AwaitPagesOrState", "AwaitEnd", "AwaitCommit", "Postcopy", "Channel", "Stream", "Done", "Failed"}[s]
 }
 
 // receiver is the destination's state machine. handle is called once per
@@ -84,17 +86,11 @@ type receiver struct {
 	dst       Destination
 	state     recvState
 
-	prepared bool
-	mems     [][]byte
-	base     []uint64 // global index of each region's first page
-	total    uint64
-	present  []uint64 // bitmap: pages present here (received at least once, or kept)
-	npresent uint64   // bits set in present
+	prepared   bool
+	*pageStore // guest memory and what it holds; shared with the extra streams
 
-	// Resume: the VM, the digest of every page present (nil when this
-	// receiver keeps nothing), and whether this migration resumes one.
+	// Resume: the VM, and whether this migration resumes one.
 	info        VMInfo
-	table       *DigestTable
 	resumed     bool
 	sendKept    bool // KEPT records follow the reply
 	sendMissing bool // MISSING records follow the reply (a post-copy recovery)
@@ -115,6 +111,12 @@ type receiver struct {
 	pushed      uint64
 	channelStop func()      // ends a channel's request writer
 	idleOff     atomic.Bool // no idle timeout (a channel)
+
+	// Parallel streams (streams_recv.go): the migration's group, on its
+	// main connection and on each extra stream; the stream's index.
+	group     *streamGroup
+	streamIdx int
+	cut       func() // cuts this connection (a stream failed)
 
 	// onPages' work space: the record's entries, the digests of its pages
 	// with data, the pages its DELTA entries rebuild, the decompressor.
@@ -152,8 +154,9 @@ type receiver struct {
 // The caller closes conn.
 func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts ReceiveOptions) (*ReceiveStats, error) {
 	start := time.Now()
-	r := &receiver{ctx: ctx, opts: opts.normalize(), dst: dst}
-	r.unwatch = context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
+	r := &receiver{ctx: ctx, opts: opts.normalize(), dst: dst, pageStore: &pageStore{}}
+	r.cut = func() { setDeadline(conn, time.Unix(1, 0)) }
+	r.unwatch = context.AfterFunc(ctx, r.cut)
 	defer r.unwatch()
 	cr := &countingReader{r: conn}
 	var beforeRead func()
@@ -186,6 +189,9 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil && !r.unwatched {
 				err = ctxErr
+			}
+			if gErr := r.groupErr(); gErr != nil && !r.stats.Stream {
+				err = gErr // a stream failed and cut this connection
 			}
 			err = fmt.Errorf("migrate: receive in state %v: %w", r.state, err)
 			break
@@ -238,6 +244,19 @@ func Receive(ctx context.Context, conn io.ReadWriter, dst Destination, opts Rece
 	}
 	r.stats.BytesTotal = cr.n.Load()
 	r.stats.Seconds = time.Since(start).Seconds()
+	if r.group != nil {
+		var gErr error
+		if r.state != stateDone {
+			gErr = err
+		}
+		if r.stats.Stream {
+			r.leaveStream(gErr)
+		} else {
+			// Before the guest memory is freed or kept (abort): no stream
+			// may write it any more.
+			r.endStreams(gErr)
+		}
+	}
 	if err != nil && r.state != stateDone {
 		r.abort(conn, err)
 	}
@@ -255,10 +274,10 @@ func (r *receiver) abort(conn io.Writer, err error) {
 	note := ""
 	if r.prepared {
 		r.prepared = false
-		if r.table != nil && !r.committing && r.npresent > 0 {
+		if r.table != nil && !r.committing && r.npresent.Load() > 0 {
 			// put discards the VM itself if the Keeper keeps nothing.
-			if r.opts.Keep.put(&kept{dst: r.dst.(Resumable), info: r.info, peer: r.opts.Peer, table: r.table, pages: r.npresent, total: r.total}) {
-				note = fmt.Sprintf("; it keeps %d of %d pages for `ferry migrate --resume` for %v", r.npresent, r.total, r.opts.Keep.Window())
+			if r.opts.Keep.put(&kept{dst: r.dst.(Resumable), info: r.info, peer: r.opts.Peer, table: r.table, pages: r.npresent.Load(), total: r.total}) {
+				note = fmt.Sprintf("; it keeps %d of %d pages for `ferry migrate --resume` for %v", r.npresent.Load(), r.total, r.opts.Keep.Window())
 			}
 		} else {
 			r.dst.Discard()
@@ -281,6 +300,12 @@ func (r *receiver) handle(rec record) error {
 		if rec.Type == RecHello {
 			return r.onHello(rec.Payload)
 		}
+	case stateAwaitStreams:
+		if rec.Type == RecStreams {
+			return r.onStreams(rec.Payload)
+		}
+	case stateStream:
+		return r.streamRecord(rec)
 	case stateAwaitPagesOrState:
 		switch rec.Type {
 		case RecIterationStart:
@@ -335,13 +360,16 @@ func (r *receiver) onHello(p []byte) error {
 	if h.Flags.Channel {
 		return r.onChannel(h)
 	}
+	if h.Flags.Stream {
+		return r.onStreamHello(h)
+	}
 	if h.Flags.Resume && h.Flags.Postcopy && r.opts.Sessions != nil {
 		if s, err := r.opts.Sessions.findPostcopy(info.ID, r.opts.Peer); err == nil {
 			return r.onRecover(s)
 		}
 	}
 	if h.Flags.Resume {
-		return r.onResume(info)
+		return r.onResume(info, h.Flags.Streams)
 	}
 	// A new migration replaces whatever a failed one left here.
 	r.opts.Keep.drop(fmt.Sprintf("a new migration (VM %v) arrived", info.ID))
@@ -364,6 +392,13 @@ func (r *receiver) onHello(p []byte) error {
 			return fmt.Errorf("%w: post-copy: %v", ErrRefused, err)
 		}
 		ack.Postcopy = true
+	}
+	if h.Flags.Streams {
+		if err := r.acceptStreams(info); err != nil {
+			return err
+		}
+		ack.Streams = true
+		r.state = stateAwaitStreams
 	}
 	r.reply, r.replyPayload = RecHelloAck, encodeHelloAck(ack)
 	return nil
@@ -409,8 +444,16 @@ func (r *receiver) onIterationStart(p []byte) error {
 	if r.final {
 		return fmt.Errorf("%w: ITERATION-START %d after the stop-and-copy iteration", ErrUnexpected, k)
 	}
+	if r.iterStarted {
+		// Every page of the iteration before, from every stream, is in
+		// place before any of this one (the ordering rule).
+		if err := r.awaitStreams(r.iter); err != nil {
+			return err
+		}
+	}
 	r.iterStarted, r.iter, r.final = true, k, final
 	r.stats.Iterations++
+	r.beginStreams(k, final)
 	return nil
 }
 
@@ -421,6 +464,9 @@ func (r *receiver) onState(p []byte) error {
 	if r.postcopy && r.nextMissing != r.total {
 		return fmt.Errorf("%w: STATE before every MISSING record (pages from %d on not described)", ErrUnexpected, r.nextMissing)
 	}
+	if err := r.awaitStreams(r.iter); err != nil {
+		return err
+	}
 	if err := r.dst.Restore(p); err != nil {
 		return fmt.Errorf("migrate: restore state: %w", err)
 	}
@@ -430,10 +476,10 @@ func (r *receiver) onState(p []byte) error {
 }
 
 func (r *receiver) onEnd(p []byte) error {
-	if n := decodeEnd(p); n != r.entries {
-		return fmt.Errorf("%w: END says %d page entries were sent, %d arrived", ErrMalformed, n, r.entries)
+	if n, got := decodeEnd(p), r.entries+r.streamEntries(); n != got {
+		return fmt.Errorf("%w: END says %d page entries were sent, %d arrived", ErrMalformed, n, got)
 	}
-	if missing := r.total - r.npresent - r.notPresentMissing(); missing != 0 {
+	if missing := r.total - r.npresent.Load() - r.notPresentMissing(); missing != 0 {
 		return fmt.Errorf("%w: %d guest pages were never received", ErrMalformed, missing)
 	}
 	r.state = stateAwaitCommit

@@ -25,13 +25,20 @@ const (
 	// helloChannel: this connection is the request channel of the
 	// post-copy migration of the VM the HELLO names (PROTOCOL.md,
 	// "Post-copy").
-	helloChannel  uint16 = 1 << 2
-	helloFlagsAll        = helloResume | helloPostcopy | helloChannel
+	helloChannel uint16 = 1 << 2
+	// helloStreams: the source sends pages on parallel streams, extra
+	// connections that a STREAMS record announces (HELLO); the destination
+	// takes them (HELLO-ACK). PROTOCOL.md, "Parallel streams".
+	helloStreams uint16 = 1 << 3
+	// helloStream: this connection is an extra stream of the migration of
+	// the VM the HELLO names.
+	helloStream   uint16 = 1 << 4
+	helloFlagsAll        = helloResume | helloPostcopy | helloChannel | helloStreams | helloStream
 )
 
 // helloFlags are the flags of a HELLO or HELLO-ACK.
 type helloFlags struct {
-	Resume, Postcopy, Channel bool
+	Resume, Postcopy, Channel, Streams, Stream bool
 }
 
 func (f helloFlags) bits() uint16 {
@@ -45,11 +52,18 @@ func (f helloFlags) bits() uint16 {
 	if f.Channel {
 		b |= helloChannel
 	}
+	if f.Streams {
+		b |= helloStreams
+	}
+	if f.Stream {
+		b |= helloStream
+	}
 	return b
 }
 
 func flagsOf(b uint16) helloFlags {
-	return helloFlags{Resume: b&helloResume != 0, Postcopy: b&helloPostcopy != 0, Channel: b&helloChannel != 0}
+	return helloFlags{Resume: b&helloResume != 0, Postcopy: b&helloPostcopy != 0, Channel: b&helloChannel != 0,
+		Streams: b&helloStreams != 0, Stream: b&helloStream != 0}
 }
 
 // maxHelloVCPUs bounds HELLO's vCPU count as a sanity check of the
@@ -103,8 +117,8 @@ func encodeHello(info VMInfo, f helloFlags) ([]byte, error) {
 	if err := checkInfo(info); err != nil {
 		return nil, err
 	}
-	if (f.Resume || f.Channel) && info.ID.IsZero() {
-		return nil, fmt.Errorf("a VM without an id cannot resume a migration nor open its post-copy channel")
+	if (f.Resume || f.Channel || f.Streams || f.Stream) && info.ID.IsZero() {
+		return nil, fmt.Errorf("a VM without an id cannot resume a migration, open its post-copy channel nor use parallel streams")
 	}
 	p := make([]byte, helloFixedSize, helloFixedSize+16*len(info.Regions)+64)
 	binary.BigEndian.PutUint16(p[0:], ProtocolVersion)
@@ -185,8 +199,11 @@ func decodeHello(p []byte) (hello, error) {
 	if err := checkInfo(h.Info); err != nil {
 		return h, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if (h.Flags.Resume || h.Flags.Channel) && h.Info.ID.IsZero() {
-		return h, fmt.Errorf("%w: RESUME or CHANNEL HELLO without a VM id", ErrMalformed)
+	if (h.Flags.Resume || h.Flags.Channel || h.Flags.Streams || h.Flags.Stream) && h.Info.ID.IsZero() {
+		return h, fmt.Errorf("%w: RESUME, CHANNEL, STREAMS or STREAM HELLO without a VM id", ErrMalformed)
+	}
+	if h.Flags.Stream && h.Flags != (helloFlags{Stream: true}) || h.Flags.Channel && h.Flags != (helloFlags{Channel: true}) {
+		return h, fmt.Errorf("%w: a CHANNEL or STREAM HELLO with other flags (%#x)", ErrMalformed, h.Flags.bits())
 	}
 	return h, nil
 }

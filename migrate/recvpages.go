@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/zeebo/xxh3"
 )
@@ -43,7 +44,7 @@ func (r *receiver) onPages(flags uint16, p []byte) error {
 				r.digests = append(r.digests, d)
 			}
 		case pageDelta:
-			if r.present[run.First/64]&(1<<(run.First%64)) == 0 {
+			if !r.has(run.First) {
 				return fmt.Errorf("%w: DELTA for page %d (iteration %d), which this side does not hold", ErrMalformed, run.First, r.iter)
 			}
 			page, err := r.page(run.First)
@@ -102,24 +103,51 @@ func (r *receiver) store() {
 			if r.table != nil {
 				r.table.Update(g, d, r.iter)
 			}
-			if bit := uint64(1) << (g % 64); r.present[g/64]&bit == 0 {
-				r.present[g/64] |= bit
-				r.npresent++
-			}
+			r.setPresent(g)
 			r.entries++
 		}
 	}
 }
 
+// pageStore is the destination's guest memory as PAGES records fill it.
+// The connections of a migration with parallel streams share one: each
+// writes its own pages (never the same page in one iteration, and
+// iterations are separated by the streams' barrier: PROTOCOL.md), so only
+// the bitmap words, which pages of several streams share, are atomic.
+type pageStore struct {
+	mems    [][]byte
+	base    []uint64 // global index of each region's first page
+	total   uint64
+	present []uint64 // bitmap, atomic: pages present here (received at least once, or kept)
+	// npresent counts the bits set in present.
+	npresent atomic.Uint64
+	// table is the digest of every page present (nil when this receiver
+	// keeps nothing for a resume).
+	table *DigestTable
+}
+
 // page maps a global page index to destination memory.
-func (r *receiver) page(g uint64) ([]byte, error) {
-	if g >= r.total {
-		return nil, fmt.Errorf("%w: page %d is outside guest memory (%d pages)", ErrMalformed, g, r.total)
+func (m *pageStore) page(g uint64) ([]byte, error) {
+	if g >= m.total {
+		return nil, fmt.Errorf("%w: page %d is outside guest memory (%d pages)", ErrMalformed, g, m.total)
 	}
-	i := len(r.base) - 1
-	for r.base[i] > g {
+	i := len(m.base) - 1
+	for m.base[i] > g {
 		i--
 	}
-	off := (g - r.base[i]) * PageSize
-	return r.mems[i][off : off+PageSize], nil
+	off := (g - m.base[i]) * PageSize
+	return m.mems[i][off : off+PageSize], nil
+}
+
+// has reports whether page g is present.
+func (m *pageStore) has(g uint64) bool {
+	return atomic.LoadUint64(&m.present[g/64])&(1<<(g%64)) != 0
+}
+
+// setPresent marks page g present.
+func (m *pageStore) setPresent(g uint64) {
+	bit := uint64(1) << (g % 64)
+	if atomic.OrUint64(&m.present[g/64], bit)&bit == 0 {
+		m.npresent.Add(1)
+	}
 }

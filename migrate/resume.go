@@ -337,7 +337,7 @@ func (k *Keeper) end(id VMID) {
 // onResume takes over the VM a failed migration of the same source left
 // here: its memory and the digests of its pages stay, the KEPT records
 // that follow HELLO-ACK tell the source which pages it need not send.
-func (r *receiver) onResume(info VMInfo) error {
+func (r *receiver) onResume(info VMInfo, streams bool) error {
 	if !r.opts.Keep.enabled() {
 		return fmt.Errorf("%w: cannot resume: this receiver keeps no pages of failed migrations (ferry receive --resume-window)", ErrRefused)
 	}
@@ -356,13 +356,19 @@ func (r *receiver) onResume(info VMInfo) error {
 	for p := range r.total {
 		if _, it := r.table.Lookup(p); it != NeverSent {
 			r.present[p/64] |= 1 << (p % 64)
-			r.npresent++
+			r.npresent.Add(1)
 		}
 	}
-	r.stats.PagesKept = r.npresent
+	r.stats.PagesKept = r.npresent.Load()
 	r.opts.Keep.begin(info.ID)
 	r.active = true
 	r.state = stateAwaitPagesOrState
-	r.reply, r.replyPayload, r.sendKept = RecHelloAck, encodeHelloAck(helloFlags{Resume: true}), true
+	if streams {
+		if err := r.acceptStreams(info); err != nil {
+			return err
+		}
+		r.state = stateAwaitStreams
+	}
+	r.reply, r.replyPayload, r.sendKept = RecHelloAck, encodeHelloAck(helloFlags{Resume: true, Streams: streams}), true
 	return nil
 }

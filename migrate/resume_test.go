@@ -425,7 +425,7 @@ func TestReceiverResumeStrict(t *testing.T) {
 	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "without a VM id") {
 		t.Fatalf("RESUME HELLO without id: %v", err)
 	}
-	p[3] = 8 // unknown flag (1, 2 and 4 are RESUME, POSTCOPY, CHANNEL)
+	p[3] = 32 // unknown flag (1, 2, 4, 8 and 16 are RESUME, POSTCOPY, CHANNEL, STREAMS, STREAM)
 	err, _ = scripted(t, ReceiveOptions{}, &fakeDest{}, rec(RecHello, p))
 	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "flags") {
 		t.Fatalf("HELLO with unknown flags: %v", err)

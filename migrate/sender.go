@@ -20,8 +20,10 @@ type sender struct {
 	opts  Options
 	w     *recordWriter
 	start time.Time
-	// streams send the pages; streams[0] writes on w (streams.go).
+	// streams send the pages; streams[0] writes on w (streams.go); par
+	// runs them in parallel (streams_send.go).
 	streams []*stream
+	par     parallel
 
 	vm     guestLayout  // what is migrated
 	log    dirtyLog     // the dirty log and the pages still to send
@@ -75,6 +77,7 @@ type passState struct {
 	at     time.Time // when it began
 	total  uint64    // pages it set out to visit (PassProgress)
 	liveAt time.Time // the last call of Options.Live
+	slept  int64     // the rate limiter's slept count when it began
 }
 
 // Send migrates src over conn to a Receive running on the other side.
@@ -118,6 +121,7 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 	s.commit.unwatch = context.AfterFunc(ctx, func() { setDeadline(conn, time.Unix(1, 0)) })
 	stopWatchdog := watchdog(s.w, conn, o.IOTimeout, &s.commit.stalled)
 	err = s.run()
+	s.stopStreams()
 	stopWatchdog()
 	s.commit.unwatch()
 	if err != nil {
@@ -125,6 +129,7 @@ func Send(ctx context.Context, src Source, conn io.ReadWriter, opts Options) (*S
 	} else {
 		s.w.stop(time.Second) // idle: everything was synced
 	}
+	s.closeStreams()
 	s.closeChannel()
 	s.peer.close() // nobody reads what the destination sends any more
 	s.stats.TotalSeconds = time.Since(s.start).Seconds()
@@ -310,7 +315,8 @@ func (s *sender) setup() error {
 // that reads everything the destination sends. With post-copy possible it
 // then opens the request channel (postcopy_send.go).
 func (s *sender) handshake() error {
-	want := helloFlags{Resume: s.opts.Resume || s.opts.PostcopyResume, Postcopy: s.opts.postcopyWanted()}
+	want := helloFlags{Resume: s.opts.Resume || s.opts.PostcopyResume, Postcopy: s.opts.postcopyWanted(),
+		Streams: s.opts.Connections > 1 && !s.opts.PostcopyResume}
 	p, err := encodeHello(s.vm.info, want)
 	if err != nil {
 		return fmt.Errorf("migrate: %v", err)
@@ -346,7 +352,12 @@ func (s *sender) handshake() error {
 				}
 			}
 			if got.Postcopy {
-				return s.openChannel()
+				if err := s.openChannel(); err != nil {
+					return err
+				}
+			}
+			if got.Streams {
+				return s.openStreams()
 			}
 			return nil
 		}

@@ -14,11 +14,44 @@ type Sessions struct {
 	// mu guards both maps.
 	mu       sync.Mutex
 	postcopy map[VMID]*postcopySession
+	streams  map[VMID]*streamGroup
 }
 
 // NewSessions returns an empty registry.
 func NewSessions() *Sessions {
-	return &Sessions{postcopy: map[VMID]*postcopySession{}}
+	return &Sessions{postcopy: map[VMID]*postcopySession{}, streams: map[VMID]*streamGroup{}}
+}
+
+func (g *Sessions) addStreams(s *streamGroup) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.streams[s.id] != nil {
+		return fmt.Errorf("a migration of VM %v with parallel streams is already in progress here", s.id)
+	}
+	g.streams[s.id] = s
+	return nil
+}
+
+func (g *Sessions) removeStreams(s *streamGroup) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.streams[s.id] == s {
+		delete(g.streams, s.id)
+	}
+}
+
+// findStreams returns the stream group of VM id from peer, if any.
+func (g *Sessions) findStreams(id VMID, peer string) (*streamGroup, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	s := g.streams[id]
+	if s == nil {
+		return nil, fmt.Errorf("no migration of VM %v with parallel streams is in progress here", id)
+	}
+	if s.peer != peer {
+		return nil, fmt.Errorf("the migration of VM %v came from another peer", id)
+	}
+	return s, nil
 }
 
 func (g *Sessions) addPostcopy(s *postcopySession) error {

@@ -151,7 +151,7 @@ var ErrNotSnapshot = errors.New("not a ferry snapshot")
 func ReadSnapshot(ctx context.Context, rd io.Reader, dst Destination, opts ReceiveOptions) (*SnapshotStats, error) {
 	start := time.Now()
 	opts.Keep, opts.IdleTimeout = nil, 0
-	r := &receiver{ctx: ctx, opts: opts.normalize(), dst: dst}
+	r := &receiver{ctx: ctx, opts: opts.normalize(), dst: dst, pageStore: &pageStore{}}
 	cr := &countingReader{r: rd}
 	st := &SnapshotStats{}
 	fail := func(off int64, n int, err error) (*SnapshotStats, error) {

@@ -94,6 +94,9 @@ type Stats struct {
 	// TableBytes is the memory of the sender's per-page tables (digests
 	// and block hashes): about 1.66% of guest memory, 0.49% with NoDelta.
 	TableBytes int64 `json:"table_bytes"`
+	// Connections is how many connections carried the pages (the main
+	// one and the parallel streams; 0 or 1: one).
+	Connections int `json:"connections,omitempty"`
 	// Warnings are failures that did not fail the migration (the guest
 	// already runs on the destination) but need an operator's eye.
 	Warnings []string `json:"warnings,omitempty"`
@@ -189,6 +192,12 @@ type ReceiveStats struct {
 	PagesMissing  uint64        `json:"pages_missing,omitempty"`
 	PostcopyStats PostcopyStats `json:"postcopy_stats,omitempty"`
 	Channel       bool          `json:"channel,omitempty"`
+	// Connections is how many connections carried the migration (the
+	// main one and its parallel streams; 0 or 1: one). Stream: this
+	// connection was an extra stream of a migration, whose counts the
+	// main connection's stats include.
+	Connections int  `json:"connections,omitempty"`
+	Stream      bool `json:"stream,omitempty"`
 	// Recovered: this connection resumed a post-copy whose connection had
 	// broken.
 	Recovered bool `json:"recovered,omitempty"`

@@ -18,6 +18,7 @@ type stream struct {
 	cur     pageCounts
 	entries uint64 // pages sent, all iterations (END counts them all)
 	mark    streamMark
+	synced  uint32 // 1 + the last iteration it sent SYNC for; 0: none
 }
 
 // pageCounts are a stream's counts of one iteration.
@@ -38,17 +39,10 @@ func newStream(s *sender, w *recordWriter) *stream { return &stream{s: s, w: w} 
 // begin marks the start of an iteration.
 func (st *stream) begin() {
 	st.cur = pageCounts{}
-	st.mark = streamMark{out: st.w.queued + int64(len(st.w.buf)), written: st.w.written.Load()}
+	st.mark = streamMark{out: st.w.queued.Load() + int64(len(st.w.buf)), written: st.w.written.Load()}
 	if c := st.w.comp; c != nil {
 		st.mark.compRecords, st.mark.compSaved = c.records, c.rawIn-c.compOut
 	}
-}
-
-// end closes the iteration's open PAGES record and waits until the
-// connection took everything.
-func (st *stream) end() error {
-	st.w.endPages()
-	return st.w.sync()
 }
 
 // addTo adds the stream's counts of the iteration to it.
@@ -59,7 +53,7 @@ func (st *stream) addTo(it *IterationStats) {
 	it.DeltaBytes += st.cur.deltaBytes
 	it.PagesFalseDirty += st.cur.falseDirty
 	it.PagesReused += st.cur.reused
-	it.Bytes += st.w.queued - st.mark.out
+	it.Bytes += st.w.queued.Load() - st.mark.out
 	if c := st.w.comp; c != nil {
 		it.CompressedRecords += c.records - st.mark.compRecords
 		it.CompressSaved += c.rawIn - c.compOut - st.mark.compSaved
@@ -76,11 +70,17 @@ func (s *sender) passWritten() int64 {
 	return n
 }
 
-// buffered is what every stream queued and its connection did not take yet.
+// buffered is what every stream queued and its connection did not take
+// yet. With one stream the sender's goroutine fills the buffer and counts
+// it; the buffers of parallel streams belong to their goroutines, and
+// their pages still in chunks waiting for them count instead (midPass).
 func (s *sender) buffered() int64 {
 	var n int64
 	for _, st := range s.streams {
-		n += st.w.queued + int64(len(st.w.buf)) - st.w.written.Load()
+		n += st.w.queued.Load() - st.w.written.Load()
+	}
+	if len(s.streams) == 1 {
+		n += int64(len(s.w.buf))
 	}
 	return n
 }
@@ -108,15 +108,17 @@ func (s *sender) entries() uint64 {
 // that changed goes out as a DELTA entry with only its changed blocks when
 // the destination holds it and that is smaller (blocks.go), else whole.
 // The digest and block tables then describe what the destination holds.
+// It returns the writer's error as it is: the sender's goroutine turns it
+// into the migration's (ioError), a stream's goroutine hands it over.
 func (st *stream) sendPage(g uint64, page []byte) error {
 	s := st.s
 	w := st.w
 	if !w.pagesOpen() {
 		if err := w.beginPages(); err != nil {
-			return s.ioError("send pages", err)
+			return err
 		}
 	}
-	force := s.table != nil && st.keep.quiet(w.queued)
+	force := s.table != nil && st.keep.quiet(w.queued.Load())
 	if isZeroPage(page) {
 		if s.table != nil {
 			if !force && s.table.Match(g, ZeroDigest) {
@@ -153,7 +155,7 @@ func (st *stream) sendPage(g uint64, page []byte) error {
 	}
 	if force {
 		if err := w.flush(); err != nil {
-			return s.ioError("send pages", err)
+			return err
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 // Package migrate is ferry's live migration: pre-copy migration of a
-// running guest (or a one-pass copy of a paused one) over one stream, with
-// a per-page digest table that skips the "false dirty" pages KVM's dirty
+// running guest (or a one-pass copy of a paused one) over one connection
+// or several in parallel, with auto-converge and post-copy for guests that
+// outrun the link, and a per-page digest table that skips the "false dirty" pages KVM's dirty
 // log reports although they did not change; the commit handshake that
 // keeps a guest from ever running on both hosts; resuming a cut migration
 // into the pages the destination kept; snapshot files, which are the same
@@ -22,7 +23,12 @@
 //	dirtybits.go   DirtyBitmap: pages a VMM wrote itself, under KVM's dirty-log rules
 //	options.go     Options of Send: defaults and checks
 //	sender.go      Send: setup, the handshake and the run loop
-//	precopy.go     the pre-copy passes: the dirty log, chunks, the per-page filter
+//	precopy.go     the pre-copy passes: the dirty log, chunks, the mid-pass check
+//	streams.go     a stream: the per-page filter and its counts, per connection
+//	streams_send.go  parallel streams, the source's side: extra connections, a goroutine each, SYNC
+//	streams_recv.go  parallel streams, the destination's side: the group and its barriers
+//	streams_records.go  STREAMS and SYNC payloads
+//	live.go        PassProgress: where a pass stands, for a live progress line
 //	converge.go    the convergence rules, as pure functions
 //	peer.go        the destination's records, read on their own goroutine
 //	commit.go      stop-and-copy, the commit handshake, the roll-back before COMMIT
@@ -31,6 +37,10 @@
 //	receiver.go    Receive: the destination's state machine
 //	recvpages.go   the destination's PAGES: checked whole, then stored
 //	resume.go      resuming a cut migration: KEPT records and the Keeper
+//	postcopy.go    post-copy: its records and the destination's session
+//	postcopy_send.go  post-copy, the source's side: the switch, the push, the request channel
+//	postcopy_recv.go  post-copy, the destination's side
+//	sessions.go    Sessions: a migration's extra connections find their migration
 //	snapshot.go    WriteSnapshot and ReadSnapshot: the snapshot file format
 //	tls.go         mutual TLS configurations of both sides
 package migrate

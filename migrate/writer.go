@@ -38,7 +38,7 @@ type recordWriter struct {
 	linkBps  func() float64
 	rawPages int64 // bytes of the PAGES records before compression
 
-	queued  int64        // bytes handed to flush (owned by the filling goroutine)
+	queued  atomic.Int64 // bytes handed to flush (written by the filling goroutine)
 	written atomic.Int64 // bytes the connection accepted
 	// busySince is the time (UnixNano) the write in progress started, 0
 	// when none is: the sender's watchdog reads it to detect a stall.
@@ -171,7 +171,7 @@ func (rw *recordWriter) flush() error {
 	if len(rw.buf) == 0 {
 		return rw.firstErr()
 	}
-	rw.queued += int64(len(rw.buf))
+	rw.queued.Add(int64(len(rw.buf)))
 	if rw.jobs == nil {
 		err := rw.output(rw.buf)
 		rw.buf = rw.buf[:0]
@@ -201,11 +201,11 @@ func (rw *recordWriter) sync() error {
 // uses it between pages, where a millisecond does not matter.
 func (rw *recordWriter) waitBelow(n int64) error {
 	for {
-		ahead := rw.queued + int64(len(rw.buf)) - rw.written.Load()
+		ahead := rw.queued.Load() + int64(len(rw.buf)) - rw.written.Load()
 		if ahead <= n {
 			return rw.firstErr()
 		}
-		if len(rw.buf) > 0 && rw.queued-rw.written.Load() <= n {
+		if len(rw.buf) > 0 && rw.queued.Load()-rw.written.Load() <= n {
 			rw.endPages()
 			if err := rw.flush(); err != nil {
 				return err
@@ -264,7 +264,7 @@ func (rw *recordWriter) record(t RecordType, payload []byte) error {
 		return nil
 	}
 	big := appendRecord(nil, t, payload)
-	rw.queued += int64(len(big))
+	rw.queued.Add(int64(len(big)))
 	if rw.jobs == nil {
 		if err := rw.output(big); err != nil {
 			rw.setErr(err)

@@ -86,6 +86,7 @@ type migStats struct {
 	PagesMissing  uint64  `json:"pages_missing"`
 	PagesPushed   uint64  `json:"pages_pushed"`
 	PagesServed   uint64  `json:"pages_served"`
+	Connections   int     `json:"connections"`
 	PostcopyStats struct {
 		FaultMedianUS float64 `json:"fault_median_us"`
 		FaultP99US    float64 `json:"fault_p99_us"`
@@ -185,6 +186,22 @@ func TestMigrateBetweenHosts(t *testing.T) {
 	if !*st.Converged {
 		t.Errorf("migration did not converge")
 	}
+}
+
+// TestMigrateConnectionsTLS: four mutual-TLS connections between the two
+// hosts carry a guest that writes memory; the destination ends with the
+// paused source's memory and says it took four connections.
+func TestMigrateConnectionsTLS(t *testing.T) {
+	needGuest(t)
+	h := twoHosts(t)
+	src := bootCounter(t, h, 0, dirtyCmdline)
+	dst, addr := receiver(t, h, 1)
+	st := migrateTo(t, h, src, dst, addr, "--connections", "4")
+	if st.Connections != 4 {
+		t.Fatalf("the source's stats say %d connections, want 4", st.Connections)
+	}
+	line, _ := dst.p.waitFor(regexp.MustCompile(`received \d+ pages .* on 4 connections`), 0, 10*time.Second)
+	t.Logf("destination: %s", line)
 }
 
 // TestMigratePingPong moves the same guest A→B→A→B.

@@ -2,6 +2,8 @@ package vmm
 
 import (
 	"fmt"
+	"runtime"
+	"sync"
 	"sync/atomic"
 
 	"github.com/zeebo/xxh3"
@@ -165,15 +167,37 @@ func (m *Memory) E820() []E820Entry {
 }
 
 // Hash is an XXH3-128 digest of all guest RAM with its layout, to compare
-// the memory of a paused source with the destination's after a migration.
+// the memory of a paused source with the destination's after a migration:
+// the digest of the list of every page's digest (migrate.HashPage), the
+// pages hashed on every core at once (it reads all RAM, and the
+// destination's guest waits for it).
 func (m *Memory) Hash() string {
 	h := xxh3.New()
 	for _, r := range m.Regions {
 		fmt.Fprintf(h, "%x+%x:", r.GPA, r.Size())
-		for off := uint64(0); off < r.Size(); off += pageSize {
-			d := migrate.HashPage(r.Mem[off : off+pageSize])
+		for _, d := range pageDigests(r.Mem) {
 			h.Write(d[:])
 		}
 	}
 	return fmt.Sprintf("%x", h.Sum128().Bytes())
+}
+
+// pageDigests hashes every page of mem, in runtime.NumCPU() goroutines.
+func pageDigests(mem []byte) []migrate.Digest {
+	n := len(mem) / pageSize
+	out := make([]migrate.Digest, n)
+	workers := min(runtime.NumCPU(), max(1, n/1024))
+	var wg sync.WaitGroup
+	for w := range workers {
+		lo, hi := n*w/workers, n*(w+1)/workers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := lo; p < hi; p++ {
+				out[p] = migrate.HashPage(mem[p*pageSize : (p+1)*pageSize])
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }

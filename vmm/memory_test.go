@@ -2,7 +2,12 @@ package vmm
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
+
+	"github.com/zeebo/xxh3"
+
+	"github.com/ferryvmm/ferry/migrate"
 )
 
 func newTestMemory(t *testing.T, size uint64) *Memory {
@@ -150,5 +155,36 @@ func TestMemorySliceAndWrite(t *testing.T) {
 	}
 	if s, err := m.Slice(0x1000, 0); err != nil || len(s) != 0 {
 		t.Errorf("empty Slice: len %d, err %v", len(s), err)
+	}
+}
+
+// Hash hashes pages on every core; the result is the digest of the page
+// digests in order, whatever the split, and it sees every byte.
+func TestMemoryHashIsPagesInOrder(t *testing.T) {
+	m := newTestMemory(t, 64<<20)
+	for _, r := range m.Regions {
+		for off := uint64(0); off < r.Size(); off += 4096 * 7 {
+			r.Mem[off+13] = byte(off >> 12)
+		}
+	}
+	want := func() string {
+		h := xxh3.New()
+		for _, r := range m.Regions {
+			fmt.Fprintf(h, "%x+%x:", r.GPA, r.Size())
+			for off := uint64(0); off < r.Size(); off += 4096 {
+				d := migrate.HashPage(r.Mem[off : off+4096])
+				h.Write(d[:])
+			}
+		}
+		return fmt.Sprintf("%x", h.Sum128().Bytes())
+	}
+	before := m.Hash()
+	if before != want() {
+		t.Fatal("Hash differs from the digest of the page digests in order")
+	}
+	last := m.Regions[len(m.Regions)-1]
+	last.Mem[last.Size()-1] ^= 1
+	if m.Hash() == before {
+		t.Fatal("Hash did not change when the last byte of RAM did")
 	}
 }

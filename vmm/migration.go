@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/ferryvmm/ferry/kvm"
 	"github.com/ferryvmm/ferry/migrate"
@@ -14,8 +15,8 @@ import (
 type MigrationSource struct {
 	m      *Machine
 	manual bool // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on (StartDirtyLog)
-	// Log, if set, receives a hash of guest RAM taken while the guest is
-	// paused for the final state (for tests and debugging; it reads all RAM).
+	// LogMemoryHash, if set, receives a hash of guest RAM from LogHash,
+	// once the guest is paused for good (for tests; it reads all RAM).
 	LogMemoryHash func(hash string)
 	// Paused says the guest's user paused it (the migration does not):
 	// its state says so, and it arrives paused (State.Paused).
@@ -127,10 +128,17 @@ func (s *MigrationSource) State() ([]byte, error) {
 		return nil, err
 	}
 	st.Paused = s.Paused
+	return EncodeState(st)
+}
+
+// LogHash hands LogMemoryHash, if set, the hash of guest RAM. The front
+// end calls it once the guest is paused for good (after a migration that
+// handed it over, or with a snapshot written), not inside State: hashing
+// reads all of RAM, and the downtime must not include it.
+func (s *MigrationSource) LogHash() {
 	if s.LogMemoryHash != nil {
 		s.LogMemoryHash(s.m.mem.Hash())
 	}
-	return EncodeState(st)
 }
 
 // ID identifies the VM across migrations: random when the machine is
@@ -267,7 +275,10 @@ func (t *MigrationDestination) Restore(state []byte) error {
 // before). Its network devices announce it either way.
 func (t *MigrationDestination) Start() error {
 	if t.LogMemoryHash != nil {
-		t.LogMemoryHash(t.m.mem.Hash())
+		// Inside the downtime, which only tests pay: say how much.
+		at := time.Now()
+		h := t.m.mem.Hash()
+		t.LogMemoryHash(fmt.Sprintf("%s (the guest waited %.1f ms for this hash)", h, float64(time.Since(at).Microseconds())/1000))
 	}
 	return t.startGuest()
 }

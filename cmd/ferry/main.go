@@ -10,6 +10,7 @@
 //	receive.go   ferry receive (vmm/incoming), and the --max-memory/--max-cpus limits
 //	restore.go   ferry restore of a snapshot file
 //	migrate.go   ferry migrate: POST /v1/migrate, the iteration lines, the exit status
+//	progress.go  ferry migrate's output: the live line of the pass under way, on a terminal only
 //	snapshot.go  ferry snapshot: POST /v1/snapshot
 //	status.go    ferry status: GET /v1/status
 //	pause.go     ferry pause: POST /v1/pause

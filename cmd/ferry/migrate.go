@@ -22,7 +22,10 @@ var migrateCommand = &cli.Command{
 	Usage: "live-migrate a guest to a `ferry receive` on another host",
 	Description: `Asks the ferry serving --api-socket to move its guest to the 'ferry
 receive' listening at --to, with pre-copy live migration. Prints one line
-per iteration; exits 0 once the guest is on the destination.
+per iteration; exits 0 once the guest is on the destination. On a
+terminal, one live line shows where the pass under way stands (pages done
+of total, MiB/s, time to the end of the pass), replaced by the iteration
+line when the pass ends; on a pipe or file there is no live line.
 
 A guest paused with 'ferry pause' can be migrated too: it cannot change
 its memory, so every page is sent in one pass, with no pre-copy and no
@@ -78,6 +81,7 @@ pages this host keeps; finish with the same command and --resume.`,
 		&cli.StringFlag{Name: "compress", Value: "auto", Usage: "compress page records with zstd: auto (while it pays at the measured link rate), off, or zstd (always)"},
 		&cli.StringFlag{Name: "stats-json", Usage: "write the migration statistics to `FILE`"},
 		&cli.BoolFlag{Name: "resume", Usage: "resume a cut migration into the pages the destination kept (sends only the pages that differ)"},
+		&cli.IntFlag{Name: "connections", Value: migrate.DefaultConnections(), Usage: "connections that carry the pages in parallel, 1 to 64, each a TCP (or TLS) connection to --to, each with a goroutine that hashes, filters and writes its share (the default is half this host's cores, 1 to 4)"},
 	}, tlsFlags("this host's")...),
 	Action: migrateAction,
 }
@@ -97,6 +101,7 @@ var optionFlags = map[string]string{
 	"PostcopyAfterIterations": "postcopy-after",
 	"Compress":                "compress",
 	"Resume":                  "resume",
+	"Connections":             "connections",
 }
 
 func migrateAction(c *cli.Context) error {
@@ -112,11 +117,15 @@ func migrateAction(c *cli.Context) error {
 		NoAutoConverge:    c.Bool("no-auto-converge"),
 		Compress:          c.String("compress"),
 		Resume:            c.Bool("resume"),
+		Connections:       c.Int("connections"),
 	}
 	// A flag given as 0 would mean "the default" to migrate.Options: the
 	// flags show their defaults, so 0 is refused here instead.
 	if req.DowntimeMS <= 0 {
 		return flagError("downtime", "%v: must be positive", c.Duration("downtime"))
+	}
+	if c.Int("connections") < 1 {
+		return flagError("connections", "%d: must be at least 1", c.Int("connections"))
 	}
 	if c.Int("max-iterations") < 1 {
 		return flagError("max-iterations", "%d: must be at least 1", c.Int("max-iterations"))
@@ -149,7 +158,8 @@ func migrateAction(c *cli.Context) error {
 		return err
 	}
 	defer resp.Body.Close()
-	w := c.App.Writer
+	out := newMigrateOutput(c.App.Writer)
+	defer out.Clear() // before an error is printed
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -158,8 +168,10 @@ func migrateAction(c *cli.Context) error {
 			return fmt.Errorf("bad answer from the source ferry: %v", err)
 		}
 		switch {
+		case ev.Live != nil:
+			out.Live(*ev.Live)
 		case ev.Progress != nil:
-			fmt.Fprintln(w, migrate.FormatIteration(*ev.Progress))
+			out.Println(migrate.FormatIteration(*ev.Progress))
 		case ev.Error != "" && ev.Outcome == control.OutcomeUnknown:
 			return guestExitError{err: fmt.Errorf("migration outcome unknown: %s", ev.Error), code: exitOutcomeUnknown}
 		case ev.Error != "" && ev.Outcome == control.OutcomePostcopyInterrupted:
@@ -167,8 +179,8 @@ func migrateAction(c *cli.Context) error {
 		case ev.Error != "":
 			return fmt.Errorf("migration failed: %s", ev.Error)
 		case ev.Stats != nil:
-			fmt.Fprintln(w, ev.Stats.Summary())
-			fmt.Fprintf(w, "downtime: %v\n", ev.Stats.DowntimeParts)
+			out.Println(ev.Stats.Summary())
+			out.Println(fmt.Sprintf("downtime: %v", ev.Stats.DowntimeParts))
 			for _, warn := range ev.Stats.Warnings {
 				fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", warn)
 			}

@@ -10,10 +10,12 @@
 //	snapshot.go  SnapshotRequest and SnapshotResult: POST /v1/snapshot
 //	machine.go   Machine: the VM as the controller drives it (VM adapts a *vmm.Machine)
 //	server.go    the control socket: JSON over HTTP on a unix socket
+//	events.go    the migrate answer's lines, live lines never holding up the sender
 package control
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -104,6 +106,10 @@ type Migrate struct {
 	Started func()
 	// Progress, if set, is called after each iteration.
 	Progress func(migrate.IterationStats)
+	// Live, if set, is called during a pass, at most every 250 ms, with
+	// where it stands. It runs on the migration's sender goroutine: it
+	// must return at once.
+	Live func(migrate.PassProgress)
 }
 
 // Snapshot writes the whole VM to a file.
@@ -167,8 +173,55 @@ type Status struct {
 	ID          string `json:"id"`    // the VM id (kept across migrations)
 	VCPUs       int    `json:"vcpus"`
 	MemoryBytes uint64 `json:"memory_bytes"`
-	// Migration is the last iteration of a migration in progress.
-	Migration *migrate.IterationStats `json:"migration,omitempty"`
+	// Migration is a migration in progress: its last iteration, and
+	// where the pass under way stands.
+	Migration *MigrationStatus `json:"migration,omitempty"`
+}
+
+// MigrationStatus is a migration in progress as Status shows it ("migration").
+type MigrationStatus struct {
+	// The last iteration that ended; its fields are those of "migration"
+	// itself. Nil (absent) until the first iteration has ended.
+	*migrate.IterationStats
+	// Pass is where the pass under way stands; absent before its first
+	// report (a pass reports at most every 250 ms) and once it has ended.
+	Pass *PassStatus `json:"pass,omitempty"`
+}
+
+// PassStatus is the pass under way: what `ferry migrate` shows on its live
+// line, with the rate and the estimated time to the end of the pass.
+type PassStatus struct {
+	migrate.PassProgress
+	RateBytesPerSec float64 `json:"rate_bytes_per_sec"` // PassProgress.Rate
+	ETASeconds      float64 `json:"eta_seconds"`        // PassProgress.ETA; 0 when not known yet
+}
+
+func newPassStatus(p migrate.PassProgress) *PassStatus {
+	return &PassStatus{PassProgress: p, RateBytesPerSec: p.Rate(), ETASeconds: p.ETA().Seconds()}
+}
+
+// UnmarshalJSON reads both parts of "migration". (Without it, the
+// UnmarshalJSON of the embedded *IterationStats would be promoted: it
+// would drop the pass, and fail on the nil pointer.)
+func (m *MigrationStatus) UnmarshalJSON(b []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return err
+	}
+	*m = MigrationStatus{}
+	if raw, ok := fields["pass"]; ok {
+		delete(fields, "pass")
+		if err := json.Unmarshal(raw, &m.Pass); err != nil {
+			return fmt.Errorf("migration pass: %w", err)
+		}
+	}
+	if len(fields) > 0 { // an iteration has ended
+		m.IterationStats = new(migrate.IterationStats)
+		if err := m.IterationStats.UnmarshalJSON(b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Controller is the control API of one machine.
@@ -188,13 +241,14 @@ type Status struct {
 // is unknown), or stopped.
 type Controller struct {
 	m Machine
-	// mu guards state, was and progress: every request is one step of the
-	// state machine, taken under mu, so racing requests are ordered.
+	// mu guards state, was, progress and pass: every request is one step
+	// of the state machine, taken under mu, so racing requests are ordered.
 	mu sync.Mutex
 	// state is the current state; was, while state is busy, the run state
 	// (Running or Paused) recorded when the operation began.
 	state, was State
 	progress   *migrate.IterationStats // the migration's last iteration
+	pass       *migrate.PassProgress   // where the migration's pass under way stands
 }
 
 // New makes the controller of m, in the state m is in now (running, or
@@ -236,8 +290,11 @@ func (c *Controller) Status() Status {
 func (c *Controller) statusLocked() Status {
 	c.settleLocked()
 	s := Status{State: c.state.String(), ID: c.m.ID(), VCPUs: c.m.CPUs(), MemoryBytes: c.m.MemoryBytes()}
-	if c.state == Migrating {
-		s.Migration = c.progress
+	if c.state == Migrating && (c.progress != nil || c.pass != nil) {
+		s.Migration = &MigrationStatus{IterationStats: c.progress}
+		if c.pass != nil {
+			s.Migration.Pass = newPassStatus(*c.pass)
+		}
 	}
 	return s
 }
@@ -304,7 +361,7 @@ func (c *Controller) begin(k kind) (was State, err error) {
 	if err != nil {
 		return c.state, err
 	}
-	c.was, c.state, c.progress = c.state, to, nil
+	c.was, c.state, c.progress, c.pass = c.state, to, nil, nil
 	return c.was, nil
 }
 
@@ -315,7 +372,7 @@ func (c *Controller) begin(k kind) (was State, err error) {
 func (c *Controller) finish(left State) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.progress = nil
+	c.progress, c.pass = nil, nil
 	if left == Stopped || left == Handed {
 		c.state = left
 		return
@@ -323,8 +380,16 @@ func (c *Controller) finish(left State) {
 	c.state = c.observedLocked()
 }
 
+// setProgress records an iteration that ended; its pass is over.
 func (c *Controller) setProgress(it migrate.IterationStats) {
 	c.mu.Lock()
-	c.progress = &it
+	c.progress, c.pass = &it, nil
+	c.mu.Unlock()
+}
+
+// setPass records where the pass under way stands.
+func (c *Controller) setPass(p migrate.PassProgress) {
+	c.mu.Lock()
+	c.pass = &p
 	c.mu.Unlock()
 }

@@ -34,6 +34,12 @@ type fakeMachine struct {
 	// opTime bounds how long an operation holds the machine, and how
 	// long a pause takes.
 	opTime time.Duration
+	// live is what a migration's first pass reports (MigrateHooks.Live)
+	// before the pass ends.
+	live []migrate.PassProgress
+	// step, if set, is called by a migration when its first pass has
+	// reported live ("pass") and when it has ended ("iteration").
+	step func(at string)
 
 	pauses, resumes, migrations, snapshots int
 	violations                             []string
@@ -132,7 +138,7 @@ func (f *fakeMachine) hold() {
 	}
 }
 
-func (f *fakeMachine) Migrate(ctx context.Context, req MigrateRequest, paused bool, progress func(migrate.IterationStats)) (*migrate.Stats, error) {
+func (f *fakeMachine) Migrate(ctx context.Context, req MigrateRequest, paused bool, hooks MigrateHooks) (*migrate.Stats, error) {
 	if !f.enter("migration", paused) {
 		return nil, errors.New("stopped")
 	}
@@ -140,7 +146,12 @@ func (f *fakeMachine) Migrate(ctx context.Context, req MigrateRequest, paused bo
 	f.mu.Lock()
 	f.migrations++
 	f.mu.Unlock()
-	progress(migrate.IterationStats{Iteration: 0, StopAndCopy: paused})
+	for _, p := range f.live {
+		hooks.Live(p)
+	}
+	f.stepAt("pass")
+	hooks.Progress(migrate.IterationStats{Iteration: 0, StopAndCopy: paused})
+	f.stepAt("iteration")
 	f.hold()
 	f.mu.Lock()
 	f.paused = true // the stop-and-copy (a paused guest already is)
@@ -153,6 +164,12 @@ func (f *fakeMachine) Migrate(ctx context.Context, req MigrateRequest, paused bo
 		f.mu.Unlock()
 	}
 	return &migrate.Stats{Converged: true}, err
+}
+
+func (f *fakeMachine) stepAt(at string) {
+	if f.step != nil {
+		f.step(at)
+	}
 }
 
 func (f *fakeMachine) Snapshot(ctx context.Context, path string, paused, thenStop bool) (*SnapshotResult, error) {

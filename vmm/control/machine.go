@@ -30,14 +30,22 @@ type Machine interface {
 	// and on the destination, and is neither paused nor resumed. Otherwise
 	// the migration pauses it for the stop-and-copy and resumes it if it
 	// fails before its commit. An error wrapping migrate.ErrOutcomeUnknown
-	// leaves the guest paused.
-	Migrate(ctx context.Context, req MigrateRequest, paused bool, progress func(migrate.IterationStats)) (*migrate.Stats, error)
+	// leaves the guest paused. The migration reports through hooks.
+	Migrate(ctx context.Context, req MigrateRequest, paused bool, hooks MigrateHooks) (*migrate.Stats, error)
 	// Snapshot writes the machine to path (complete, or nothing at path).
 	// paused says the user paused the guest: it stays paused and is saved
 	// as paused. Otherwise the guest is paused for the write and resumed
 	// after it, unless thenStop (the caller ends the machine next). On
 	// failure the guest is left as it was.
 	Snapshot(ctx context.Context, path string, paused, thenStop bool) (*SnapshotResult, error)
+}
+
+// MigrateHooks are what a migration reports while it runs: its
+// migrate.Options.Progress (after each iteration) and Live (during a pass,
+// on the sender goroutine: must return at once). Both are set.
+type MigrateHooks struct {
+	Progress func(migrate.IterationStats)
+	Live     func(migrate.PassProgress)
 }
 
 // VM is the Machine of a *vmm.Machine.
@@ -68,19 +76,22 @@ func (v *VM) source(paused bool) *vmm.MigrationSource {
 }
 
 // Migrate implements Machine with migrate.Send over TCP or mutual TLS.
-func (v *VM) Migrate(ctx context.Context, req MigrateRequest, paused bool, progress func(migrate.IterationStats)) (*migrate.Stats, error) {
+func (v *VM) Migrate(ctx context.Context, req MigrateRequest, paused bool, hooks MigrateHooks) (*migrate.Stats, error) {
 	opts, err := req.Options()
 	if err != nil {
 		return nil, err
 	}
-	opts.Progress = progress
+	opts.Progress, opts.Live = hooks.Progress, hooks.Live
 	opts.SourcePaused = paused // one pass, never paused nor resumed here
 	if req.postcopyResume {
-		opts = migrate.Options{PostcopyResume: true, Progress: progress, MaxBandwidth: opts.MaxBandwidth,
-			Compress: opts.Compress, AckTimeout: opts.AckTimeout}
+		opts = migrate.Options{PostcopyResume: true, Progress: hooks.Progress, Live: hooks.Live,
+			MaxBandwidth: opts.MaxBandwidth, Compress: opts.Compress, AckTimeout: opts.AckTimeout}
 	}
 	opts.PostcopyDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
 		return dialDestination(ctx, req) // the request channel, authenticated as the first
+	}
+	opts.StreamDial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+		return dialDestination(ctx, req) // a parallel stream, authenticated as the first
 	}
 	stats, err := v.send(ctx, req, paused, opts)
 	if err != nil && req.postcopyResume && !errors.Is(err, migrate.ErrPostcopyInterrupted) {
@@ -96,7 +107,11 @@ func (v *VM) send(ctx context.Context, req MigrateRequest, paused bool, opts mig
 		return nil, err
 	}
 	defer conn.Close()
-	stats, err := migrate.Send(ctx, v.source(paused), conn, opts)
+	src := v.source(paused)
+	stats, err := migrate.Send(ctx, src, conn, opts)
+	if err == nil {
+		src.LogHash() // the guest stays paused here for good
+	}
 	if err != nil && !errors.Is(err, migrate.ErrOutcomeUnknown) && !errors.Is(err, migrate.ErrPostcopyInterrupted) && req.TLS.Enabled() {
 		err = migrate.ExplainTLSError(err)
 	}
@@ -117,7 +132,11 @@ func (v *VM) Snapshot(ctx context.Context, path string, paused, thenStop bool) (
 		}
 		return v.M.Resume()
 	}
-	st, err := writeSnapshotFile(ctx, path, v.source(paused))
+	src := v.source(paused)
+	st, err := writeSnapshotFile(ctx, path, src)
+	if err == nil {
+		src.LogHash() // still paused: the memory the file holds
+	}
 	res := &SnapshotResult{Path: path, PausedMS: float64(time.Since(pausedAt).Microseconds()) / 1000}
 	if st != nil {
 		res.Stats = *st

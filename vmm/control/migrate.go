@@ -34,6 +34,9 @@ type MigrateRequest struct {
 	PostcopyAfterIterations int     `json:"postcopy_after_iterations,omitempty"`
 	// Resume resumes a cut migration into the pages the destination kept.
 	Resume bool `json:"resume,omitempty"`
+	// Connections is how many connections carry the pages (0: the
+	// default of this host, migrate.DefaultConnections).
+	Connections int `json:"connections,omitempty"`
 	// postcopyResume: this request finishes an interrupted post-copy (the
 	// controller sets it in state handed-over).
 	postcopyResume bool
@@ -43,9 +46,12 @@ type MigrateRequest struct {
 }
 
 // MigrateEvent is one line of the newline-delimited JSON answer to
-// POST /v1/migrate: progress lines, then either Stats or Error.
+// POST /v1/migrate: progress lines, then either Stats or Error. During a
+// pass, Live lines say where it stands (at most every 250 ms; a client
+// that reads slowly misses some), before the pass's Progress line.
 type MigrateEvent struct {
 	Progress *migrate.IterationStats `json:"progress,omitempty"`
+	Live     *migrate.PassProgress   `json:"live,omitempty"`
 	Stats    *migrate.Stats          `json:"stats,omitempty"`
 	Error    string                  `json:"error,omitempty"`
 	Outcome  string                  `json:"outcome,omitempty"` // with Error: OutcomeFailed or OutcomeUnknown
@@ -68,6 +74,10 @@ func (r MigrateRequest) MigrateOptions() (migrate.Options, error) {
 		PostcopyAfter:           time.Duration(r.PostcopyAfterSeconds * float64(time.Second)),
 		PostcopyAfterIterations: r.PostcopyAfterIterations,
 		Resume:                  r.Resume,
+		Connections:             r.Connections,
+	}
+	if o.Connections == 0 {
+		o.Connections = migrate.DefaultConnections()
 	}
 	var err error
 	if o.OnTimeout, err = migrate.ParseTimeoutAction(r.OnTimeout); err != nil {
@@ -113,6 +123,7 @@ var OptionJSON = map[string]string{
 	"PostcopyAfterIterations": "postcopy_after_iterations",
 	"Compress":                "compress",
 	"Resume":                  "resume",
+	"Connections":             "connections",
 }
 
 // dialDestination connects to req.To, with the TLS handshake when req.TLS

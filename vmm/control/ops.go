@@ -61,13 +61,21 @@ func (c *Controller) migrate(ctx context.Context, a Migrate) (*migrate.Stats, er
 	if a.Started != nil {
 		a.Started()
 	}
-	progress := func(it migrate.IterationStats) {
-		c.setProgress(it)
-		if a.Progress != nil {
-			a.Progress(it)
-		}
+	hooks := MigrateHooks{
+		Progress: func(it migrate.IterationStats) {
+			c.setProgress(it)
+			if a.Progress != nil {
+				a.Progress(it)
+			}
+		},
+		Live: func(p migrate.PassProgress) {
+			c.setPass(p)
+			if a.Live != nil {
+				a.Live(p)
+			}
+		},
 	}
-	stats, err := c.m.Migrate(ctx, req, paused, progress)
+	stats, err := c.m.Migrate(ctx, req, paused, hooks)
 	switch {
 	case err == nil:
 		c.m.Stop("guest migrated to " + a.Request.To)

@@ -89,41 +89,39 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, a Action) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-// handleMigrate streams the migration's progress as MigrateEvent lines.
+// handleMigrate streams the migration's progress as MigrateEvent lines:
+// live lines during a pass (dropped rather than waited for when the client
+// reads slowly), an iteration line after each iteration, then the outcome.
 // On success the source stops (the guest is on the destination now).
 func (s *Server) handleMigrate(w http.ResponseWriter, r *http.Request) {
 	var req MigrateRequest
 	if !decodeBody(w, r, "migrate", &req) {
 		return
 	}
-	enc := json.NewEncoder(w)
-	flusher, _ := w.(http.Flusher)
+	ev := newEventWriter(w)
 	started := false
-	emit := func(ev MigrateEvent) {
-		enc.Encode(ev)
-		if flusher != nil {
-			flusher.Flush()
-		}
-	}
 	res, err := s.c.Handle(r.Context(), Migrate{
 		Request: req,
 		Started: func() {
 			started = true
 			w.Header().Set("Content-Type", "application/x-ndjson")
 			w.WriteHeader(http.StatusOK)
+			ev.start()
 		},
-		Progress: func(it migrate.IterationStats) { emit(MigrateEvent{Progress: &it}) },
+		Progress: func(it migrate.IterationStats) { ev.Emit(MigrateEvent{Progress: &it}) },
+		Live:     ev.Live,
 	})
+	ev.stop() // no live line after this
 	var me *MigrationError
 	switch {
 	case !started && err != nil:
 		writeError(w, httpCode(err), err)
 	case errors.As(err, &me):
-		emit(MigrateEvent{Error: me.Error(), Outcome: me.Outcome})
+		ev.Emit(MigrateEvent{Error: me.Error(), Outcome: me.Outcome})
 	case err != nil:
-		emit(MigrateEvent{Error: err.Error(), Outcome: OutcomeFailed})
+		ev.Emit(MigrateEvent{Error: err.Error(), Outcome: OutcomeFailed})
 	default:
-		emit(MigrateEvent{Stats: res.(*migrate.Stats)})
+		ev.Emit(MigrateEvent{Stats: res.(*migrate.Stats)})
 	}
 }
 

@@ -47,7 +47,8 @@ type Config[T Target] struct {
 	// without TLS (default 10 s).
 	HandshakeTimeout time.Duration
 	// MaxPending is the number of connections handled at once; more are
-	// closed at once (default 8).
+	// closed at once (default 8 plus a migration's most connections,
+	// migrate.MaxConnections).
 	MaxPending int
 }
 
@@ -78,7 +79,7 @@ func NewServer[T Target](ln net.Listener, cfg Config[T]) *Server[T] {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
 	if cfg.MaxPending <= 0 {
-		cfg.MaxPending = 8
+		cfg.MaxPending = 8 + migrate.MaxConnections
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
@@ -194,6 +195,11 @@ func (s *Server[T]) handle(ctx context.Context, raw net.Conn) {
 	opts.Peer = PeerIdentity(conn)
 	stats, err := migrate.Receive(ctx, conn, target, opts)
 	switch {
+	case stats != nil && stats.Stream:
+		if err != nil {
+			s.cfg.Logf("a parallel stream from %s ended: %v", peer, err)
+		}
+		return
 	case stats != nil && stats.Channel:
 		if err != nil {
 			s.cfg.Logf("the post-copy request channel from %s ended: %v", peer, err)
@@ -220,9 +226,13 @@ func (s *Server[T]) handle(ctx context.Context, raw net.Conn) {
 		post = fmt.Sprintf("; post-copy: %d pages after the guest started, %d of them asked for by the guest (fault service median %.0f us, p99 %.0f us)",
 			stats.PagesMissing, st.PagesRequested, st.FaultMedianUS, st.FaultP99US)
 	}
-	s.cfg.Logf("received %d pages (%d zero, %d delta), %d KiB of state, %.1f MiB in %.3f s%s%s",
+	conns := ""
+	if stats.Connections > 1 {
+		conns = fmt.Sprintf(" on %d connections", stats.Connections)
+	}
+	s.cfg.Logf("received %d pages (%d zero, %d delta), %d KiB of state, %.1f MiB%s in %.3f s%s%s",
 		stats.PagesFull+stats.PagesZero+stats.PagesDelta, stats.PagesZero, stats.PagesDelta, stats.StateBytes>>10,
-		float64(stats.BytesTotal)/(1<<20), stats.Seconds, kept, post)
+		float64(stats.BytesTotal)/(1<<20), conns, stats.Seconds, kept, post)
 }
 
 // running says, once the guest started, where it came from.
