@@ -38,6 +38,28 @@ var downtimeParts = []struct{ key, name string }{{"pause_ms", "pause"}, {"sync_m
 	{"pages_ms", "last pages"}, {"state_ms", "state"}, {"flush_ms", "flush"},
 	{"ready_ms", "destination restore"}, {"commit_ms", "commit"}}
 
+// hashWait is how long the destination's guest waited for ferry's RAM
+// hash (--memory-hash, the check's cost, in ferry's downtime and total
+// time), 0 if it did not say.
+func hashWait(r *Run) float64 {
+	if r.HashWaitMS == nil {
+		return 0
+	}
+	return *r.HashWaitMS
+}
+
+// checkedTime and checkedDowntime are a run's total time and downtime
+// without the RAM hash's wait: what they would be without the check.
+func checkedTime(r *Run) float64 { return r.TotalSeconds - hashWait(r)/1000 }
+
+func checkedDowntime(r *Run) *float64 {
+	if r.DowntimeMS == nil {
+		return nil
+	}
+	d := *r.DowntimeMS - hashWait(r)
+	return &d
+}
+
 // bigRuns are the big workload's runs but the repeats after the first.
 func bigRuns(runs []*Run) []*Run {
 	var rows []*Run
@@ -65,11 +87,11 @@ func bigTables(w io.Writer, runs []*Run) {
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "The 1 GiB guest (`%s`: %s, 1 GiB), unlimited link: ferry on one connection and on several, TLS off and on, against QEMU's default migration, multifd and TLS (one run each; ferry's first of its repeated runs):\n", bigWorkload, rows[0].GuestParams)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| system | connections | TLS | finished | total s | downtime ms | counter gap ms | MiB on the wire | 1st pass s | check |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| system | connections | TLS | finished | total s | downtime ms | RAM hash wait ms | total s without it | downtime ms without it | counter gap ms | MiB on the wire | 1st pass s | check |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		if strings.HasPrefix(r.Check, "not measured") {
-			fmt.Fprintf(w, "| %s | | | | | | | | | %s |\n", r.System, strings.ReplaceAll(r.Check, "|", "/"))
+			fmt.Fprintf(w, "| %s | | | | | | | | | | | | %s |\n", r.System, strings.ReplaceAll(r.Check, "|", "/"))
 			continue
 		}
 		first := "-"
@@ -80,13 +102,13 @@ func bigTables(w io.Writer, runs []*Run) {
 		if r.Connections > 0 {
 			conns = fmt.Sprint(r.Connections)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %.2f | %s | %s | %.1f | %s | %s |\n", r.System, conns, onOff(r.TLS),
-			finishedCell(r), r.TotalSeconds, fmtp(r.DowntimeMS, "%.1f"), fmtp(r.CounterGapMS, "%.0f"),
-			float64(r.BytesTotal)/(1<<20), first, shortCheck(r))
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %.2f | %s | %s | %.2f | %s | %s | %.1f | %s | %s |\n", r.System, conns, onOff(r.TLS),
+			finishedCell(r), r.TotalSeconds, fmtp(r.DowntimeMS, "%.1f"), fmtp(r.HashWaitMS, "%.1f"), checkedTime(r),
+			fmtp(checkedDowntime(r), "%.1f"), fmtp(r.CounterGapMS, "%.0f"), float64(r.BytesTotal)/(1<<20), first, shortCheck(r))
 	}
 
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Targets of the 1 GiB guest: ferry's total time / QEMU's (ferry: to DONE-ACK, the guest running on the destination; QEMU: `total-time`, to the end of sending):")
+	fmt.Fprintln(w, "Targets of the 1 GiB guest: ferry's total time / QEMU's (ferry: to DONE-ACK, the guest running on the destination, without the wait for the RAM hash of the check; QEMU: `total-time`, to the end of sending):")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| ferry | QEMU | total s ferry / QEMU | time ferry/QEMU | target | result | MiB on the wire ferry/QEMU |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
@@ -112,12 +134,12 @@ func bigTables(w io.Writer, runs []*Run) {
 			fmt.Fprintf(w, "| %s | %s | | | %s | %s | |\n", t.ferry, t.qemu, target, strings.ReplaceAll(result, "|", "/"))
 			continue
 		}
-		x := timeOf(f) / timeOf(q)
+		x := checkedTime(f) / timeOf(q)
 		verdict := "met"
 		if x > t.limit {
 			verdict = "**MISSED**"
 		}
-		fmt.Fprintf(w, "| %s | %s | %.2f / %.2f | **%.2f** | %s | %s | %s |\n", t.ferry, t.qemu, timeOf(f), timeOf(q), x,
+		fmt.Fprintf(w, "| %s | %s | %.2f / %.2f | **%.2f** | %s | %s | %s |\n", t.ferry, t.qemu, checkedTime(f), timeOf(q), x,
 			target, verdict, ratio(f, q, bytesOf))
 	}
 	repeatTable(w, runs)
@@ -136,10 +158,10 @@ func repeatTable(w io.Writer, runs []*Run) {
 		return
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "Downtime of the 1 GiB guest, ferry (one connection, TLS off), %d migrations in a row between the two hosts (target: each <= %d ms; the parts are ferry's `downtime_parts`, ms):\n", len(reps), bigDowntimeMS)
+	fmt.Fprintf(w, "Downtime of the 1 GiB guest, ferry (one connection, TLS off), %d migrations in a row between the two hosts (target: each <= %d ms without the wait for the check's RAM hash, which falls in commit; the parts are ferry's `downtime_parts`, ms):\n", len(reps), bigDowntimeMS)
 	fmt.Fprintln(w)
-	head := "| run | from -> to | total s | downtime ms |"
-	sep := "|---|---|---|---|"
+	head := "| run | from -> to | total s | downtime ms | RAM hash wait ms | downtime ms without it |"
+	sep := "|---|---|---|---|---|---|"
 	for _, p := range downtimeParts {
 		head += " " + p.name + " |"
 		sep += "---|"
@@ -154,16 +176,17 @@ func repeatTable(w io.Writer, runs []*Run) {
 			n = r.Repeat
 		}
 		ok := "-"
-		if r.DowntimeMS != nil && r.Migrated && !strings.HasPrefix(r.Check, "FAILED") {
+		if d := checkedDowntime(r); d != nil && r.Migrated && !strings.HasPrefix(r.Check, "FAILED") {
 			measured++
-			dts = append(dts, *r.DowntimeMS)
+			dts = append(dts, *d)
 			ok = "no"
-			if *r.DowntimeMS <= bigDowntimeMS {
+			if *d <= bigDowntimeMS {
 				ok = "yes"
 				within++
 			}
 		}
-		line := fmt.Sprintf("| %d | %s -> %s | %.2f | %s |", n, r.From, r.To, r.TotalSeconds, fmtp(r.DowntimeMS, "%.1f"))
+		line := fmt.Sprintf("| %d | %s -> %s | %.2f | %s | %s | %s |", n, r.From, r.To, r.TotalSeconds, fmtp(r.DowntimeMS, "%.1f"),
+			fmtp(r.HashWaitMS, "%.1f"), fmtp(checkedDowntime(r), "%.1f"))
 		for _, p := range downtimeParts {
 			v, has := r.DowntimeParts[p.key]
 			if has {
@@ -188,7 +211,7 @@ func repeatTable(w io.Writer, runs []*Run) {
 	if len(dts)%2 == 0 {
 		med = (dts[len(dts)/2-1] + med) / 2
 	}
-	fmt.Fprintf(w, "- downtime <= %d ms in each run: %s: %d of %d runs (%d measured); downtime min %.1f, median %.1f, max %.1f ms\n",
+	fmt.Fprintf(w, "- downtime (without the RAM hash wait) <= %d ms in each run: %s: %d of %d runs (%d measured); min %.1f, median %.1f, max %.1f ms\n",
 		bigDowntimeMS, verdict, within, len(reps), measured, dts[0], med, dts[len(dts)-1])
 }
 

@@ -23,6 +23,7 @@ var (
 	reFerryComp     = regexp.MustCompile(`, ([0-9]+) records compressed \(saved ([0-9.]+) MiB\)`)
 	reHashSrc       = regexp.MustCompile(`memory hash \(paused source\): ([0-9a-f]+)`)
 	reHashDst       = regexp.MustCompile(`memory hash \(destination before start\): ([0-9a-f]+)`)
+	reHashWait      = regexp.MustCompile(`\(the guest waited ([0-9.]+) ms for this hash\)`)
 	reFerryWaiting  = regexp.MustCompile(`waiting for a migration on`)
 	reFerryMode     = regexp.MustCompile(`waiting for a migration on \S+ \(([^;)]+)`)
 	reFerryReceived = regexp.MustCompile(`guest received from .* and running`)
@@ -34,7 +35,7 @@ func (b *bench) ferryBoot(h *host, w workload) (*vm, error) {
 	sock := filepath.Join(b.tmp, fmt.Sprintf("ferry-%d.sock", b.seq))
 	args := []string{b.ferry, "run", "--memory", w.mem(b), "--kernel", b.kernel, "--initrd", b.initrd,
 		"--api-socket", sock, "--cmdline", w.cmdline(b)}
-	if w.memoryHash(b) {
+	if b.memoryHash {
 		args = append(args, "--memory-hash")
 	}
 	argv := h.wrap(args...)
@@ -61,7 +62,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		// plain TCP between our own two namespaces
 		rargs = append(rargs, "--insecure")
 	}
-	if r.wl.memoryHash(b) {
+	if b.memoryHash {
 		rargs = append(rargs, "--memory-hash")
 	}
 	dp, err := startProc(fmt.Sprintf("ferry receive #%d", b.seq), b.logPath(fmt.Sprintf("%02d-ferry-receive", b.seq)), dstHost.wrap(rargs...))
@@ -92,9 +93,12 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		margs = append(margs, "--max-bandwidth", fmt.Sprintf("%dMiB/s", bw))
 	}
 	margs = append(margs, sys.ferryFlags...)
-	if sys.connections {
+	switch {
+	case sys.connections:
 		margs = append(margs, "--connections", strconv.Itoa(b.connections))
-		r.Connections = b.connections
+	case r.wl.OneConnection && b.hasConnections:
+		// ferry's default is half the host's cores (1 to 4)
+		margs = append(margs, "--connections", "1")
 	}
 	if sys.tls {
 		margs = append(margs, b.certs.ferryFlags(src.h)...)
@@ -181,6 +185,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 			DowntimeMS   float64 `json:"downtime_ms"`
 			BytesTotal   int64   `json:"bytes_total"`
 			Converged    bool    `json:"converged"`
+			Connections  int     `json:"connections"`
 			ferryPostcopy
 		}
 		data, err := os.ReadFile(statsFile)
@@ -195,6 +200,10 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 			r.TotalSeconds = st.TotalSeconds
 			r.DowntimeMS = &st.DowntimeMS
 			r.DowntimeParts = st.ferryPostcopy.DowntimeParts
+			r.Connections = st.Connections
+			if sys.connections && st.Connections != b.connections {
+				r.fail("--connections %d: the migration ran on %d connections", b.connections, st.Connections)
+			}
 			r.BytesReported = st.BytesTotal
 			r.PerIteration = r.PerIteration[:0]
 			for _, it := range st.Iterations {
@@ -256,7 +265,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		dp.stop()
 		return nil
 	}
-	if r.wl.memoryHash(b) {
+	if b.memoryHash {
 		b.compareHashes(src, dst, srcMark, r)
 	}
 	b.counterCheck(src, dst, r)
@@ -270,7 +279,11 @@ func (b *bench) compareHashes(src, dst *vm, from int, r *Run) {
 	_, _, sm := src.p.find(reHashSrc, from)
 	// After post-copy the destination hashes RAM once every page arrived,
 	// about when the source's ferry migrate ends.
-	_, _, dm, _ := dst.p.waitFor(reHashDst, 0, 10*time.Second)
+	_, dl, dm, _ := dst.p.waitFor(reHashDst, 0, 10*time.Second)
+	if m := reHashWait.FindStringSubmatch(dl.s); dm != nil && m != nil {
+		w, _ := strconv.ParseFloat(m[1], 64)
+		r.HashWaitMS = &w
+	}
 	switch {
 	case sm == nil || dm == nil:
 		r.MemoryHash = "missing"

@@ -58,13 +58,7 @@ func (b *bench) header(plan []planned, caps []int) {
 	fmt.Printf("limits:  downtime %v, caps %v MiB/s (0 = unlimited), bound %v (ferry --timeout %v --on-timeout abort --max-iterations %d; QEMU migrate_cancel at %v)\n",
 		b.downtime, caps, b.bound, b.bound, b.maxIter, b.bound)
 	if b.memoryHash {
-		fmt.Printf("check:   ferry --memory-hash on both sides: the destination's hash of guest RAM must equal the paused source's")
-		for _, p := range plan {
-			if !p.w.memoryHash(b) {
-				fmt.Printf(" (not on %s: its hashes would fall in the downtime; -big-memory-hash)", p.w.Name)
-			}
-		}
-		fmt.Println()
+		fmt.Printf("check:   ferry --memory-hash on both sides: the destination's hash of guest RAM must equal the paused source's\n")
 	}
 	for _, p := range plan {
 		if p.w.Verify {

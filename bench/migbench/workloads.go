@@ -37,11 +37,12 @@ type workload struct {
 	// Verify (mode idle): the guest checks every page of its working set
 	// against checksums taken after the fill before each report
 	// (ferry.verify=1), and each migration requires the destination's
-	// first report to find them all intact: a check of every run, for
-	// both peers, outside the downtime. NoMemoryHash: ferry runs without
-	// --memory-hash (unless -big-memory-hash): its two hashes of all guest
-	// RAM fall in the downtime, 0.1-0.7 s each for 1 GiB here.
-	Verify, NoMemoryHash bool
+	// first report to find them all intact: a check of every run, QEMU's
+	// too, outside the downtime.
+	Verify bool
+	// OneConnection: ferry's systems without --connections N run with
+	// --connections 1 (where ferry has the flag), not ferry's default.
+	OneConnection bool
 }
 
 // classicSystems run on the workloads that name no systems of their own.
@@ -86,7 +87,7 @@ var allWorkloads = []workload{
 	// before) zstd shrinks 540 MiB to 60-200 MiB, which real memory would
 	// not do; QEMU's default migration and multifd do not compress.
 	{Name: "big", Mode: "idle", Fill: "mixed", Mem: "1G", WS: "512M", Caps: []int{0}, Repeat: true, Systems: bigSystems,
-		BootWait: 40 * time.Minute, Verify: true, NoMemoryHash: true,
+		BootWait: 40 * time.Minute, Verify: true, OneConnection: true,
 		Note: "1 GiB guest, 512 MiB working set filled (mixed: 40% text, 30% sparse, 30% random pages), then no writes; unlimited link only"},
 	{Name: "zeusmp", Mode: "mix", Same: 70, Class: "filter", Note: "= mix"},
 	{Name: "bzip2", Mode: "mix", Same: 45, Note: "= memcached"},
@@ -129,11 +130,6 @@ func (w workload) mem(b *bench) string {
 func (w workload) pages(b *bench) uint64 {
 	n, _ := parseSize(w.mem(b))
 	return n / 4096
-}
-
-// memoryHash reports whether ferry runs with --memory-hash on w.
-func (w workload) memoryHash(b *bench) bool {
-	return b.memoryHash && (!w.NoMemoryHash || b.bigMemoryHash)
 }
 
 // caps are the bandwidth caps the workload runs at: its own, or -bws.
