@@ -432,6 +432,10 @@ var (
 	reCounter = regexp.MustCompile(`^FERRY-COUNTER ([0-9]+)$`)
 	reDirty   = regexp.MustCompile(`^FERRY-DIRTY mode=.* actual=([0-9]+)/s same=([0-9]+)%`)
 	reCmdline = regexp.MustCompile(`\] Command line: (.*)$`)
+	// the writer's check of its working set (ferry.verify=1)
+	reVerify = regexp.MustCompile(`verify=([A-Za-z]+)(?: [a-z]+=[0-9]+)*`)
+	// the writer's fill (guest-images/src/dirty.c): mapped, then filled
+	reFilled = regexp.MustCompile(`^ferry-dirty: [0-9]+ pages mapped in ([0-9]+) ms, filled .*in ([0-9]+) ms$`)
 )
 
 func shellQuote(argv []string) string {

@@ -23,7 +23,9 @@ var (
 	reFerryComp     = regexp.MustCompile(`, ([0-9]+) records compressed \(saved ([0-9.]+) MiB\)`)
 	reHashSrc       = regexp.MustCompile(`memory hash \(paused source\): ([0-9a-f]+)`)
 	reHashDst       = regexp.MustCompile(`memory hash \(destination before start\): ([0-9a-f]+)`)
+	reHashWait      = regexp.MustCompile(`\(the guest waited ([0-9.]+) ms for this hash\)`)
 	reFerryWaiting  = regexp.MustCompile(`waiting for a migration on`)
+	reFerryMode     = regexp.MustCompile(`waiting for a migration on \S+ \(([^;)]+)`)
 	reFerryReceived = regexp.MustCompile(`guest received from .* and running`)
 )
 
@@ -31,7 +33,7 @@ var (
 func (b *bench) ferryBoot(h *host, w workload) (*vm, error) {
 	b.seq++
 	sock := filepath.Join(b.tmp, fmt.Sprintf("ferry-%d.sock", b.seq))
-	args := []string{b.ferry, "run", "--memory", b.mem, "--kernel", b.kernel, "--initrd", b.initrd,
+	args := []string{b.ferry, "run", "--memory", w.mem(b), "--kernel", b.kernel, "--initrd", b.initrd,
 		"--api-socket", sock, "--cmdline", w.cmdline(b)}
 	if b.memoryHash {
 		args = append(args, "--memory-hash")
@@ -52,8 +54,12 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 	port := b.nextPort()
 	sock := filepath.Join(b.tmp, fmt.Sprintf("ferry-%d.sock", b.seq))
 	rargs := []string{b.ferry, "receive", "--listen", fmt.Sprintf("%s:%d", dstHost.addr, port), "--api-socket", sock}
-	if dstHost.addr != "127.0.0.1" {
-		// plain TCP between our own two namespaces; TLS is not what is compared
+	switch {
+	case sys.tls:
+		// mutual TLS: each side's certificate from the run's CA (certs.go)
+		rargs = append(rargs, b.certs.ferryFlags(dstHost)...)
+	case dstHost.addr != "127.0.0.1":
+		// plain TCP between our own two namespaces
 		rargs = append(rargs, "--insecure")
 	}
 	if b.memoryHash {
@@ -65,10 +71,18 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		return src
 	}
 	dst := &vm{p: dp, h: dstHost, sock: sock, family: "ferry"}
-	if _, _, _, err := dp.waitFor(reFerryWaiting, 0, 30*time.Second); err != nil {
+	_, wl, wm, err := dp.waitFor(reFerryWaiting, 0, 30*time.Second)
+	if err != nil {
 		r.fail("ferry receive did not start: %v", err)
 		dp.stop()
 		return src
+	}
+	// What ferry receive says it listens with: "mutual TLS", "no TLS: --insecure", ...
+	if m := reFerryMode.FindStringSubmatch(wl.s); wm != nil && m != nil {
+		r.Transport = "ferry receive: " + m[1]
+		if sys.tls != (m[1] == "mutual TLS") {
+			r.fail("ferry receive listens with %q", m[1])
+		}
 	}
 
 	statsFile := filepath.Join(b.tmp, fmt.Sprintf("stats-%d.json", b.seq))
@@ -79,6 +93,17 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		margs = append(margs, "--max-bandwidth", fmt.Sprintf("%dMiB/s", bw))
 	}
 	margs = append(margs, sys.ferryFlags...)
+	switch {
+	case sys.connections:
+		margs = append(margs, "--connections", strconv.Itoa(b.connections))
+	case r.wl.OneConnection && b.hasConnections:
+		// ferry's default is half the host's cores (1 to 4)
+		margs = append(margs, "--connections", "1")
+	}
+	if sys.tls {
+		margs = append(margs, b.certs.ferryFlags(src.h)...)
+		r.TLS = true
+	}
 	r.Command = "ferry " + shellQuote(margs)
 
 	srcMark := src.p.count()
@@ -160,6 +185,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 			DowntimeMS   float64 `json:"downtime_ms"`
 			BytesTotal   int64   `json:"bytes_total"`
 			Converged    bool    `json:"converged"`
+			Connections  int     `json:"connections"`
 			ferryPostcopy
 		}
 		data, err := os.ReadFile(statsFile)
@@ -173,6 +199,11 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 			r.Converged = st.Converged
 			r.TotalSeconds = st.TotalSeconds
 			r.DowntimeMS = &st.DowntimeMS
+			r.DowntimeParts = st.ferryPostcopy.DowntimeParts
+			r.Connections = st.Connections
+			if sys.connections && st.Connections != b.connections {
+				r.fail("--connections %d: the migration ran on %d connections", b.connections, st.Connections)
+			}
 			r.BytesReported = st.BytesTotal
 			r.PerIteration = r.PerIteration[:0]
 			for _, it := range st.Iterations {
@@ -205,7 +236,7 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 	if r.BytesTotal = r.WireBytes; r.WireBytes < 0 || src.h.dev == "" {
 		r.BytesTotal = r.BytesReported
 	}
-	r.ferrySplit(b.totalPages())
+	r.ferrySplit(r.wl.pages(b))
 	r.Savings = ferrySavings(r.PerIteration)
 	r.ThrottleMaxPct = maxThrottle(r.PerIteration)
 	r.DirtyRates = ferryDirtyRates(r.PerIteration)
@@ -248,7 +279,11 @@ func (b *bench) compareHashes(src, dst *vm, from int, r *Run) {
 	_, _, sm := src.p.find(reHashSrc, from)
 	// After post-copy the destination hashes RAM once every page arrived,
 	// about when the source's ferry migrate ends.
-	_, _, dm, _ := dst.p.waitFor(reHashDst, 0, 10*time.Second)
+	_, dl, dm, _ := dst.p.waitFor(reHashDst, 0, 10*time.Second)
+	if m := reHashWait.FindStringSubmatch(dl.s); dm != nil && m != nil {
+		w, _ := strconv.ParseFloat(m[1], 64)
+		r.HashWaitMS = &w
+	}
 	switch {
 	case sm == nil || dm == nil:
 		r.MemoryHash = "missing"

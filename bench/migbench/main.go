@@ -75,31 +75,46 @@ type QemuInfo struct {
 
 // Run is one migration.
 type Run struct {
-	N                int        `json:"run"`
-	Workload         string     `json:"workload"`
-	GuestParams      string     `json:"guest_params"`
-	System           string     `json:"system"`
-	MaxBandwidthMiBs int        `json:"max_bandwidth_mibs"`
-	TotalSeconds     float64    `json:"total_seconds"`
-	DowntimeMS       *float64   `json:"downtime_ms"`
-	BytesTotal       int64      `json:"bytes_total"`
-	WireBytes        int64      `json:"wire_bytes"`
-	BytesReported    int64      `json:"bytes_reported"`
-	Iterations       int        `json:"iterations"`
-	Converged        bool       `json:"converged"`
-	Migrated         bool       `json:"migrated"`
-	Check            string     `json:"check"`
-	CounterGapMS     *float64   `json:"counter_gap_ms"`
-	WallSeconds      float64    `json:"wall_seconds"`
-	GuestWritesPerS  int        `json:"guest_writes_per_s"`
-	GuestSamePct     int        `json:"guest_same_pct"`
-	From             string     `json:"from"`
-	To               string     `json:"to"`
-	ChainPos         int        `json:"chain_position"`
-	Started          string     `json:"started_utc"`
-	Load             string     `json:"loadavg"`
-	Command          string     `json:"command"`
-	PerIteration     []IterStat `json:"per_iteration"`
+	N                int      `json:"run"`
+	Workload         string   `json:"workload"`
+	GuestParams      string   `json:"guest_params"`
+	System           string   `json:"system"`
+	MaxBandwidthMiBs int      `json:"max_bandwidth_mibs"`
+	TotalSeconds     float64  `json:"total_seconds"`
+	DowntimeMS       *float64 `json:"downtime_ms"`
+	// DowntimeParts: ferry's account of where the downtime went
+	// (--stats-json downtime_parts: pause_ms, sync_ms, pages_ms, state_ms,
+	// flush_ms, ready_ms, commit_ms).
+	DowntimeParts map[string]float64 `json:"downtime_parts,omitempty"`
+	// Connections: ferry --connections N, QEMU's multifd channels (0:
+	// one connection); TLS: the migration ran over (mutual) TLS.
+	Connections int  `json:"connections,omitempty"`
+	TLS         bool `json:"tls,omitempty"`
+	// Transport: what the VMM's own output showed of TLS and of its
+	// connections (QEMU: its trace of the TLS handshakes, the peers'
+	// certificate checks and the multifd send threads).
+	Transport string `json:"transport,omitempty"`
+	// Repeat: the run's place among the repeated migrations of one system
+	// (-repeats), counted from 1; 0 for a system run once.
+	Repeat          int        `json:"repeat,omitempty"`
+	BytesTotal      int64      `json:"bytes_total"`
+	WireBytes       int64      `json:"wire_bytes"`
+	BytesReported   int64      `json:"bytes_reported"`
+	Iterations      int        `json:"iterations"`
+	Converged       bool       `json:"converged"`
+	Migrated        bool       `json:"migrated"`
+	Check           string     `json:"check"`
+	CounterGapMS    *float64   `json:"counter_gap_ms"`
+	WallSeconds     float64    `json:"wall_seconds"`
+	GuestWritesPerS int        `json:"guest_writes_per_s"`
+	GuestSamePct    int        `json:"guest_same_pct"`
+	From            string     `json:"from"`
+	To              string     `json:"to"`
+	ChainPos        int        `json:"chain_position"`
+	Started         string     `json:"started_utc"`
+	Load            string     `json:"loadavg"`
+	Command         string     `json:"command"`
+	PerIteration    []IterStat `json:"per_iteration"`
 	// The first pass (every page sent once) and what follows it; see
 	// passes.go.
 	FirstPass *PassSplit `json:"first_pass,omitempty"`
@@ -108,6 +123,14 @@ type Run struct {
 	// MemoryHash: ferry's hashes of guest RAM, on the paused source and on
 	// the destination before it starts: "equal", or what went wrong.
 	MemoryHash string `json:"memory_hash,omitempty"`
+	// HashWaitMS: how long the destination's guest waited for that hash
+	// (ferry says so; it is inside ferry's downtime and total time, a
+	// cost of the check only).
+	HashWaitMS *float64 `json:"hash_wait_ms,omitempty"`
+	// GuestVerify: the guest's check of its working set (ferry.verify=1)
+	// in its first report after the migration: "ok pages=N ms=T", or what
+	// went wrong.
+	GuestVerify string `json:"guest_verify,omitempty"`
 	// Guests that write faster than the link (outrun.go): the highest
 	// auto-converge throttle, the lowest write rate the guest's writer
 	// reported while the migration ran, and what post-copy did.
@@ -137,6 +160,7 @@ type vm struct {
 	sock   string // ferry control socket or QMP socket
 	family string
 	qmp    *qmpConn
+	tls    bool // QEMU: has the TLS credential objects (certs.go)
 }
 
 func (v *vm) stop() {
@@ -164,16 +188,16 @@ type bench struct {
 	out                         string
 	cmdlines                    map[string]string // workload/family -> kernel "Command line:"
 	memoryHash                  bool              // ferry --memory-hash on both sides, compared
+	repeats                     int               // runs of system ferry on a workload with Repeat
+	connections                 int               // ferry migrate --connections N of ferry-conns*
+	hasConnections              bool              // this ferry's migrate takes --connections
+	certs                       *tlsCerts         // the run's CA and certificates (TLS systems)
+	notes                       []string          // printed in the header
 }
 
 func (b *bench) nextPort() int { b.port++; return b.port }
 
 func (b *bench) logPath(name string) string { return filepath.Join(b.logs, name+".log") }
-
-func (b *bench) totalPages() uint64 {
-	n, _ := parseSize(b.mem)
-	return n / 4096
-}
 
 func parseSize(s string) (uint64, error) {
 	mult := uint64(1)
@@ -195,10 +219,12 @@ func main() {
 		ferryBin  = flag.String("ferry", filepath.Join(root, "bin/ferry"), "ferry binary")
 		qemuBin   = flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 		guestDir  = flag.String("guest", filepath.Join(root, "guest-images/out"), "guest image directory (vmlinux, initramfs.cpio)")
-		wls       = flag.String("workloads", "same,mix,mixpages,mcf,memcached,random,hot,idle,memcached-chg256,random-chg1024,fill-mixed,rewrite", "workloads, comma-separated (also zeusmp = mix, bzip2 = memcached, and memcached-chg256-mixed, random-chg1024-mixed: the delta workloads on the mixed fill)")
-		syss      = flag.String("systems", "ferry,ferry-no-digest,ferry-no-clear,ferry-no-delta,ferry-no-compress,ferry-zstd,ferry-no-auto-converge,ferry-postcopy,qemu,qemu-xbzrle,qemu-multifd-zstd,qemu-auto-converge,qemu-postcopy", "systems, comma-separated; each workload runs those of them it names (the first five unless it names others), see -all-pairs")
+		wls       = flag.String("workloads", "same,mix,mixpages,mcf,memcached,random,hot,idle,memcached-chg256,random-chg1024,fill-mixed,rewrite,big", "workloads, comma-separated (also zeusmp = mix, bzip2 = memcached, and memcached-chg256-mixed, random-chg1024-mixed: the delta workloads on the mixed fill)")
+		syss      = flag.String("systems", "ferry,ferry-no-digest,ferry-no-clear,ferry-no-delta,ferry-no-compress,ferry-zstd,ferry-no-auto-converge,ferry-postcopy,ferry-tls,ferry-conns,ferry-conns-tls,qemu,qemu-xbzrle,qemu-multifd-zstd,qemu-multifd,qemu-auto-converge,qemu-postcopy,qemu-tls", "systems, comma-separated; each workload runs those of them it names (the first five unless it names others), see -all-pairs")
 		allPairs  = flag.Bool("all-pairs", false, "run every selected system on every selected workload, not only the systems each workload names")
-		memHash   = flag.Bool("memory-hash", true, "ferry --memory-hash on both sides, and require equal hashes of guest RAM (adds two RAM hashes, ~5 ms each for 128 MiB here, to ferry's downtime)")
+		repeats   = flag.Int("repeats", 10, "run system ferry this many times in a row on the big workload (ping-pong), for its downtimes; 1: once")
+		conns     = flag.Int("connections", 2, "ferry migrate --connections N of ferry-conns and ferry-conns-tls (run only if the ferry binary has the flag)")
+		memHash   = flag.Bool("memory-hash", true, "ferry --memory-hash on both sides, and require equal hashes of guest RAM (the destination's hash is in ferry's downtime: ferry says how long, and the big workload's tables leave it out)")
 		bws       = flag.String("bws", "32,0", "bandwidth caps in MiB/s, comma-separated (0: unlimited)")
 		mem       = flag.String("mem", "128M", "guest memory")
 		ws        = flag.String("ws", "32M", "the writer's working set (ferry.ws)")
@@ -225,7 +251,7 @@ func main() {
 	}
 	b := &bench{qemu: *qemuBin, mem: *mem, ws: *ws, hot: *hot, rate: *rate, downtime: *downtime,
 		bound: *bound, bootWait: *bootWait, maxIter: *maxIter, out: *out, cmdlines: map[string]string{},
-		memoryHash: *memHash}
+		memoryHash: *memHash, repeats: *repeats, connections: *conns}
 	b.port = 7600 + os.Getpid()%1000
 
 	var workloads []workload
@@ -303,14 +329,31 @@ func main() {
 		fatal("%v", err)
 	}
 	var plan []planned
+	needTLS, needConns := false, false
 	for _, w := range workloads {
 		p := planned{w: w}
 		for _, s := range systems {
 			if *allPairs || w.runs(s.name) {
 				p.systems = append(p.systems, s)
+				needTLS = needTLS || s.tls
+				needConns = needConns || s.connections
 			}
 		}
 		plan = append(plan, p)
+	}
+	if needTLS {
+		if b.certs, err = b.makeCerts(filepath.Join(b.tmp, "tls")); err != nil {
+			fatal("%v", err)
+		}
+		b.notes = append(b.notes, "TLS systems: one CA and a certificate per host (name and address) from `ferry certs`; ferry --tls-cert/--tls-key/--tls-ca on both sides, QEMU tls-creds-x509 (verify-peer=on) on both sides from the same files")
+	}
+	if needConns {
+		b.hasConnections = hasConnections(b.ferry)
+		if b.hasConnections {
+			b.notes = append(b.notes, fmt.Sprintf("ferry-conns, ferry-conns-tls: ferry migrate --connections %d", b.connections))
+		} else {
+			b.notes = append(b.notes, "ferry-conns, ferry-conns-tls: SKIPPED: this ferry's migrate has no --connections (ferry migrate --help does not mention it)")
+		}
 	}
 	b.header(plan, caps)
 

@@ -9,37 +9,48 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 )
 
 // The QEMU side: qemu-system-x86_64 -enable-kvm (microvm, set up as
 // bench/boot-qemu.sh does), driven through QMP on a unix socket.
 
-// qemuArgs is the QEMU command line for a guest with kernel command line
-// cmdline, controlled through the QMP socket sock.
-func (b *bench) qemuArgs(cmdline, sock string) []string {
-	return []string{b.qemu,
+// qemuArgs is the QEMU command line for the workload's guest on host h,
+// controlled through the QMP socket sock; with tls, it has the two
+// credential objects of qemu-tls (certs.go).
+func (b *bench) qemuArgs(w workload, h *host, sock string, tls bool) []string {
+	a := []string{b.qemu,
 		"-M", "microvm,x-option-roms=off,acpi=off,rtc=on,auto-kernel-cmdline=off",
-		"-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", b.mem, "-smp", "1",
+		"-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", w.mem(b), "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
 		"-device", "i8042", "-no-reboot",
-		"-kernel", b.kernel, "-initrd", b.initrd, "-append", cmdline,
+		"-kernel", b.kernel, "-initrd", b.initrd, "-append", b.defaultCmdline + " " + w.cmdline(b),
 		"-qmp", "unix:" + sock + ",server=on,wait=off",
 		// Observation only (one line per dirty-bitmap sync, one per page
 		// XBZRLE finds unchanged); QEMU's migration itself is untouched.
 		"-trace", "migration_bitmap_sync_end", "-trace", "save_xbzrle_page_skipping",
+		// Also observation only: the TLS handshakes and the peers'
+		// certificate checks, and the multifd channels' threads (what the
+		// harness checks a TLS or multifd migration really used).
+		"-trace", "migration_tls_*", "-trace", "qio_channel_tls_credentials_*",
+		"-trace", "multifd_send_thread_start", "-trace", "multifd_recv_thread_start",
 	}
+	if tls {
+		a = append(a, b.certs.qemuObjects(h)...)
+	}
+	return a
 }
 
-func (b *bench) qemuBoot(h *host, w workload) (*vm, error) {
+func (b *bench) qemuBoot(h *host, w workload, tls bool) (*vm, error) {
 	b.seq++
 	sock := filepath.Join(b.tmp, fmt.Sprintf("qmp-%d.sock", b.seq))
-	argv := h.wrap(b.qemuArgs(b.defaultCmdline+" "+w.cmdline(b), sock)...)
+	argv := h.wrap(b.qemuArgs(w, h, sock, tls)...)
 	p, err := startProc(fmt.Sprintf("qemu #%d", b.seq), b.logPath(fmt.Sprintf("%02d-qemu", b.seq)), argv)
 	if err != nil {
 		return nil, err
 	}
-	v := &vm{p: p, h: h, sock: sock, family: "qemu"}
+	v := &vm{p: p, h: h, sock: sock, family: "qemu", tls: tls}
 	if v.qmp, err = dialQMP(sock, 30*time.Second); err != nil {
 		p.stop()
 		return nil, err
@@ -167,13 +178,16 @@ type migSample struct {
 	tx         int64 // the source veth's tx bytes, -1 if unknown
 }
 
-// multifdChannels is the number of multifd channels of qemu-multifd-zstd.
+// multifdChannels is the number of multifd channels of qemu-multifd-zstd
+// and qemu-multifd.
 const multifdChannels = 2
 
 // setMigration sets the capabilities and parameters sys needs on one QEMU
 // (source or destination); every capability the benchmark uses is set
-// either way, so nothing carries over from an earlier migration.
-func setMigration(q *qmpConn, sys system, params map[string]any) error {
+// either way, so nothing carries over from an earlier migration. On a QEMU
+// with the TLS objects, tls-creds is set either way too: creds (the
+// object of its side) for a TLS system, "" (plain TCP) for the others.
+func setMigration(q *qmpConn, sys system, params map[string]any, tlsObjects bool, creds string) error {
 	caps := []map[string]any{{"capability": "xbzrle", "state": sys.xbzrle}, {"capability": "multifd", "state": sys.multifd},
 		{"capability": "auto-converge", "state": sys.autoConverge}, {"capability": "postcopy-ram", "state": sys.qemuPostcopy}}
 	if _, err := q.cmd("migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
@@ -181,7 +195,16 @@ func setMigration(q *qmpConn, sys system, params map[string]any) error {
 	}
 	if sys.multifd {
 		params["multifd-channels"] = multifdChannels
-		params["multifd-compression"] = "zstd"
+		params["multifd-compression"] = "none"
+		if sys.multifdZ != "" {
+			params["multifd-compression"] = sys.multifdZ
+		}
+	}
+	if tlsObjects {
+		params["tls-creds"] = ""
+		if sys.tls {
+			params["tls-creds"] = creds
+		}
 	}
 	if len(params) == 0 {
 		return nil
@@ -199,11 +222,12 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	b.seq++
 	port := b.nextPort()
 	sock := filepath.Join(b.tmp, fmt.Sprintf("qmp-%d.sock", b.seq))
-	argv := b.qemuArgs(b.defaultCmdline+" "+r.wl.cmdline(b), sock)
+	argv := b.qemuArgs(r.wl, dstHost, sock, src.tls)
 	uri := fmt.Sprintf("tcp:%s:%d", dstHost.addr, port)
-	// multifd and postcopy-ram must be set on the destination before the
-	// source connects: -incoming defer, the capabilities, migrate-incoming.
-	defer_ := sys.multifd || sys.qemuPostcopy
+	// multifd, postcopy-ram and tls-creds must be set on the destination
+	// before the source connects: -incoming defer, the capabilities and
+	// parameters, migrate-incoming.
+	defer_ := sys.multifd || sys.qemuPostcopy || sys.tls
 	if defer_ {
 		argv = append(argv, "-incoming", "defer")
 	} else {
@@ -214,7 +238,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 		r.fail("start QEMU -incoming: %v", err)
 		return src
 	}
-	dst := &vm{p: dp, h: dstHost, sock: sock, family: "qemu"}
+	dst := &vm{p: dp, h: dstHost, sock: sock, family: "qemu", tls: src.tls}
 	if dst.qmp, err = dialQMP(sock, 30*time.Second); err != nil {
 		r.fail("QEMU -incoming: %v", err)
 		dp.stop()
@@ -227,7 +251,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 		return src
 	}
 	if defer_ {
-		if err := setMigration(dst.qmp, sys, map[string]any{}); err != nil {
+		if err := setMigration(dst.qmp, sys, map[string]any{}, dst.tls, qemuTLSServer); err != nil {
 			return abandon("destination: %v", err)
 		}
 		if _, err := dst.qmp.cmd("migrate-incoming", map[string]any{"uri": uri}); err != nil {
@@ -241,17 +265,27 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 		// QEMU's post-copy phase has a cap of its own (default: none).
 		params["max-postcopy-bandwidth"] = int64(bw) << 20
 	}
-	if err := setMigration(q, sys, params); err != nil {
+	if err := setMigration(q, sys, params, src.tls, qemuTLSClient); err != nil {
 		return abandon("%v", err)
 	}
+	r.TLS = sys.tls
 	r.Command = fmt.Sprintf(`QMP: migrate-set-capabilities xbzrle=%v multifd=%v auto-converge=%v postcopy-ram=%v; migrate-set-parameters max-bandwidth=%d downtime-limit=%d`,
 		sys.xbzrle, sys.multifd, sys.autoConverge, sys.qemuPostcopy, int64(bw)<<20, b.downtime.Milliseconds())
 	if sys.qemuPostcopy {
 		r.Command += fmt.Sprintf(" max-postcopy-bandwidth=%d (postcopy-ram on both sides; destination -incoming defer, migrate-incoming uri=%s)", int64(bw)<<20, uri)
 	}
 	if sys.multifd {
-		r.Command += fmt.Sprintf(" multifd-channels=%d multifd-compression=zstd (both sides; destination -incoming defer, migrate-incoming uri=%s)",
-			multifdChannels, uri)
+		comp := "none"
+		if sys.multifdZ != "" {
+			comp = sys.multifdZ
+		}
+		r.Command += fmt.Sprintf(" multifd-channels=%d multifd-compression=%s (both sides; destination -incoming defer, migrate-incoming uri=%s)",
+			multifdChannels, comp, uri)
+		r.Connections = multifdChannels
+	}
+	if sys.tls {
+		r.Command += fmt.Sprintf(" tls-creds=%s (destination: tls-creds=%s; tls-creds-x509 objects with verify-peer=on, certificates from the run's ferry certs CA; destination -incoming defer, migrate-incoming uri=%s)",
+			qemuTLSClient, qemuTLSServer, uri)
 	}
 	r.Command += "; migrate uri=" + uri
 
@@ -267,7 +301,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	var info migInfo
 	var samples []migSample
 	cancelled := false
-	out := &qemuOutrun{sys: sys, total: b.totalPages()}
+	out := &qemuOutrun{sys: sys, total: r.wl.pages(b)}
 	for {
 		raw, err := q.cmd("query-migrate", nil)
 		if err == nil {
@@ -329,7 +363,7 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 		qi.XBZRLE = &x
 	}
 	r.QEMU = qi
-	r.PerIteration = qemuIterations(src.p, srcMark, t0, samples, b.totalPages())
+	r.PerIteration = qemuIterations(src.p, srcMark, t0, samples, r.wl.pages(b))
 	r.BytesTotal = r.WireBytes
 	if r.WireBytes < 0 || src.h.dev == "" {
 		r.BytesTotal = r.BytesReported
@@ -361,8 +395,11 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	default:
 		return abandon("migration %s: %s", info.Status, info.ErrorDesc)
 	}
-	r.qemuSplit(samples, b.totalPages(), tx0p)
+	r.qemuSplit(samples, r.wl.pages(b), tx0p)
 	out.finish(r, &info)
+	if r.Migrated {
+		qemuTransport(src, dst, srcMark, sys, r)
+	}
 
 	if !r.Migrated {
 		if n := len(r.PerIteration); n > 0 {
@@ -391,6 +428,52 @@ func (b *bench) qemuMigrate(src *vm, dstHost *host, sys system, bw int, r *Run) 
 	}
 	b.counterCheck(src, dst, r)
 	return dst
+}
+
+var (
+	reTLSOut     = regexp.MustCompile(`migration_tls_outgoing_handshake_(start|complete|error)`)
+	reTLSIn      = regexp.MustCompile(`migration_tls_incoming_handshake_(start|complete|error)`)
+	reTLSAllow   = regexp.MustCompile(`qio_channel_tls_credentials_(allow|deny)`)
+	reMultifdOut = regexp.MustCompile(`multifd_send_thread_start`)
+)
+
+// qemuTransport checks in QEMU's trace lines (of this migration: after
+// line srcMark on the source, all of the fresh destination) that a TLS
+// system's migration ran over TLS, its handshake complete and the peer's
+// certificate allowed on both sides, and that no other did; and counts a
+// multifd system's send channels. r.Transport says what was seen.
+func qemuTransport(src, dst *vm, srcMark int, sys system, r *Run) {
+	count := func(p *proc, from int, re *regexp.Regexp, want string) int {
+		n := 0
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, l := range p.lines[min(from, len(p.lines)):] {
+			if m := re.FindStringSubmatch(l.s); m != nil && (want == "" || m[1] == want) {
+				n++
+			}
+		}
+		return n
+	}
+	var seen []string
+	outDone, inDone := count(src.p, srcMark, reTLSOut, "complete"), count(dst.p, 0, reTLSIn, "complete")
+	outAllow, inAllow := count(src.p, srcMark, reTLSAllow, "allow"), count(dst.p, 0, reTLSAllow, "allow")
+	switch {
+	case sys.tls && (outDone == 0 || inDone == 0 || outAllow == 0 || inAllow == 0):
+		r.fail("QEMU's trace shows no complete TLS migration: handshakes complete on the source %d, on the destination %d; peer certificate allowed on the source %d, on the destination %d",
+			outDone, inDone, outAllow, inAllow)
+	case sys.tls:
+		seen = append(seen, fmt.Sprintf("TLS: %d handshake(s), the peer's certificate allowed on both sides", outDone))
+	case count(src.p, srcMark, reTLSOut, "") > 0:
+		r.fail("QEMU's trace shows a TLS handshake in a migration without TLS")
+	}
+	if sys.multifd {
+		n := count(src.p, srcMark, reMultifdOut, "")
+		if n != multifdChannels {
+			r.fail("QEMU's trace shows %d multifd send threads, not %d", n, multifdChannels)
+		}
+		seen = append(seen, fmt.Sprintf("multifd: %d send channels", n))
+	}
+	r.Transport = strings.Join(seen, "; ")
 }
 
 // qemuIterations builds per-iteration rows: the pages each dirty-bitmap

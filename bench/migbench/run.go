@@ -60,17 +60,54 @@ func (b *bench) header(plan []planned, caps []int) {
 	if b.memoryHash {
 		fmt.Printf("check:   ferry --memory-hash on both sides: the destination's hash of guest RAM must equal the paused source's\n")
 	}
+	for _, p := range plan {
+		if p.w.Verify {
+			fmt.Printf("check:   %s: the guest checks every page of its working set (ferry.verify=1); its first report on the destination must find them intact (ferry and QEMU)\n", p.w.Name)
+		}
+	}
 	fmt.Printf("workloads, each with its systems:\n")
 	n := 0
 	for _, p := range plan {
 		var names []string
 		for _, s := range p.systems {
 			names = append(names, s.name)
+			if reps := b.repeatsOf(p.w, s); reps > 1 {
+				names[len(names)-1] += fmt.Sprintf(" (x%d)", reps)
+				n += (reps - 1) * len(p.w.caps(caps))
+			}
 		}
-		n += len(p.systems) * len(caps)
-		fmt.Printf("  %s=[%s]: %s\n", p.w.Name, p.w.cmdline(b), strings.Join(names, " "))
+		n += len(p.systems) * len(p.w.caps(caps))
+		extra := ""
+		if p.w.Mem != "" || p.w.Caps != nil {
+			var cs []string
+			for _, c := range p.w.caps(caps) {
+				cs = append(cs, capName(c))
+			}
+			extra = fmt.Sprintf(" (guest %s, caps %s)", p.w.mem(b), strings.Join(cs, ","))
+		}
+		fmt.Printf("  %s=[%s]%s: %s\n", p.w.Name, p.w.cmdline(b), extra, strings.Join(names, " "))
+	}
+	for _, note := range b.notes {
+		fmt.Printf("note:    %s\n", note)
 	}
 	fmt.Printf("%d migrations\n\n", n)
+}
+
+// repeatsOf is how many times sys runs in a row on w (-repeats for
+// system ferry on a workload with Repeat, else once).
+func (b *bench) repeatsOf(w workload, sys system) int {
+	if w.Repeat && sys.name == "ferry" && b.repeats > 1 {
+		return b.repeats
+	}
+	return 1
+}
+
+// cannotRun says why sys cannot run with this ferry binary, or "".
+func (b *bench) cannotRun(sys system) string {
+	if sys.connections && !b.hasConnections {
+		return "skipped: this ferry's migrate has no --connections (ferry migrate --help does not mention it)"
+	}
+	return ""
 }
 
 func numCPU() int {
@@ -88,76 +125,97 @@ func (b *bench) chain(w workload, fam string, syss []system, caps []int) {
 	var cur *vm
 	pos := 0
 	defer func() { cur.stop() }()
+	// A QEMU chain that runs qemu-tls has the TLS objects in every QEMU.
+	tls := false
+	for _, sys := range syss {
+		tls = tls || (sys.family == "qemu" && sys.tls && b.cannotRun(sys) == "")
+	}
 	for _, sys := range syss {
 		if sys.family != fam {
 			continue
 		}
-		for _, bw := range caps {
-			r := &Run{N: len(b.runs) + 1, Workload: w.Name, GuestParams: w.cmdline(b), System: sys.name,
-				MaxBandwidthMiBs: bw, WireBytes: -1, wl: w}
-			b.runs = append(b.runs, r)
-			if cur == nil {
-				pos = 0
-				var err error
-				if cur, err = b.boot(fam, w); err != nil {
-					r.fail("boot: %v", err)
-					r.Check = "not measured: boot failed"
-					b.printRun(r)
+		reps := b.repeatsOf(w, sys)
+		for _, bw := range w.caps(caps) {
+			for rep := 1; rep <= reps; rep++ {
+				r := &Run{N: len(b.runs) + 1, Workload: w.Name, GuestParams: w.cmdline(b), System: sys.name,
+					MaxBandwidthMiBs: bw, WireBytes: -1, wl: w}
+				if reps > 1 {
+					r.Repeat = rep
+				}
+				b.runs = append(b.runs, r)
+				if why := b.cannotRun(sys); why != "" {
+					r.Check = "not measured: " + why
+					fmt.Printf("run %2d %-9s %-15s %3s MiB/s  %s\n", r.N, r.Workload, r.System, capName(bw), r.Check)
 					b.save()
-					cur = nil
 					continue
 				}
+				if cur == nil {
+					pos = 0
+					var err error
+					if cur, err = b.boot(fam, w, tls); err != nil {
+						r.fail("boot: %v", err)
+						r.Check = "not measured: boot failed"
+						b.printRun(r)
+						b.save()
+						cur = nil
+						continue
+					}
+				}
+				pos++
+				r.ChainPos = pos
+				_, _, m := cur.p.last(reDirty, -1)
+				if m != nil {
+					r.GuestWritesPerS, _ = strconv.Atoi(m[1])
+					r.GuestSamePct, _ = strconv.Atoi(m[2])
+				}
+				dstHost := b.hosts[1]
+				if cur.h == b.hosts[1] {
+					dstHost = b.hosts[0]
+				}
+				r.From, r.To = cur.h.name, dstHost.name
+				r.Started = time.Now().UTC().Format("15:04:05")
+				r.Load = loadavg()
+				src, srcMark := cur, cur.p.count()
+				if fam == "ferry" {
+					cur = b.ferryMigrate(cur, dstHost, sys, bw, r)
+				} else {
+					cur = b.qemuMigrate(cur, dstHost, sys, bw, r)
+				}
+				r.writesLow(src, srcMark, cur)
+				switch {
+				case r.Error != "" && r.Check != "":
+					r.Check = "FAILED (" + r.Check + ")"
+				case r.Error != "":
+					r.Check = "FAILED"
+				case r.Check == "":
+					r.Check = "ok"
+				}
+				b.printRun(r)
+				b.save()
 			}
-			pos++
-			r.ChainPos = pos
-			_, _, m := cur.p.last(reDirty, -1)
-			if m != nil {
-				r.GuestWritesPerS, _ = strconv.Atoi(m[1])
-				r.GuestSamePct, _ = strconv.Atoi(m[2])
-			}
-			dstHost := b.hosts[1]
-			if cur.h == b.hosts[1] {
-				dstHost = b.hosts[0]
-			}
-			r.From, r.To = cur.h.name, dstHost.name
-			r.Started = time.Now().UTC().Format("15:04:05")
-			r.Load = loadavg()
-			src, srcMark := cur, cur.p.count()
-			if fam == "ferry" {
-				cur = b.ferryMigrate(cur, dstHost, sys, bw, r)
-			} else {
-				cur = b.qemuMigrate(cur, dstHost, sys, bw, r)
-			}
-			r.writesLow(src, srcMark, cur)
-			switch {
-			case r.Error != "" && r.Check != "":
-				r.Check = "FAILED (" + r.Check + ")"
-			case r.Error != "":
-				r.Check = "FAILED"
-			case r.Check == "":
-				r.Check = "ok"
-			}
-			b.printRun(r)
-			b.save()
 		}
 	}
 }
 
 // boot starts a guest on host A and waits for its memory writer's first
 // report.
-func (b *bench) boot(fam string, w workload) (*vm, error) {
+func (b *bench) boot(fam string, w workload, tls bool) (*vm, error) {
 	var v *vm
 	var err error
 	if fam == "ferry" {
 		v, err = b.ferryBoot(b.hosts[0], w)
 	} else {
-		v, err = b.qemuBoot(b.hosts[0], w)
+		v, err = b.qemuBoot(b.hosts[0], w, tls)
 	}
 	if err != nil {
 		return nil, err
 	}
 	t0 := time.Now()
-	if _, _, _, err := v.p.waitFor(reDirty, 0, b.bootWait); err != nil {
+	wait := b.bootWait
+	if w.BootWait > wait {
+		wait = w.BootWait
+	}
+	if _, _, _, err := v.p.waitFor(reDirty, 0, wait); err != nil {
 		v.stop()
 		return nil, err
 	}
@@ -167,8 +225,12 @@ func (b *bench) boot(fam string, w workload) (*vm, error) {
 			fmt.Printf("WARNING: %s: the guest kernel's command line differs: ferry [%s] qemu [%s]\n", w.Name, other, m[1])
 		}
 	}
-	fmt.Printf("-- %s: %s guest up on host %s, writer reporting after %.0f s (load %s)\n",
-		w.Name, fam, v.h.name, time.Since(t0).Seconds(), loadavg())
+	fill := ""
+	if _, _, m := v.p.find(reFilled, 0); m != nil {
+		fill = fmt.Sprintf(", working set mapped in %s ms and filled in %s ms", m[1], m[2])
+	}
+	fmt.Printf("-- %s: %s guest up on host %s, writer reporting after %.0f s%s (load %s)\n",
+		w.Name, fam, v.h.name, time.Since(t0).Seconds(), fill, loadavg())
 	return v, nil
 }
 
@@ -200,12 +262,32 @@ func (b *bench) counterCheck(src, dst *vm, r *Run) {
 		r.fail("destination: a second counter line: %v", err)
 		return
 	}
-	if _, _, _, err := dst.p.waitFor(reDirty, i+1, 30*time.Second); err != nil {
+	_, rl, _, err := dst.p.waitFor(reDirty, i+1, 30*time.Second)
+	if err != nil {
 		r.fail("destination: the memory writer: %v", err)
 		return
 	}
+	if r.wl.Verify {
+		b.guestVerify(rl.s, r)
+	}
 	if r.Check == "" {
 		r.Check = fmt.Sprintf("ok: counter %d -> %d, writer on", last, first)
+	}
+}
+
+// guestVerify requires the writer's report (ferry.verify=1) to say that
+// every page of its working set is intact.
+func (b *bench) guestVerify(report string, r *Run) {
+	m := reVerify.FindStringSubmatch(report)
+	switch {
+	case m == nil:
+		r.GuestVerify = "missing"
+		r.fail("the guest's report has no verify=: %q", report)
+	case m[1] != "ok":
+		r.GuestVerify = m[0]
+		r.fail("the guest found its working set changed: %s", m[0])
+	default:
+		r.GuestVerify = m[0][len("verify="):]
 	}
 }
 
@@ -244,6 +326,12 @@ func (b *bench) printRun(r *Run) {
 	fmt.Printf("       check: %s", r.Check)
 	if r.MemoryHash != "" {
 		fmt.Printf("; RAM hash %s", r.MemoryHash)
+	}
+	if r.GuestVerify != "" {
+		fmt.Printf("; guest's check of its working set: %s", r.GuestVerify)
+	}
+	if r.Transport != "" {
+		fmt.Printf("; %s", r.Transport)
 	}
 	if r.Error != "" {
 		fmt.Printf(" (%s)", r.Error)

@@ -34,7 +34,7 @@ const legend = "Legend: **1st pass** = until the sender had sent as many pages (
 func savingsTable(w io.Writer, runs []*Run) {
 	var rows []*Run
 	for _, r := range runs {
-		if r.Savings != nil {
+		if r.Savings != nil && r.Repeat <= 1 { // of repeated runs, the first
 			rows = append(rows, r)
 		}
 	}
@@ -211,12 +211,13 @@ func outrunRatios(w io.Writer, keys []key, get func(key, string) *Run) {
 }
 
 // tally counts, per cap, the migrations of ferry's defaults (system
-// ferry) that finished, and those within the downtime budget.
+// ferry) that finished, and those within the downtime budget: one per
+// workload (of repeated runs, the first).
 func tally(w io.Writer, runs []*Run) {
 	var caps []int
 	byCap := map[int][]*Run{}
 	for _, r := range runs {
-		if r.System != "ferry" || strings.HasPrefix(r.Check, "not measured") {
+		if r.System != "ferry" || r.Repeat > 1 || strings.HasPrefix(r.Check, "not measured") {
 			continue
 		}
 		if byCap[r.MaxBandwidthMiBs] == nil {

@@ -133,3 +133,89 @@ func TestTinyRun(t *testing.T) {
 		t.Errorf("left behind: %v", left)
 	}
 }
+
+// TestTinyTLS runs the transports of the big workload's systems end to
+// end on a small idle guest (4 MiB working set, unlimited): ferry over
+// mutual TLS, ferry on --connections N (or its skip, with a ferry that
+// lacks the flag), QEMU over TLS with certificates from the same CA, and
+// QEMU multifd with 2 channels; each must show in the VMM's output that it
+// used what it was meant to. About two minutes here.
+func TestTinyTLS(t *testing.T) {
+	ferry, guest := os.Getenv("FERRY_BIN"), os.Getenv("FERRY_GUEST_DIR")
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skip("skipped: /dev/kvm is absent on this machine")
+	}
+	if ferry == "" || guest == "" {
+		t.Skip("skipped: FERRY_BIN and FERRY_GUEST_DIR are not set (make test sets them)")
+	}
+	if testing.Short() {
+		t.Skip("skipped in -short mode: boots two guests")
+	}
+	systems := "ferry-tls,ferry-conns,qemu-tls,qemu-multifd"
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		systems = "ferry-tls,ferry-conns"
+	}
+	tmp, out := t.TempDir(), t.TempDir()
+	cmd := exec.Command(os.Args[0], "-ferry", ferry, "-guest", guest, "-workloads", "idle", "-all-pairs",
+		"-systems", systems, "-bws", "0", "-ws", "4M", "-out", out, "-logs", filepath.Join(out, "logs"))
+	cmd.Env = append(os.Environ(), asMainEnv+"=1", "TMPDIR="+tmp)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	mark := "TMPDIR=" + tmp
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
+		for _, p := range processesWithEnv(mark) {
+			syscall.Kill(p.pid, syscall.SIGKILL)
+		}
+	})
+	timer := time.AfterFunc(6*time.Minute, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGINT) })
+	output, err := cmd.CombinedOutput()
+	timer.Stop()
+	if err != nil {
+		t.Fatalf("migbench: %v\n%s", err, output)
+	}
+	runs, err := loadRuns(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := hasConnections(ferry)
+	want := map[string]string{"ferry-tls": "ferry receive: mutual TLS", "qemu-tls": "TLS: 1 handshake(s), the peer's certificate allowed on both sides",
+		"qemu-multifd": "multifd: 2 send channels", "ferry-conns": "ferry receive: no TLS"}
+	for _, r := range runs {
+		t.Logf("%s: %s, %.2f s, %.1f MiB, %s, RAM hash %q", r.System, r.Check, r.TotalSeconds, float64(r.BytesTotal)/(1<<20), r.Transport, r.MemoryHash)
+		w, ok := want[r.System]
+		if !ok || !strings.Contains(systems, r.System) {
+			t.Errorf("unexpected run %s", r.System)
+			continue
+		}
+		delete(want, r.System)
+		if r.System == "ferry-conns" && !conns {
+			if !strings.HasPrefix(r.Check, "not measured: skipped") {
+				t.Errorf("ferry-conns with a ferry without --connections: %q", r.Check)
+			}
+			continue
+		}
+		if !r.Migrated || !strings.HasPrefix(r.Check, "ok") || r.Error != "" || !strings.HasPrefix(r.Transport, w) {
+			t.Errorf("%s: migrated %v, check %q, error %q, transport %q (want %q)", r.System, r.Migrated, r.Check, r.Error, r.Transport, w)
+		}
+		if strings.HasPrefix(r.System, "ferry") && r.MemoryHash != "equal" {
+			t.Errorf("%s: memory hash %q", r.System, r.MemoryHash)
+		}
+	}
+	for name := range want {
+		if strings.Contains(systems, name) {
+			t.Errorf("no run %s", name)
+		}
+	}
+	var left []string
+	for _, p := range processesWithEnv(mark) {
+		left = append(left, p.String())
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
+		left = append(left, "files in the temporary directory")
+	}
+	if len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}

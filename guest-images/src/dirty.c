@@ -13,6 +13,7 @@ struct dirty_cfg {
 	long samepages;		/* percent of pages only ever rewritten unchanged; -1: off */
 	long chg;		/* bytes a changing write alters */
 	const char *fill;	/* first contents: copy or mixed (fill.c) */
+	int verify;		/* idle: check the working set before each report */
 };
 
 /*
@@ -55,6 +56,64 @@ static void dirty_report(const struct dirty_cfg *c, uint64_t writes, uint64_t sa
 	    (unsigned long long)actual, (unsigned long long)pct);
 }
 
+/*
+ * ferry.verify=1 (mode idle): the writer keeps a checksum of every page of
+ * the working set (FNV-1a over its 64-bit words) taken after the fill, and
+ * before each report checks every page against it, so that a migration
+ * that lost or garbled a page shows in the destination's next report:
+ *
+ *   FERRY-DIRTY mode=idle ... same=0% verify=ok pages=N ms=T
+ *   FERRY-DIRTY mode=idle ... same=0% verify=BAD pages=N bad=K first=P ms=T
+ *
+ * (K pages differ, the first at page P of the working set; T: the check's
+ * time). User code runs at native speed here, so this is cheap.
+ */
+static uint64_t page_sum(const uint64_t *pg)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (uint64_t w = 0; w < WORDS_PER_PAGE; w++)
+		h = (h ^ pg[w]) * 0x100000001b3ULL;
+	return h;
+}
+
+static uint64_t *verify_sums(const uint64_t *mem, uint64_t pages)
+{
+	uint64_t *sums = mmap(NULL, pages * sizeof(uint64_t), PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+
+	if (sums == MAP_FAILED) {
+		say("ferry-dirty: mmap the verify sums: %s\n", strerror(errno));
+		_exit(1);
+	}
+	for (uint64_t p = 0; p < pages; p++)
+		sums[p] = page_sum(mem + p * WORDS_PER_PAGE);
+	return sums;
+}
+
+static void verify_report(const struct dirty_cfg *c, const uint64_t *mem, const uint64_t *sums,
+			  uint64_t pages)
+{
+	uint64_t t0 = now_ns(), bad = 0, first = 0;
+
+	for (uint64_t p = 0; p < pages; p++) {
+		if (page_sum(mem + p * WORDS_PER_PAGE) != sums[p]) {
+			if (bad++ == 0)
+				first = p;
+		}
+	}
+	uint64_t ms = (now_ns() - t0) / 1000000;
+
+	if (bad == 0)
+		say("FERRY-DIRTY mode=%s ws=%llu target=%ld/s actual=0/s same=0%% verify=ok pages=%llu ms=%llu\n",
+		    c->mode, (unsigned long long)(c->ws >> 20), c->rate, (unsigned long long)pages,
+		    (unsigned long long)ms);
+	else
+		say("FERRY-DIRTY mode=%s ws=%llu target=%ld/s actual=0/s same=0%% verify=BAD pages=%llu bad=%llu first=%llu ms=%llu\n",
+		    c->mode, (unsigned long long)(c->ws >> 20), c->rate, (unsigned long long)pages,
+		    (unsigned long long)bad, (unsigned long long)first, (unsigned long long)ms);
+}
+
 static void dirty_writer(const struct dirty_cfg *c)
 {
 	const uint64_t report_every = 5 * NSEC;
@@ -86,8 +145,13 @@ static void dirty_writer(const struct dirty_cfg *c)
 	}
 
 	if (strcmp(c->mode, "idle") == 0) {
+		uint64_t *sums = c->verify ? verify_sums(mem, pages) : NULL;
+
 		for (;;) {
-			dirty_report(c, 0, 0, 0);
+			if (sums)
+				verify_report(c, mem, sums, pages);
+			else
+				dirty_report(c, 0, 0, 0);
 			sleep_until(now_ns() + report_every);
 		}
 	}
@@ -230,9 +294,11 @@ void run_dirty(void)
 		c.fill = "copy";
 	}
 
-	say("ferry-dirty: mode=%s ws=%lluK rate=%ld/s same=%ld%% samepages=%ld%% chg=%ld hot=%lluK fill=%s\n",
+	c.verify = strcmp(c.mode, "idle") == 0 && parse_long(param("ferry.verify", "0"), 0, 0, 1);
+
+	say("ferry-dirty: mode=%s ws=%lluK rate=%ld/s same=%ld%% samepages=%ld%% chg=%ld hot=%lluK fill=%s verify=%d\n",
 	    c.mode, (unsigned long long)(c.ws >> 10), c.rate, c.same, c.samepages, c.chg,
-	    (unsigned long long)(c.hot >> 10), c.fill);
+	    (unsigned long long)(c.hot >> 10), c.fill, c.verify);
 
 	pid_t pid = fork();
 	if (pid < 0) {
