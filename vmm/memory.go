@@ -90,12 +90,6 @@ func NewMemory(size uint64) (*Memory, error) {
 			m.Close()
 			return nil, fmt.Errorf("map %d MiB of guest memory: %w", r[1]>>20, err)
 		}
-		// Transparent huge pages, where the host allows them (QEMU asks for
-		// them too): the guest gets 2 MiB mappings, and a migration's
-		// destination, which writes all of RAM at once, takes one fault
-		// per 2 MiB instead of one per page. Only a hint: refused (no
-		// THP in this kernel) it changes nothing.
-		_ = unix.Madvise(mem, unix.MADV_HUGEPAGE)
 		m.Regions = append(m.Regions, Region{Slot: uint32(i), GPA: r[0], Mem: mem})
 		m.dirty = append(m.dirty, migrate.NewDirtyBitmap(r[1]/pageSize))
 	}

@@ -42,7 +42,6 @@ func mapGuest(size uint64) ([]byte, error) {
 		unix.Munmap(mem)
 		return nil, fmt.Errorf("madvise guest memory: %w", err)
 	}
-	_ = unix.Madvise(mem, unix.MADV_HUGEPAGE) // as vmm does, where the host allows it
 	return mem, nil
 }
 
