@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -23,8 +24,9 @@ type streamRun struct {
 }
 
 // runStreams migrates src to dst with opts (Connections set by the
-// caller). wrap, if set, may replace the receiving end of extra stream i
-// (1-based, in dial order) with a slower or broken one.
+// caller). wrap, if set, may replace the receiving end of connection i
+// (0: the main connection; the extra streams from 1, in dial order) with
+// a slower or broken one.
 func runStreams(t *testing.T, src Source, dst Destination, opts Options, ropts ReceiveOptions,
 	wrap func(i int, c net.Conn) net.Conn) *streamRun {
 	t.Helper()
@@ -69,7 +71,11 @@ func runStreams(t *testing.T, src Source, dst Destination, opts Options, ropts R
 			return a, nil
 		}
 	}
-	run.result = runFull(t, src, dst, opts, ropts, nil, nil)
+	var main func(net.Conn) net.Conn
+	if wrap != nil {
+		main = func(c net.Conn) net.Conn { return wrap(0, c) }
+	}
+	run.result = runFull(t, src, dst, opts, ropts, main, nil)
 	extras.Wait()
 	return run
 }
@@ -266,13 +272,7 @@ func delayedStreamRun(t *testing.T) int {
 func TestBrokenStreamFailsTheMigration(t *testing.T) {
 	src := newStreamSource(1024, 2)
 	dst := &fakeDest{}
-	cut := func(i int, c net.Conn) net.Conn {
-		if i == 2 {
-			return &cutConn{Conn: c, after: 64 << 10}
-		}
-		return c
-	}
-	run := runStreams(t, src, dst, streamOptions(3), ReceiveOptions{}, cut)
+	run := runStreams(t, src, dst, streamOptions(3), ReceiveOptions{}, cutStream(2, 192<<10))
 	if run.sendErr == nil || run.recvErr == nil {
 		t.Fatalf("send error %v, receive error %v: want both to fail", run.sendErr, run.recvErr)
 	}
@@ -288,19 +288,32 @@ func TestBrokenStreamFailsTheMigration(t *testing.T) {
 	t.Logf("source: %v\ndestination: %v", run.sendErr, run.recvErr)
 }
 
-// cutConn fails every read once after bytes were read.
+// cutStream wraps the connections of a migration so that connection
+// which fails every read once all of them together have read after bytes.
+// The total decides, not that connection's own count: how the chunks fall
+// among the streams varies from run to run, and a stream may carry few
+// pages or none. An extra stream reads on only while iterations follow
+// (its SYNC of each); the main connection reads on to COMMIT.
+func cutStream(which int, after int64) func(int, net.Conn) net.Conn {
+	total := new(atomic.Int64)
+	return func(i int, c net.Conn) net.Conn {
+		return &cutConn{Conn: c, cut: i == which, after: after, total: total}
+	}
+}
+
 type cutConn struct {
 	net.Conn
-	after int
-	n     int
+	cut   bool
+	after int64
+	total *atomic.Int64 // bytes read by every connection of the migration
 }
 
 func (c *cutConn) Read(p []byte) (int, error) {
-	if c.n >= c.after {
+	if c.cut && c.total.Load() >= c.after {
 		return 0, errors.New("link cut")
 	}
 	n, err := c.Conn.Read(p)
-	c.n += n
+	c.total.Add(int64(n))
 	return n, err
 }
 
@@ -329,20 +342,15 @@ func TestStreamsRefused(t *testing.T) {
 	}
 }
 
-// A migration over streams that breaks is resumed over streams: the
-// destination kept what every stream brought, and only the rest goes.
+// A migration over streams that breaks (its main connection, once a
+// quarter of the pages went) is resumed over streams: the destination kept
+// what every stream brought, and only the rest goes.
 func TestStreamsResume(t *testing.T) {
 	src := newStreamSource(1024, 0)
 	keep := NewKeeper(time.Minute, t.Logf)
 	defer keep.Close()
 	kd := newKeptDest()
-	cut := func(i int, c net.Conn) net.Conn {
-		if i == 2 {
-			return &cutConn{Conn: c, after: 256 << 10}
-		}
-		return c
-	}
-	run := runStreams(t, src, kd, streamOptions(3), ReceiveOptions{Keep: keep}, cut)
+	run := runStreams(t, src, kd, streamOptions(3), ReceiveOptions{Keep: keep}, cutStream(0, 1<<20)) // the main connection: it reads on to COMMIT
 	if run.sendErr == nil || kd.suspends != 1 || kd.started {
 		t.Fatalf("the cut migration: send error %v, destination suspended %d, started %v", run.sendErr, kd.suspends, kd.started)
 	}
