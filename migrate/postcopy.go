@@ -58,19 +58,9 @@ func encodeMissing(missing []uint64, first uint64, n int) []byte {
 // guest of total pages, and sets its pages in missing. It returns the
 // number of pages covered.
 func decodeMissing(p []byte, want, total uint64, missing []uint64) (uint64, error) {
-	if len(p) < missingFixedSize {
-		return 0, fmt.Errorf("%w: MISSING of %d bytes", ErrMalformed, len(p))
-	}
-	first := binary.BigEndian.Uint64(p)
-	n := uint64(binary.BigEndian.Uint32(p[8:]))
-	if first != want || want >= total {
-		return 0, fmt.Errorf("%w: MISSING starts at page %d, expected %d (guest has %d pages)", ErrMalformed, first, want, total)
-	}
-	if n != min(MaxMissingPages, total-first) {
-		return 0, fmt.Errorf("%w: MISSING at page %d covers %d pages, expected %d", ErrMalformed, first, n, min(MaxMissingPages, total-first))
-	}
-	if r := binary.BigEndian.Uint32(p[12:]); r != 0 {
-		return 0, fmt.Errorf("%w: MISSING reserved field is %#x", ErrMalformed, r)
+	first, n, err := bitmapRecordRange("MISSING", p, want, total, MaxMissingPages)
+	if err != nil {
+		return 0, err
 	}
 	bm := p[missingFixedSize:]
 	if uint64(len(bm)) != (n+7)/8 {

@@ -126,14 +126,9 @@ func (r *receiver) startPostcopy() error {
 // switch, on the main connection or on the channel: ZERO and FULL only
 // (the destination dropped what it held of them), each page missing.
 func (r *receiver) onPushed(flags uint16, p []byte) error {
-	if flags&FlagCompressed != 0 {
-		if r.unzip == nil {
-			r.unzip = newDecompressor()
-		}
-		var err error
-		if p, err = r.unzip.decode(p, maxPagesPayload); err != nil {
-			return err
-		}
+	p, err := r.pagesPayload(flags, p)
+	if err != nil {
+		return err
 	}
 	total := r.total
 	if r.state == stateChannel {

@@ -17,15 +17,9 @@ func (r *receiver) onPages(flags uint16, p []byte) error {
 	if !r.iterStarted {
 		return fmt.Errorf("%w: PAGES before the first ITERATION-START", ErrUnexpected)
 	}
-	if flags&FlagCompressed != 0 {
-		if r.unzip == nil {
-			r.unzip = newDecompressor()
-		}
-		var err error
-		if p, err = r.unzip.decode(p, maxPagesPayload); err != nil {
-			return err
-		}
-		r.stats.RecordsCompressed++
+	p, err := r.pagesPayload(flags, p)
+	if err != nil {
+		return err
 	}
 	r.runs, r.digests = r.runs[:0], r.digests[:0]
 	if r.rebuilt == nil {
@@ -150,4 +144,21 @@ func (m *pageStore) setPresent(g uint64) {
 	if atomic.OrUint64(&m.present[g/64], bit)&bit == 0 {
 		m.npresent.Add(1)
 	}
+}
+
+// pagesPayload is a PAGES record's payload as the entries go: inflated if
+// the record is compressed (FlagCompressed), as it came otherwise.
+func (r *receiver) pagesPayload(flags uint16, p []byte) ([]byte, error) {
+	if flags&FlagCompressed == 0 {
+		return p, nil
+	}
+	if r.unzip == nil {
+		r.unzip = newDecompressor()
+	}
+	p, err := r.unzip.decode(p, maxPagesPayload)
+	if err != nil {
+		return nil, err
+	}
+	r.stats.RecordsCompressed++
+	return p, nil
 }

@@ -50,20 +50,36 @@ func encodeKept(t *DigestTable, first uint64, n int) []byte {
 	return p
 }
 
+// bitmapRecordRange checks the fixed part that MISSING and KEPT share
+// (layout: PROTOCOL.md): the first page (u64), the page count (u32) and a
+// reserved word (u32, zero). The record must start at page want of a guest
+// of total pages and cover min(limit, total-want) pages; it returns the
+// first page and the count.
+func bitmapRecordRange(name string, p []byte, want, total, limit uint64) (first, n uint64, err error) {
+	if len(p) < 16 {
+		return 0, 0, fmt.Errorf("%w: %s of %d bytes", ErrMalformed, name, len(p))
+	}
+	first = binary.BigEndian.Uint64(p)
+	n = uint64(binary.BigEndian.Uint32(p[8:]))
+	if first != want || want >= total {
+		return 0, 0, fmt.Errorf("%w: %s starts at page %d, expected %d (guest has %d pages)", ErrMalformed, name, first, want, total)
+	}
+	if n != min(limit, total-first) {
+		return 0, 0, fmt.Errorf("%w: %s at page %d covers %d pages, expected %d", ErrMalformed, name, first, n, min(limit, total-first))
+	}
+	if r := binary.BigEndian.Uint32(p[12:]); r != 0 {
+		return 0, 0, fmt.Errorf("%w: %s reserved field is %#x", ErrMalformed, name, r)
+	}
+	return first, n, nil
+}
+
 // decodeKept checks a KEPT payload that must start at page want of a
 // guest of total pages, and calls kept for every page it keeps (with
 // ZeroDigest for a zero page). It returns the number of pages covered.
 func decodeKept(p []byte, want, total uint64, kept func(page uint64, d Digest)) (uint64, error) {
-	first := binary.BigEndian.Uint64(p)
-	n := uint64(binary.BigEndian.Uint32(p[8:]))
-	if first != want || want >= total {
-		return 0, fmt.Errorf("%w: KEPT starts at page %d, expected %d (guest has %d pages)", ErrMalformed, first, want, total)
-	}
-	if n != min(MaxKeptPages, total-first) {
-		return 0, fmt.Errorf("%w: KEPT at page %d covers %d pages, expected %d", ErrMalformed, first, n, min(MaxKeptPages, total-first))
-	}
-	if r := binary.BigEndian.Uint32(p[12:]); r != 0 {
-		return 0, fmt.Errorf("%w: KEPT reserved field is %#x", ErrMalformed, r)
+	first, n, err := bitmapRecordRange("KEPT", p, want, total, MaxKeptPages)
+	if err != nil {
+		return 0, err
 	}
 	bm := int(n+7) / 8
 	if len(p) < keptFixedSize+2*bm {

@@ -35,6 +35,7 @@
 //	conn.go        connection helpers shared by sender and receiver (deadlines, ERROR, watchdog)
 //	stats.go       per-iteration and whole-migration statistics
 //	receiver.go    Receive: the destination's state machine
+//	recvoptions.go ReceiveOptions: what a destination accepts
 //	recvpages.go   the destination's PAGES: checked whole, then stored
 //	resume.go      resuming a cut migration: KEPT records and the Keeper
 //	postcopy.go    post-copy: its records and the destination's session
