@@ -151,7 +151,7 @@ type proc struct {
 // when migbench dies (Pdeathsig), and is registered until it has ended, so
 // that stopAll can stop it however the benchmark ends.
 var (
-	procsMu  sync.Mutex
+	procsMu  sync.Mutex // guards procs, groups and stopping
 	procs    = map[*proc]bool{}
 	groups   = map[int]bool{} // process groups of commands run to their end
 	stopping bool             // stopAll was called: nothing starts any more

@@ -381,7 +381,7 @@ func main() {
 }
 
 var (
-	runMu    sync.Mutex
+	runMu    sync.Mutex // guards runHosts, removeNS and runTmp
 	runHosts [2]*host
 	removeNS = func() {}
 	runTmp   string // the temporary directory: copies, sockets, logs

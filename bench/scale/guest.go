@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
@@ -98,7 +97,7 @@ func fillGuest(mem []byte) Mix {
 	corpus := textCorpus(4 << 20)
 	nblocks := (len(mem) + fillBlock - 1) / fillBlock
 	var next atomic.Int64
-	var mu sync.Mutex
+	var mu sync.Mutex // guards total
 	var total Mix
 	var wg sync.WaitGroup
 	for range runtime.GOMAXPROCS(0) {
@@ -233,7 +232,7 @@ func hashGuest(mem []byte) string {
 // residentBytes is the resident size of the mapping mem (Rss in
 // /proc/self/smaps: pages written, not the zero page a read maps).
 func residentBytes(mem []byte) (uint64, error) {
-	start := uint64(uintptr(unsafe.Pointer(&mem[0])))
+	start := addressOf(mem)
 	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		return 0, fmt.Errorf("resident guest memory: %w", err)
@@ -341,7 +340,7 @@ func (d *destination) Prepare(info migrate.VMInfo) error {
 // VMM that preallocates guest memory would hand it over: a migration into
 // it pays no page faults.
 type prefaulted struct {
-	mu  sync.Mutex
+	mu  sync.Mutex // guards mem
 	mem []byte
 }
 

@@ -23,7 +23,7 @@ import (
 // registered while they run, so that killChildren can stop them.
 
 var (
-	childMu  sync.Mutex
+	childMu  sync.Mutex // guards children and stopping
 	children = map[*child]bool{}
 	stopping bool // killChildren was called: nothing starts any more
 )
