@@ -198,27 +198,50 @@ func runPostcopyWith(t *testing.T, reg *Sessions, src Source, dst Destination, o
 	return res
 }
 
-// The link breaks while the missing pages are pushed: the source stays
-// paused (ErrPostcopyInterrupted), the guest runs on at the destination,
-// and a resumed migration (PostcopyResume) sends what is still missing;
-// the destination ends with the paused source's memory. A second resume
-// after that finds the post-copy complete and ends at once.
+// The main connection breaks after the switch, at each point where it can:
+// at the first pushed PAGES, further into the push, at POSTCOPY-END, and
+// with COMPLETE lost on its way back. Each time the source stays paused
+// (ErrPostcopyInterrupted) and the guest runs on at the destination; a
+// resumed migration (PostcopyResume) sends what is still missing (nothing,
+// once every page arrived), and the destination ends with the paused
+// source's memory. A second resume after that finds the post-copy
+// complete and ends at once.
 func TestPostcopyRecovery(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		toDst bool
+		rt    RecordType
+		nth   int
+	}{
+		{"first pushed PAGES", true, RecPages, 1},
+		{"fourth pushed PAGES", true, RecPages, 4},
+		{"POSTCOPY-END", true, RecPostcopyEnd, 1},
+		{"COMPLETE lost", false, RecComplete, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			postcopyCutThenResume(t, c.toDst, c.rt, c.nth)
+		})
+	}
+}
+
+// postcopyCutThenResume cuts the main connection at the nth record of type
+// rt (in direction toDst) after the switch, then resumes twice.
+func postcopyCutThenResume(t *testing.T, toDst bool, rt RecordType, nth int) {
 	reg := NewSessions()
 	src := newThrottledSourceSize(40, 4096)
 	dst := newPostcopyDest()
 	opts := Options{MaxBandwidth: 8 << 20, Downtime: 50 * time.Millisecond, ChunkPages: 64,
 		PostcopyAfterIterations: 1, NoAutoConverge: true, Compress: CompressOff}
 	var mu sync.Mutex
-	switched, pushed := false, 0
-	cut := func(toDst bool, rt RecordType) proxyAction {
+	switched, seen := false, 0
+	cut := func(d bool, r RecordType) proxyAction {
 		mu.Lock()
 		defer mu.Unlock()
-		if toDst && rt == RecMissing {
+		if d && r == RecMissing {
 			switched = true
 		}
-		if switched && toDst && rt == RecPages {
-			if pushed++; pushed == 4 {
+		if switched && d == toDst && r == rt {
+			if seen++; seen == nth {
 				return cutHere
 			}
 		}
@@ -230,20 +253,22 @@ func TestPostcopyRecovery(t *testing.T) {
 		return r1
 	}
 	res := runPostcopyWith(t, reg, src, dst, opts, link)
-	if !errors.Is(res.sendErr, ErrPostcopyInterrupted) || !dst.started || dst.ended {
-		t.Fatalf("first attempt: send %v; destination started %v ended %v", res.sendErr, dst.started, dst.ended)
+	if !errors.Is(res.sendErr, ErrPostcopyInterrupted) || !dst.started {
+		t.Fatalf("first attempt: send %v; destination started %v", res.sendErr, dst.started)
 	}
 	if !src.paused || src.resumes != 0 {
 		t.Fatal("the source guest did not stay paused after the cut")
 	}
 	left := res.stats.PagesMissing - res.stats.PagesPushed - res.stats.PagesServed
-	t.Logf("cut: %v", res.sendErr)
+	t.Logf("cut: %v (%d of %d missing pages not sent)", res.sendErr, left, res.stats.PagesMissing)
 
 	again := Options{PostcopyResume: true, Compress: CompressOff}
 	res = runPostcopyWith(t, reg, src, &fakeDest{}, again, nil)
 	mustSucceed(t, res)
-	if !dst.ended || !res.rstats.Recovered || res.stats.PagesMissing == 0 || res.stats.PagesMissing > left+64 {
-		t.Fatalf("resume: destination ended %v, recovered %v, %d missing (about %d were left)", dst.ended, res.rstats.Recovered, res.stats.PagesMissing, left)
+	// A chunk of pages may have been claimed for the push but not sent
+	// when the link broke (64 pages).
+	if !dst.ended || !res.rstats.Recovered || res.stats.PagesMissing > left+64 || (left > 64 && res.stats.PagesMissing == 0) {
+		t.Fatalf("resume: destination ended %v, recovered %v, %d missing (%d were not sent)", dst.ended, res.rstats.Recovered, res.stats.PagesMissing, left)
 	}
 	sameMemory(t, src.fakeSource, &dst.fakeDest)
 	if src.resumes != 0 {
