@@ -104,7 +104,9 @@ func (b *bench) ferryMigrate(src *vm, dstHost *host, sys system, bw int, r *Run)
 		margs = append(margs, b.certs.ferryFlags(src.h)...)
 		r.TLS = true
 	}
-	r.Command = "ferry " + shellQuote(margs)
+	// The run's temporary directory (sockets, stats, certificates) is
+	// shown as $TMP: the results name no directory of this machine.
+	r.Command = "ferry " + strings.ReplaceAll(shellQuote(margs), b.tmp, "$TMP")
 
 	srcMark := src.p.count()
 	tx0, _ := src.h.txBytes()

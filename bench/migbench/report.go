@@ -132,7 +132,7 @@ func report(w io.Writer, runs []*Run, outDir string) {
 	if err := plotMix(runs, filepath.Join(outDir, "mix-iterations.svg")); err != nil {
 		fmt.Fprintf(w, "\n(plot: %v)\n", err)
 	} else {
-		fmt.Fprintf(w, "\nplot: %s\n", filepath.Join(outDir, "mix-iterations.svg"))
+		fmt.Fprintf(w, "\nplot: %s\n", shownPath(filepath.Join(outDir, "mix-iterations.svg")))
 	}
 	tally(w, runs)
 }
@@ -365,4 +365,19 @@ func plotMix(runs []*Run, path string) error {
 	}
 	s.WriteString("</svg>\n")
 	return os.WriteFile(path, []byte(s.String()), 0o644)
+}
+
+// shownPath is path as the report shows it: relative to the working
+// directory (make runs the benchmark from the repository's top), so that
+// the report names no directory of the machine it ran on.
+func shownPath(path string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return filepath.Base(path)
+	}
+	rel, err := filepath.Rel(wd, path)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return filepath.Base(path)
+	}
+	return rel
 }
