@@ -97,9 +97,9 @@ boot: build guest
 	$(BIN) run --memory 128M --cmdline "ferry.run=poweroff"
 
 # make bench: ferry vs QEMU live migration on the guest's false-dirty
-# workloads, and auto-converge and post-copy on a guest that writes faster
-# than the link (bench/migbench: about 25 min here, a few more with a clean
-# guest build). Installs the Debian
+# workloads, auto-converge and post-copy on a guest that writes faster
+# than the link, and a 1 GiB guest (bench/migbench: about 45 min here, a
+# few more with a clean guest build). Installs the Debian
 # packages (qemu-system-x86 among them) and builds ferry and the guest first.
 # Writes bench/results.json, bench/mix-iterations.svg and the complete
 # output to bench/results/migbench.txt. BENCH_FLAGS go to bench/migbench
