@@ -78,6 +78,13 @@ type compressor struct {
 // compressing does not pay: a fast link stays fast.
 const probeShare = 0.02
 
+// minAutoCompress is the smallest payload auto mode compresses, and
+// learns from: a record of a few pages, or of zero pages only (a few bytes
+// of entries), saves next to nothing, and its cost per call, next to its
+// size, would drag the averages that decide whether compressing pays
+// down to "never" while the sender crosses a guest's free memory.
+const minAutoCompress = 16 << 10
+
 func newCompressor(mode CompressMode) *compressor {
 	c := &compressor{mode: mode, born: time.Now()}
 	if mode != CompressOff {
@@ -109,6 +116,9 @@ func (c *compressor) compress(raw []byte, linkBps float64) []byte {
 	case CompressOff:
 		return nil
 	case CompressAuto:
+		if len(raw) < minAutoCompress {
+			return nil
+		}
 		if c.speed != 0 && !c.pays(linkBps) &&
 			c.spent.Seconds() > probeShare*time.Since(c.born).Seconds() {
 			return nil // does not pay, and the last trial was recent

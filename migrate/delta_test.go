@@ -208,6 +208,30 @@ func TestCompressAutoPays(t *testing.T) {
 	}
 }
 
+// Auto neither compresses nor learns from small records (a few pages, or
+// zero pages only): crossing free memory must not teach it that
+// compressing does not pay.
+func TestCompressAutoSkipsSmallRecords(t *testing.T) {
+	c := newCompressor(CompressAuto)
+	page := bytes.Repeat(content(7), 64)
+	if c.compress(page, 1<<20) == nil {
+		t.Fatal("the first record was not compressed to measure")
+	}
+	ratio, speed := c.ratio, c.speed
+	small := make([]byte, 200) // a record of ZERO entries is this small
+	for range 1000 {
+		if c.compress(small, 1<<20) != nil {
+			t.Fatal("a small record was compressed")
+		}
+	}
+	if c.ratio != ratio || c.speed != speed || !c.pays(1<<20) {
+		t.Fatalf("small records moved the averages: ratio %.3f -> %.3f, speed %.0f -> %.0f", ratio, c.ratio, speed, c.speed)
+	}
+	if c.compress(page, 1<<20) == nil {
+		t.Fatal("a large record was not compressed on a slow link after small ones")
+	}
+}
+
 // A capped migration compresses (auto) and still arrives exact.
 func TestCompressAutoCapped(t *testing.T) {
 	src := newTestSource(true)
