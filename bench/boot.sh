@@ -28,6 +28,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shown: a path as the output shows it, relative to the checkout when it is
+# inside it, so that results name no directory of the machine they ran on.
+shown() { case "$1" in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
 RUNS=3
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -65,6 +68,8 @@ started() {
 	return 0
 }
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench-boot.XXXXXX")
+# tmpshown: text with this run's temporary directory written $TMP.
+tmpshown() { echo "${1//"$LOGS"/\$TMP}"; }
 cleanup() {
 	local pids i IFS=$' \t\n'
 	trap - EXIT INT TERM
@@ -109,15 +114,15 @@ QEMU_SH=$ROOT/bench/boot-qemu.sh
 FERRY_ARGS=(run --memory "$MEM" --kernel "$KERNEL" --initrd "$INITRD" --cmdline "ferry.run=poweroff")
 
 echo "== boot benchmark: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, $(uname -r), ${RUNS} runs each"
-echo "ferry:  $FERRY ${FERRY_ARGS[*]}"
+echo "ferry:  $(tmpshown "$FERRY ${FERRY_ARGS[*]}")"
 echo "        ($("$FERRY" version 2>/dev/null || echo "version unknown"), tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?"), sha256 $(sha256sum "$FERRY" | cut -c1-12))"
 # one QEMU boot just to record its exact command line (not timed)
 mkdir -p "$LOGS/qemu-probe"
 CMDLINE=$CMDLINE GUEST_DIR=$LOGS QEMU=$QEMU timeout 10 "$QEMU_SH" -n 1 -m "$MEM" -t 1 -l "$LOGS/qemu-probe" >/dev/null 2>&1 &
 wait $! || true
-echo "qemu:   via bench/boot-qemu.sh: $(sed 's/-append .*/-append "<cmdline>"/' "$LOGS/qemu-probe/qemu-command" 2>/dev/null || echo "?")"
+echo "qemu:   via bench/boot-qemu.sh: $(tmpshown "$(sed 's/-append .*/-append "<cmdline>"/' "$LOGS/qemu-probe/qemu-command" 2>/dev/null || echo "?")")"
 echo "        ($("$QEMU" --version | head -1))"
-echo "guest:  vmlinux sha256 $(sha256sum "$KERNEL" | cut -c1-12), initramfs.cpio sha256 $(sha256sum "$INITRD" | cut -c1-12) (copies of $GUEST_DIR)"
+echo "guest:  vmlinux sha256 $(sha256sum "$KERNEL" | cut -c1-12), initramfs.cpio sha256 $(sha256sum "$INITRD" | cut -c1-12) (copies of $(shown "$GUEST_DIR"))"
 echo "cmdline (both): $CMDLINE"
 echo
 

@@ -32,6 +32,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shown: a path as the output shows it, relative to the checkout when it is
+# inside it, so that results name no directory of the machine they ran on.
+shown() { case "$1" in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
 FERRY_SRC=${FERRY:-$ROOT/bin/ferry}
 GUEST_DIR=${GUEST_DIR:-$ROOT/guest-images/out}
 MEM=${MEM:-128M}
@@ -129,9 +132,9 @@ if [ "$ADDR_B" != 127.0.0.1 ] && [[ $recv_help == *--insecure* ]]; then
 fi
 
 echo "== migration benchmark: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, $(uname -r)"
-echo "ferry: $FERRY_SRC ($("$FERRY" version 2>/dev/null || echo "version unknown"), tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?"), sha256 $(sha256sum "$FERRY" | cut -c1-12))"
+echo "ferry: $(shown "$FERRY_SRC") ($("$FERRY" version 2>/dev/null || echo "version unknown"), tree $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?"), sha256 $(sha256sum "$FERRY" | cut -c1-12))"
 echo "hosts: $HOSTS"
-echo "guest: $MEM, 1 vCPU, copies of $GUEST_DIR: vmlinux sha256 $(sha256sum "$KERNEL" | cut -c1-12), initramfs.cpio sha256 $(sha256sum "$INITRD" | cut -c1-12)"
+echo "guest: $MEM, 1 vCPU, copies of $(shown "$GUEST_DIR"): vmlinux sha256 $(sha256sum "$KERNEL" | cut -c1-12), initramfs.cpio sha256 $(sha256sum "$INITRD" | cut -c1-12)"
 echo "receive flags: --listen $ADDR_B:PORT --api-socket S ${RECV_FLAGS[*]} (no TLS)"
 echo "migrate flags (all runs): --downtime $DOWNTIME --max-iterations $MAX_ITER --timeout $MIG_TIMEOUT --on-timeout force, --max-bandwidth from: $BWS"
 echo
