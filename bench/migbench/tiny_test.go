@@ -17,16 +17,7 @@ import (
 // with multifd + zstd, the RAM hash check, and the Markdown tables. About
 // two minutes here.
 func TestTinyRun(t *testing.T) {
-	ferry, guest := os.Getenv("FERRY_BIN"), os.Getenv("FERRY_GUEST_DIR")
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skip("skipped: /dev/kvm is absent on this machine")
-	}
-	if ferry == "" || guest == "" {
-		t.Skip("skipped: FERRY_BIN and FERRY_GUEST_DIR are not set (make test sets them)")
-	}
-	if testing.Short() {
-		t.Skip("skipped in -short mode: boots three guests")
-	}
+	ferry, guest := needGuests(t, "boots three guests")
 	systems := "ferry,ferry-no-delta,qemu-multifd-zstd"
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		systems = "ferry,ferry-no-delta"
@@ -36,29 +27,8 @@ func TestTinyRun(t *testing.T) {
 	if err := os.WriteFile(md, []byte("before\n"+mdBegin+"\nold tables\n"+mdEnd+"\nafter\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-ferry", ferry, "-guest", guest, "-workloads", "fill-mixed,memcached-chg256",
+	runs := runMigbench(t, tmp, out, "-ferry", ferry, "-guest", guest, "-workloads", "fill-mixed,memcached-chg256",
 		"-systems", systems, "-bws", "0", "-ws", "4M", "-out", out, "-logs", logs, "-markdown", md)
-	cmd.Env = append(os.Environ(), asMainEnv+"=1", "TMPDIR="+tmp)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	mark := "TMPDIR=" + tmp
-	t.Cleanup(func() {
-		if cmd.Process != nil {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		}
-		for _, p := range processesWithEnv(mark) {
-			syscall.Kill(p.pid, syscall.SIGKILL)
-		}
-	})
-	timer := time.AfterFunc(6*time.Minute, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGINT) })
-	output, err := cmd.CombinedOutput()
-	timer.Stop()
-	if err != nil {
-		t.Fatalf("migbench: %v\n%s", err, output)
-	}
-	runs, err := loadRuns(filepath.Join(out, "results.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := map[string]bool{"fill-mixed/ferry": true, "memcached-chg256/ferry": true, "memcached-chg256/ferry-no-delta": true}
 	if strings.Contains(systems, "qemu") {
 		want["fill-mixed/qemu-multifd-zstd"] = true
@@ -123,7 +93,7 @@ func TestTinyRun(t *testing.T) {
 		t.Errorf("the old tables were not replaced:\n%s", text)
 	}
 	var left []string
-	for _, p := range processesWithEnv(mark) {
+	for _, p := range processesWithEnv("TMPDIR=" + tmp) {
 		left = append(left, p.String())
 	}
 	if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
@@ -141,44 +111,14 @@ func TestTinyRun(t *testing.T) {
 // QEMU multifd with 2 channels; each must show in the VMM's output that it
 // used what it was meant to. About two minutes here.
 func TestTinyTLS(t *testing.T) {
-	ferry, guest := os.Getenv("FERRY_BIN"), os.Getenv("FERRY_GUEST_DIR")
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skip("skipped: /dev/kvm is absent on this machine")
-	}
-	if ferry == "" || guest == "" {
-		t.Skip("skipped: FERRY_BIN and FERRY_GUEST_DIR are not set (make test sets them)")
-	}
-	if testing.Short() {
-		t.Skip("skipped in -short mode: boots two guests")
-	}
+	ferry, guest := needGuests(t, "boots two guests")
 	systems := "ferry-tls,ferry-conns,qemu-tls,qemu-multifd"
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		systems = "ferry-tls,ferry-conns"
 	}
 	tmp, out := t.TempDir(), t.TempDir()
-	cmd := exec.Command(os.Args[0], "-ferry", ferry, "-guest", guest, "-workloads", "idle", "-all-pairs",
+	runs := runMigbench(t, tmp, out, "-ferry", ferry, "-guest", guest, "-workloads", "idle", "-all-pairs",
 		"-systems", systems, "-bws", "0", "-ws", "4M", "-out", out, "-logs", filepath.Join(out, "logs"))
-	cmd.Env = append(os.Environ(), asMainEnv+"=1", "TMPDIR="+tmp)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	mark := "TMPDIR=" + tmp
-	t.Cleanup(func() {
-		if cmd.Process != nil {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		}
-		for _, p := range processesWithEnv(mark) {
-			syscall.Kill(p.pid, syscall.SIGKILL)
-		}
-	})
-	timer := time.AfterFunc(6*time.Minute, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGINT) })
-	output, err := cmd.CombinedOutput()
-	timer.Stop()
-	if err != nil {
-		t.Fatalf("migbench: %v\n%s", err, output)
-	}
-	runs, err := loadRuns(filepath.Join(out, "results.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	conns := hasConnections(ferry)
 	want := map[string]string{"ferry-tls": "ferry receive: mutual TLS", "qemu-tls": "TLS: 1 handshake(s), the peer's certificate allowed on both sides",
 		"qemu-multifd": "multifd: 2 send channels", "ferry-conns": "ferry receive: no TLS"}
@@ -209,7 +149,7 @@ func TestTinyTLS(t *testing.T) {
 		}
 	}
 	var left []string
-	for _, p := range processesWithEnv(mark) {
+	for _, p := range processesWithEnv("TMPDIR=" + tmp) {
 		left = append(left, p.String())
 	}
 	if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
@@ -218,4 +158,52 @@ func TestTinyTLS(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("left behind: %v", left)
 	}
+}
+
+// needGuests skips a test that boots guests (why says how many) unless
+// /dev/kvm, FERRY_BIN and FERRY_GUEST_DIR are there and -short is off; it
+// returns the ferry binary and the guest image directory.
+func needGuests(t *testing.T, why string) (ferry, guest string) {
+	t.Helper()
+	ferry, guest = os.Getenv("FERRY_BIN"), os.Getenv("FERRY_GUEST_DIR")
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skip("skipped: /dev/kvm is absent on this machine")
+	}
+	if ferry == "" || guest == "" {
+		t.Skip("skipped: FERRY_BIN and FERRY_GUEST_DIR are not set (make test sets them)")
+	}
+	if testing.Short() {
+		t.Skip("skipped in -short mode: " + why)
+	}
+	return ferry, guest
+}
+
+// runMigbench runs the benchmark (this test binary as migbench) with args,
+// its temporary files in tmp, stops whatever it left at the test's end,
+// and returns the runs of out/results.json.
+func runMigbench(t *testing.T, tmp, out string, args ...string) []*Run {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), asMainEnv+"=1", "TMPDIR="+tmp)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	mark := "TMPDIR=" + tmp
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
+		for _, p := range processesWithEnv(mark) {
+			syscall.Kill(p.pid, syscall.SIGKILL)
+		}
+	})
+	timer := time.AfterFunc(6*time.Minute, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGINT) })
+	output, err := cmd.CombinedOutput()
+	timer.Stop()
+	if err != nil {
+		t.Fatalf("migbench: %v\n%s", err, output)
+	}
+	runs, err := loadRuns(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runs
 }
