@@ -30,12 +30,7 @@ func TestBigReport(t *testing.T) {
 		&Run{Workload: "big", System: "ferry-conns", Check: "not measured: skipped: this ferry's migrate has no --connections"},
 		ok("qemu", 2.5, 10), ok("qemu-multifd", 0.8, 12), ok("qemu-tls", 3.0, 15))
 	runs[len(runs)-1].TLS = true
-	for _, r := range runs {
-		r.wl, _ = findWorkload(r.Workload)
-	}
-	var b strings.Builder
-	report(&b, runs, t.TempDir())
-	out := b.String()
+	out := reportOf(t, runs)
 	for _, want := range []string{
 		"| ferry | 1 | off | yes | 1.00 | 21.8 | 0.0 | 1.00 | 21.8 | - | 600.0 | - | ok, working set intact |",
 		"| ferry-tls | 1 | on | yes | 1.50 | 25.0 | - | 1.50 | 25.0 |",

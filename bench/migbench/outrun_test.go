@@ -31,12 +31,7 @@ func TestOutrunReport(t *testing.T) {
 		{Workload: "rewrite", System: "qemu-postcopy", MaxBandwidthMiBs: 0, Migrated: true, Converged: true, DowntimeMS: f(5), Check: "ok",
 			TotalSeconds: 0.1, Postcopy: &PostcopyRun{}},
 	}
-	for _, r := range runs {
-		r.wl, _ = findWorkload(r.Workload)
-	}
-	var b strings.Builder
-	report(&b, runs, t.TempDir())
-	out := b.String()
+	out := reportOf(t, runs)
 	for _, want := range []string{
 		"| rewrite | ferry-postcopy | 32 | post-copy | 2.50 | 60.0 | 140 | 80.0 | - | 0 / - | - | 1.30 / 1.10 | 8000: 7000 / 1000 | 700 / 5000 |",
 		"| rewrite | qemu-postcopy | 32 | post-copy | 5.00 | 30.0 | 330 | 90.0 | - | 0 / - | - | 1.40 / 3.50 | 900 requests | - |",
@@ -131,4 +126,16 @@ func TestQemuOutrun(t *testing.T) {
 			t.Errorf("post-copy phase %.2f s, want 3 - 1.5", r.Postcopy.Seconds)
 		}
 	}
+}
+
+// reportOf is the report of runs, their workloads looked up as a run's
+// are.
+func reportOf(t *testing.T, runs []*Run) string {
+	t.Helper()
+	for _, r := range runs {
+		r.wl, _ = findWorkload(r.Workload)
+	}
+	var b strings.Builder
+	report(&b, runs, t.TempDir())
+	return b.String()
 }

@@ -92,16 +92,7 @@ func TestTinyRun(t *testing.T) {
 	if strings.Contains(text, "old tables") {
 		t.Errorf("the old tables were not replaced:\n%s", text)
 	}
-	var left []string
-	for _, p := range processesWithEnv("TMPDIR=" + tmp) {
-		left = append(left, p.String())
-	}
-	if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
-		left = append(left, "files in the temporary directory")
-	}
-	if len(left) > 0 {
-		t.Errorf("left behind: %v", left)
-	}
+	leftNothing(t, tmp)
 }
 
 // TestTinyTLS runs the transports of the big workload's systems end to
@@ -148,16 +139,7 @@ func TestTinyTLS(t *testing.T) {
 			t.Errorf("no run %s", name)
 		}
 	}
-	var left []string
-	for _, p := range processesWithEnv("TMPDIR=" + tmp) {
-		left = append(left, p.String())
-	}
-	if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
-		left = append(left, "files in the temporary directory")
-	}
-	if len(left) > 0 {
-		t.Errorf("left behind: %v", left)
-	}
+	leftNothing(t, tmp)
 }
 
 // needGuests skips a test that boots guests (why says how many) unless
@@ -206,4 +188,20 @@ func runMigbench(t *testing.T, tmp, out string, args ...string) []*Run {
 		t.Fatal(err)
 	}
 	return runs
+}
+
+// leftNothing checks that the benchmark left no process and no file in
+// its temporary directory tmp.
+func leftNothing(t *testing.T, tmp string) {
+	t.Helper()
+	var left []string
+	for _, p := range processesWithEnv("TMPDIR=" + tmp) {
+		left = append(left, p.String())
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
+		left = append(left, "files in the temporary directory")
+	}
+	if len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
 }
